@@ -1,0 +1,119 @@
+"""Test-set metrics for any model of the pipeline, PyTorch or ONNX, computed the same way.
+
+``load_predictor`` hides the runtime: a ``.pt`` fp32 model runs in PyTorch, a ``.pt`` int8 model
+through torch.ao, an ``.onnx`` file through ONNX Runtime. All give float logits for uint8 images,
+so every model lands in the same table with the same metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from shrinkflow.errors import ShrinkflowError
+
+Predict = Callable[[torch.Tensor], torch.Tensor]  # uint8 images -> float32 logits
+
+
+@dataclass
+class Predictor:
+    predict: Predict
+    params: int | None
+    macs: int | None  # of the fp32 graph: int8 kernels are not counted by FLOP counters
+    runtime: str
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int) -> float:
+    """ECE: confidence-vs-accuracy gap averaged over equal-width confidence bins.
+
+    Compression often keeps top-1 but makes a model over-confident; ECE shows that.
+    """
+    confidence, predicted = probs.max(1)
+    correct = (predicted == labels).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    ece = torch.zeros(())
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        in_bin = (confidence > lo) & (confidence <= hi)
+        if in_bin.any():
+            gap = (confidence[in_bin].mean() - correct[in_bin].mean()).abs()
+            ece += gap * in_bin.float().mean()
+    return float(ece)
+
+
+def classification_metrics(
+    logits: torch.Tensor, labels: torch.Tensor, num_classes: int, ece_bins: int = 15
+) -> dict[str, Any]:
+    """Top-1, macro-F1, loss, ECE, per-class accuracy and the confusion matrix."""
+    from sklearn.metrics import confusion_matrix, f1_score
+
+    predicted = logits.argmax(1)
+    y_true, y_pred = labels.numpy(), predicted.numpy()
+    classes = list(range(num_classes))
+    matrix = confusion_matrix(y_true, y_pred, labels=classes)
+    support = matrix.sum(1)
+    per_class = np.divide(matrix.diagonal(), support, out=np.zeros(num_classes), where=support > 0)
+    return {
+        "acc": float((predicted == labels).float().mean()),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=classes, average="macro",
+                                   zero_division=0)),
+        "loss": float(F.cross_entropy(logits, labels)),
+        "ece": expected_calibration_error(logits.softmax(1), labels, ece_bins),
+        "per_class_acc": per_class.tolist(),
+        "support": support.tolist(),
+        "confusion": matrix,
+    }
+
+
+def _batched(fn: Predict, batch_size: int) -> Predict:
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+    return predict
+
+
+def load_predictor(
+    path: str | Path, input_shape: tuple[int, ...], batch_size: int = 256
+) -> Predictor:
+    """Open any model artifact of the pipeline for inference on CPU.
+
+    ``input_shape`` (C, H, W) is needed to count MACs of fp32 PyTorch models.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ShrinkflowError(f"{path}: model file not found (has the stage that writes it run?)")
+    if path.suffix == ".onnx":
+        from shrinkflow.quantize import onnx_model_info, ort_session, predict_onnx
+
+        session = ort_session(path)
+        info = onnx_model_info(path)
+        return Predictor(
+            lambda x: predict_onnx(session, x, batch_size), info.get("params"),
+            info.get("macs"), "onnxruntime",
+        )
+    from shrinkflow.artifacts import load_checkpoint, load_model
+    from shrinkflow.models import count_macs, count_params
+    from shrinkflow.train import to_input
+
+    payload = load_checkpoint(path)
+    if payload["meta"].get("quantized"):
+        from shrinkflow.quantize import load_torch_int8
+
+        module = load_torch_int8(path)
+        params, macs = payload["meta"].get("params"), payload["meta"].get("macs")
+        runtime = "torch-int8"
+    else:
+        module, _ = load_model(path)
+        params, macs = count_params(module), count_macs(module, tuple(input_shape))
+        runtime = "torch"
+
+    @torch.inference_mode()
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return module(to_input(x, torch.device("cpu"))).float()
+
+    return Predictor(_batched(run, batch_size), params, macs, runtime)

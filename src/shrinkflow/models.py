@@ -1,0 +1,170 @@
+"""The model zoo: a plain CNN and torchvision's resnet18 / mobilenet_v2 adapted to small images.
+
+Every model is wrapped in ``Classifier``, which normalises its input with the training set's
+mean/std. A shipped model (``.pt`` or ``.onnx``) therefore takes images scaled to [0, 1] and needs
+no side file to be used correctly.
+
+A model is described by a *spec*: a plain dict (JSON-able, stored inside each ``.pt`` artifact)
+that ``build_model`` turns back into the same architecture.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import torch
+from torch import nn
+
+ARCHS = ("cnn", "resnet18", "mobilenet_v2")
+
+
+class Classifier(nn.Module):
+    """Normalise [0, 1] images with fixed per-channel mean/std, then run the network body."""
+
+    def __init__(self, body: nn.Module, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.body = body
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body((x - self.mean) / self.std)
+
+
+def _cnn(in_channels: int, num_classes: int, widths: list[int], depth: int) -> nn.Module:
+    """VGG-style stages of conv-BN-ReLU, 2x max-pool between stages, global pool, linear head.
+
+    ceil_mode pooling lets any number of stages run on 8x8 inputs (1x1 stays 1x1).
+    """
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for stage, width in enumerate(widths):
+        for _ in range(depth):
+            layers += [
+                nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
+            channels = width
+        if stage < len(widths) - 1:
+            layers.append(nn.MaxPool2d(2, ceil_mode=True))
+    return nn.Sequential(
+        OrderedDict(
+            features=nn.Sequential(*layers),
+            pool=nn.AdaptiveAvgPool2d(1),
+            flatten=nn.Flatten(),
+            classifier=nn.Linear(channels, num_classes),
+        )
+    )
+
+
+def _resnet18(in_channels: int, num_classes: int) -> nn.Module:
+    """torchvision resnet18 with a 3x3 stride-1 stem and no max-pool (CIFAR-style)."""
+    from torchvision.models import resnet18
+
+    net = resnet18(weights=None, num_classes=num_classes)
+    net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    return net
+
+
+def _mobilenet_v2(in_channels: int, num_classes: int, width_mult: float) -> nn.Module:
+    """torchvision mobilenet_v2 with a stride-1 3x3 stem so small images are not shrunk early."""
+    from torchvision.models import mobilenet_v2
+
+    net = mobilenet_v2(weights=None, num_classes=num_classes, width_mult=width_mult)
+    stem = net.features[0][0]
+    net.features[0][0] = nn.Conv2d(
+        in_channels, stem.out_channels, 3, stride=1, padding=1, bias=False
+    )
+    return net
+
+
+def make_spec(
+    model_params: Any, in_channels: int, num_classes: int, mean: list[float], std: list[float]
+) -> dict[str, Any]:
+    """Combine a ``ModelSpec`` params section with the dataset's shape into a storable spec."""
+    return {
+        "arch": model_params.arch,
+        "widths": list(model_params.widths),
+        "depth": int(model_params.depth),
+        "width_mult": float(model_params.width_mult),
+        "in_channels": int(in_channels),
+        "num_classes": int(num_classes),
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+    }
+
+
+def build_model(spec: dict[str, Any]) -> Classifier:
+    """Build a freshly initialised model from a spec (the seed is the caller's business)."""
+    arch = spec["arch"]
+    in_ch, n_cls = spec["in_channels"], spec["num_classes"]
+    if arch == "cnn":
+        body = _cnn(in_ch, n_cls, spec["widths"], spec["depth"])
+    elif arch == "resnet18":
+        body = _resnet18(in_ch, n_cls)
+    elif arch == "mobilenet_v2":
+        body = _mobilenet_v2(in_ch, n_cls, spec["width_mult"])
+    else:
+        raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHS)}")
+    return Classifier(body, spec["mean"], spec["std"])
+
+
+def final_linear(model: nn.Module) -> nn.Linear:
+    """The classifier head (last nn.Linear): the layer pruning must leave intact."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("model has no nn.Linear classifier")
+    return linears[-1]
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates for one image: FlopCounterMode FLOPs / 2 (agrees with torch-pruning)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, *input_shape, device=device))
+    model.train(was_training)
+    return int(counter.get_total_flops() // 2)
+
+
+def resize_to_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """Shrink conv / batch-norm / linear layers in place to the shapes stored in a state_dict.
+
+    This is how a structurally pruned model is rebuilt from a plain tensor file: build the base
+    architecture, resize each layer to its saved tensors, then ``load_state_dict``. Depthwise
+    convolutions (groups == in_channels) keep being depthwise at their new width.
+    """
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        weight = state_dict.get(prefix + "weight")
+        if weight is None:
+            continue
+        if isinstance(module, nn.Conv2d):
+            depthwise = module.groups > 1 and module.groups == module.in_channels
+            module.out_channels = weight.shape[0]
+            module.groups = weight.shape[0] if depthwise else module.groups
+            module.in_channels = weight.shape[1] * module.groups
+        elif isinstance(module, nn.BatchNorm2d):
+            module.num_features = weight.shape[0]
+            for buf in ("running_mean", "running_var"):
+                setattr(module, buf, torch.empty_like(state_dict[prefix + buf]))
+        elif isinstance(module, nn.Linear):
+            module.out_features, module.in_features = weight.shape
+        else:
+            continue
+        module.weight = nn.Parameter(torch.empty_like(weight))
+        bias = state_dict.get(prefix + "bias")
+        if bias is not None and getattr(module, "bias", None) is not None:
+            module.bias = nn.Parameter(torch.empty_like(bias))
+    return model

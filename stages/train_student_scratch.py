@@ -1,0 +1,31 @@
+"""train_student_scratch: the control for distillation.
+
+The distill student architecture, trained with the same budget (epochs, optimiser, seed, data)
+but no teacher. It reads only distill.student and distill.train, so changing T / alpha / method
+does not rerun it; distill reports kd_gain against it."""
+
+from shrinkflow.artifacts import save_model, write_csv, write_json
+from shrinkflow.data import load_prepared
+from shrinkflow.errors import run_stage
+from shrinkflow.params import load_section
+from shrinkflow.train import summary_line, train_supervised
+
+NAME = "student_scratch"
+DATA_DIR = "data/prepared"
+MODEL_OUT = "models/student_scratch.pt"
+METRICS_OUT = "metrics/student_scratch.json"
+HISTORY_OUT = "metrics/history_student_scratch.csv"
+
+
+def main() -> None:
+    p = load_section("distill")
+    data = load_prepared(DATA_DIR)
+    model, spec, history, m = train_supervised(p.student, p.train, data, name=NAME)
+    save_model(MODEL_OUT, model, spec)
+    write_csv(HISTORY_OUT, history)
+    write_json(METRICS_OUT, m)
+    print(summary_line(NAME, spec, m), "->", MODEL_OUT)
+
+
+if __name__ == "__main__":
+    run_stage(main)
