@@ -45,3 +45,16 @@ def test_pickled_module_files_are_refused(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(ShrinkflowError, match="not a shrinkflow model file"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_saving_the_same_model_twice_gives_identical_bytes(tmp_path):
+    from shrinkflow.artifacts import save_model
+    from shrinkflow.models import build_model, make_spec
+    from shrinkflow.params import ModelSpec
+
+    spec = make_spec(ModelSpec(widths=[4]), 1, 3, [0.5], [0.5])
+    torch.manual_seed(0)
+    model = build_model(spec)
+    save_model(tmp_path / "a.pt", model, spec)
+    save_model(tmp_path / "b.pt", model, spec)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()

@@ -34,6 +34,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; artifacts are meant to be shared
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -74,11 +75,17 @@ def read_json(path: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    """Write rows (all with the same keys) as CSV; an empty list writes an empty file."""
+def write_csv(
+    path: str | Path, rows: list[dict[str, Any]], fieldnames: list[str] | None = None
+) -> None:
+    """Write rows (all with the same keys) as CSV.
+
+    Pass ``fieldnames`` when ``rows`` may be empty, so a declared plots file still has a header.
+    """
+    fieldnames = fieldnames or (list(rows[0]) if rows else [])
     with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
-        if rows:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        if fieldnames:
+            writer = csv.DictWriter(fh, fieldnames=fieldnames)
             writer.writeheader()
             writer.writerows(rows)
 
@@ -87,8 +94,10 @@ def save_model(path: str | Path, model: nn.Module, spec: dict[str, Any], **meta:
     """Save a model as {spec, state_dict, meta}: plain tensors and JSON-like data only."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     payload = {"format": MODEL_FORMAT, "spec": spec, "state_dict": state, "meta": meta}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # Save through a file handle: given a path, torch.save names the zip's root folder after the
+    # (random) temp file, so identical models would get different bytes and DVC hashes.
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+        torch.save(payload, fh)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -99,7 +108,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        raise ShrinkflowError(f"{path}: not a loadable shrinkflow model file ({exc})") from exc
+        raise ShrinkflowError(
+            f"{path}: not a loadable shrinkflow model file ({type(exc).__name__}: {exc})"
+        ) from exc
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise ShrinkflowError(f"{path}: not a shrinkflow model file (expected {MODEL_FORMAT})")
     return payload
@@ -108,6 +119,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a saved model (pruned shapes included) in eval mode; returns (model, payload)."""
     payload = load_checkpoint(path)
+    if payload["meta"].get("quantized"):
+        raise ShrinkflowError(
+            f"{path}: an int8 model; load it with shrinkflow.quantize.load_torch_int8"
+        )
     model = build_model(payload["spec"])
     resize_to_state_dict(model, payload["state_dict"])
     model.load_state_dict(payload["state_dict"])

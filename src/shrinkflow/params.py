@@ -81,7 +81,7 @@ class TeacherParams(Section):
 
 
 class DistillParams(Section):
-    student: ModelSpec = ModelSpec(widths=[8, 16, 32])
+    student: ModelSpec = ModelSpec(widths=[32, 64, 128])
     train: TrainConfig = TrainConfig()
     method: Literal["kd", "hint", "attention"] = "kd"
     T: float = Field(default=4.0, gt=0)
@@ -105,6 +105,7 @@ class PruneParams(Section):
     ratio: float = Field(default=0.5, gt=0, lt=1)
     importance: Literal["l1", "l2", "taylor", "random"] = "l2"
     iterative_steps: int = Field(default=1, ge=1)
+    round_to: int = Field(default=8, ge=1, description="keep channel counts multiples of this")
     ignore_layers: list[str] = []
     sensitivity: bool = True
     sensitivity_ratios: list[float] = [0.25, 0.5, 0.75]

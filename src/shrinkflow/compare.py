@@ -1,0 +1,193 @@
+"""Cross-experiment comparison from ``dvc exp show --json``: which recipe wins within a budget.
+
+The JSON of DVC 3.x is a list of baseline commits (plus ``"workspace"``); each holds its own
+``data`` and ``experiments``, a list of ranges whose ``revs[0]`` is the experiment itself::
+
+    [{"rev": "workspace", "name": null, "data": {...}, "error": null, "experiments": null},
+     {"rev": "<sha>", "name": "main", "data": {"params": {"params.yaml": {"data": {...}}},
+                                              "metrics": {"metrics/x.json": {"data": {...}}}},
+      "error": null,
+      "experiments": [{"revs": [{"rev": "<sha>", "name": "exp-1", "data": {...}, ...}],
+                       "executor": null, "name": "exp-1"}]}]
+
+Params are flattened to dotted keys (``prune.ratio``); metrics files are flat already and their
+keys unique, so they are merged. "Changed params" are those differing from the baseline commit.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from shrinkflow.artifacts import atomic_path
+from shrinkflow.report import fmt_value, markdown_table, pareto_front, plot_tradeoff
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested params to dotted keys; lists stay values (``batch_sizes: [1, 64]``)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _merge_files(files: dict[str, Any] | None) -> dict[str, Any]:
+    """Merge ``{file: {"data": {...}}}`` blocks (params or metrics) into one flat dict."""
+    merged: dict[str, Any] = {}
+    for block in (files or {}).values():
+        if isinstance(block, dict) and isinstance(block.get("data"), dict):
+            merged.update(flatten(block["data"]))
+    return merged
+
+
+def _short(rev: str) -> str:
+    """A commit sha shortened like git does; "workspace" stays as is."""
+    return rev[:7] if re.fullmatch(r"[0-9a-f]{40}", rev) else rev
+
+
+def _state(entry: dict[str, Any], baseline: str, is_baseline: bool) -> dict[str, Any]:
+    data = entry.get("data") or {}
+    error = entry.get("error")
+    return {
+        "name": entry.get("name") or _short(str(entry.get("rev", ""))),
+        "rev": entry.get("rev"),
+        "baseline": baseline,
+        "is_baseline": is_baseline,
+        "params": _merge_files(data.get("params")),
+        "metrics": _merge_files(data.get("metrics")),
+        "error": (error or {}).get("msg") if isinstance(error, dict) else error,
+    }
+
+
+def parse_exp_show(payload: list[dict[str, Any]], include_workspace: bool = False) -> list[dict]:
+    """One record per baseline commit and experiment: name, rev, params, metrics, error.
+
+    The workspace duplicates whichever experiment was applied last, so it is skipped unless
+    asked for (or it is all there is).
+    """
+    records = []
+    for commit in payload:
+        is_workspace = commit.get("rev") == "workspace"
+        if is_workspace and not include_workspace and len(payload) > 1:
+            continue
+        base = _state(commit, baseline=commit.get("name") or "workspace", is_baseline=True)
+        records.append(base)
+        for exp_range in commit.get("experiments") or []:
+            revs = exp_range.get("revs") or []
+            if revs:
+                exp = _state(revs[0], baseline=base["name"], is_baseline=False)
+                exp["name"] = exp_range.get("name") or exp["name"]
+                exp["changed"] = changed_params(base["params"], exp["params"])
+                records.append(exp)
+        base["changed"] = {}
+    return records
+
+
+def changed_params(base: dict[str, Any], exp: dict[str, Any]) -> dict[str, Any]:
+    """Params whose value differs from the baseline's (new keys included)."""
+    return {k: v for k, v in exp.items() if k not in base or base[k] != v}
+
+
+def largest_batch(metrics_keys: list[str], model: str) -> int | None:
+    sizes = [int(m.group(1)) for k in metrics_keys
+             if (m := re.fullmatch(rf"bench_{re.escape(model)}_b(\d+)_p50_ms", k))]
+    return max(sizes) if sizes else None
+
+
+def _first_number(metrics: dict[str, Any], *keys: str) -> float:
+    for key in keys:
+        value = metrics.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return math.nan
+
+
+def experiment_table(records: list[dict[str, Any]], model: str = "quantized") -> pd.DataFrame:
+    """One row per experiment: its ``model``'s accuracy, drop vs its own teacher, size, speed."""
+    all_keys = sorted({k for r in records for k in r["metrics"]})
+    batch = largest_batch(all_keys, model) or 64
+    rows = []
+    for r in records:
+        m = r["metrics"]
+        teacher = _first_number(m, "teacher_acc", "teacher_test_acc")
+        acc = _first_number(m, f"{model}_acc", f"{model}_test_acc")
+        rows.append({
+            "name": r["name"],
+            "baseline": r["baseline"],
+            "is_baseline": r["is_baseline"],
+            "changed": ", ".join(f"{k}={v}" for k, v in sorted(r.get("changed", {}).items())),
+            "accuracy": acc,
+            "drop_points": (teacher - acc) * 100,
+            "macs": _first_number(m, f"{model}_macs", f"bench_{model}_macs"),
+            "file_bytes": _first_number(m, f"{model}_file_bytes", f"bench_{model}_file_bytes"),
+            "latency_ms": _first_number(m, f"bench_{model}_b{batch}_p50_ms"),
+            "error": r.get("error") or "",
+        })
+    df = pd.DataFrame(rows)
+    df.attrs["batch"] = batch
+    df.attrs["model"] = model
+    return df
+
+
+def answer(df: pd.DataFrame, max_drop: float) -> list[str]:
+    """Plain-language answers: smallest and fastest recipe within ``max_drop`` points."""
+    model, batch = df.attrs.get("model", "model"), df.attrs.get("batch", 64)
+    ok = df[df["drop_points"] <= max_drop + 1e-9]
+    lines = [f"{len(ok)} of {len(df)} runs (baselines + experiments) keep `{model}` within "
+             f"{max_drop:g} points of their teacher."]
+    for col, what, kind in (("file_bytes", "smallest file", "kb"),
+                            ("macs", "fewest MACs", "mega"),
+                            ("latency_ms", f"fastest at batch {batch}", "ms")):
+        usable = ok[ok[col].notna()]
+        if usable.empty:
+            lines.append(f"{_cap(what)}: no experiment qualifies.")
+            continue
+        best = usable.loc[usable[col].idxmin()]
+        unit = {"kb": " KB", "mega": " MACs", "ms": " ms"}[kind]
+        lines.append(
+            f"{_cap(what)}: `{best['name']}` ({best['changed'] or 'baseline params'}): "
+            f"{fmt_value(best[col], kind)}{unit}, accuracy {best['accuracy'] * 100:.2f}%, "
+            f"drop {best['drop_points']:.2f} pts."
+        )
+    return lines
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def write_compare(
+    df: pd.DataFrame, out_dir: str | Path, max_drop: float
+) -> tuple[Path, Path | None]:
+    """``compare.md`` (table + answers) and ``compare_pareto.png`` (None: no latencies)."""
+    out_dir = Path(out_dir)
+    model, batch = df.attrs.get("model", "model"), df.attrs.get("batch", 64)
+    front = pareto_front(df["latency_ms"].tolist(), df["accuracy"].tolist())
+    table = df.assign(pareto=["yes" if f else "" for f in front])
+    headers = {"name": "experiment", "changed": "changed params", "accuracy": "accuracy %",
+               "drop_points": "drop vs teacher (pts)", "macs": "MACs", "file_bytes": "file KB",
+               "latency_ms": f"b{batch} p50 ms", "pareto": "Pareto", "error": "error"}
+    formats = {"accuracy": "pct", "drop_points": "pts", "macs": "mega", "file_bytes": "kb",
+               "latency_ms": "ms"}
+    if not table["error"].astype(bool).any():
+        headers.pop("error")
+    lines = [f"# Experiment comparison (`{model}` model)", "",
+             *[f"- {line}" for line in answer(df, max_drop)], "",
+             markdown_table(table, formats, headers), ""]
+    chart = plot_tradeoff(df, "latency_ms", f"{model} median latency at batch {batch} (ms)",
+                          f"Experiments: {model} accuracy vs latency",
+                          out_dir / "compare_pareto.png", label="name")
+    if chart is not None:
+        lines += [f"![accuracy vs latency per experiment]({chart.name})", ""]
+    page = out_dir / "compare.md"
+    with atomic_path(page) as tmp:
+        tmp.write_text("\n".join(lines))
+    return page, chart

@@ -1,0 +1,421 @@
+"""The human-readable result: one Markdown page and PNG charts built from the metrics files.
+
+DVC's own plots load vega from a CDN and render blank offline, so people get static PNGs
+(matplotlib's object API with the Agg canvas: no pyplot global state, no display needed). Every
+input but the teacher's accuracy is optional: a missing file or key drops that column or chart
+and adds a note to the page instead of failing the whole report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from shrinkflow.artifacts import atomic_path
+from shrinkflow.errors import ShrinkflowError
+
+# Report rows, in pipeline order: name -> (runtime, where its accuracy comes from).
+MODELS: dict[str, tuple[str, str]] = {
+    "teacher": ("torch fp32", "teacher"),
+    "student_scratch": ("torch fp32", "student_scratch"),
+    "student": ("torch fp32", "student"),
+    "pruned": ("torch fp32", "pruned"),
+    # Same fp32 weights as "pruned" exported to ONNX: not evaluated separately.
+    "pruned_onnx": ("onnxruntime fp32", "pruned"),
+    "quantized": ("onnxruntime int8", "quantized"),
+    "quantized_torch": ("torch int8", "quantized_torch"),
+}
+FINAL_MODEL = "quantized"
+HISTORIES = ("teacher", "student_scratch", "distill", "prune")
+MARKERS = ("o", "s", "^", "D", "v")
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def load_metrics(metrics_dir: str | Path) -> dict[str, Any]:
+    """All flat ``*.json`` metrics files of a directory merged into one dict (keys are unique)."""
+    merged: dict[str, Any] = {}
+    for path in sorted(Path(metrics_dir).glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ShrinkflowError(f"{path}: not valid JSON ({exc})") from exc
+        if isinstance(data, dict):
+            merged.update({k: v for k, v in data.items() if not isinstance(v, (dict, list))})
+    return merged
+
+
+def teacher_accuracy(metrics: dict[str, Any]) -> float:
+    """The reference every drop is measured from; the one input the report cannot do without."""
+    for key in ("teacher_acc", "teacher_test_acc"):
+        if isinstance(metrics.get(key), (int, float)):
+            return float(metrics[key])
+    raise ShrinkflowError(
+        "no teacher accuracy found (teacher_acc in metrics/eval_teacher.json or teacher_test_acc "
+        "in metrics/teacher.json): run the pipeline up to evaluate@teacher first"
+    )
+
+
+def bench_batch_sizes(metrics: dict[str, Any]) -> list[int]:
+    """Batch sizes present in the flat benchmark keys (``bench_<model>_b<N>_p50_ms``)."""
+    found = {int(m.group(1)) for k in metrics if (m := re.search(r"_b(\d+)_p50_ms$", k))}
+    return sorted(found)
+
+
+def _num(metrics: dict[str, Any], *keys: str) -> float:
+    """The first numeric value among ``keys``, else NaN (a gap the table shows as "-")."""
+    for key in keys:
+        value = metrics.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return math.nan
+
+
+def model_table(metrics: dict[str, Any]) -> pd.DataFrame:
+    """One row per model found in the metrics: accuracy, drop, size, cost and speed columns.
+
+    Accuracy is a fraction; ``drop_points`` = (teacher - model) x 100, positive = worse.
+    Models with neither an accuracy nor a latency are left out (their stages did not run).
+    """
+    teacher = teacher_accuracy(metrics)
+    sizes = bench_batch_sizes(metrics)
+    small, large = (sizes[0], sizes[-1]) if sizes else (1, 64)
+    rows = []
+    for name, (runtime, acc_from) in MODELS.items():
+        acc = _num(metrics, f"{acc_from}_acc")
+        if name == "teacher" and math.isnan(acc):
+            acc = teacher
+        row = {
+            "model": name,
+            "runtime": runtime,
+            "accuracy": acc,
+            "drop_points": (teacher - acc) * 100,
+            "params": _num(metrics, f"{name}_params", f"bench_{name}_params"),
+            "macs": _num(metrics, f"{name}_macs", f"bench_{name}_macs"),
+            "file_bytes": _num(metrics, f"{name}_file_bytes", f"bench_{name}_file_bytes"),
+            f"b{small}_ms": _num(metrics, f"bench_{name}_b{small}_p50_ms"),
+            f"b{large}_ms": _num(metrics, f"bench_{name}_b{large}_p50_ms"),
+            f"speedup_b{large}": _num(metrics, f"bench_{name}_b{large}_speedup_vs_teacher"),
+        }
+        if name == "teacher" and not math.isnan(row[f"b{large}_ms"]):
+            row[f"speedup_b{large}"] = 1.0
+        if math.isnan(row["accuracy"]) and math.isnan(row[f"b{large}_ms"]):
+            continue
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --- analysis ---------------------------------------------------------------------------------
+
+
+def pareto_front(cost: Sequence[float], value: Sequence[float]) -> list[bool]:
+    """True for points no other point beats: lower-or-equal cost AND higher-or-equal value,
+    strictly better in one. NaN points are never on the front (and never dominate)."""
+    c, v = np.asarray(cost, dtype=float), np.asarray(value, dtype=float)
+    ok = ~(np.isnan(c) | np.isnan(v))
+    front = []
+    for i in range(len(c)):
+        if not ok[i]:
+            front.append(False)
+            continue
+        no_worse = ok & (c <= c[i]) & (v >= v[i])
+        better = (c < c[i]) | (v > v[i])
+        front.append(not bool(np.any(no_worse & better)))
+    return front
+
+
+def best_within(df: pd.DataFrame, max_drop: float, cost: str) -> pd.Series | None:
+    """The row with the lowest ``cost`` among those within ``max_drop`` points of the teacher."""
+    ok = df[(df["drop_points"] <= max_drop + 1e-9) & df[cost].notna()]
+    return None if ok.empty else ok.loc[ok[cost].idxmin()]
+
+
+# --- Markdown ---------------------------------------------------------------------------------
+
+
+def fmt_value(value: Any, kind: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if kind == "pct":
+        return f"{value * 100:.2f}"
+    if kind == "pts":
+        return f"{value:+.2f}"
+    if kind == "int":
+        return f"{int(value):,}"
+    if kind == "mega":  # MACs / params: millions when large, exact when small
+        return f"{value / 1e6:.2f} M" if abs(value) >= 1e5 else f"{int(value):,}"
+    if kind == "kb":
+        return f"{value / 1024:.1f}"
+    if kind == "ms":
+        return f"{value:.3f}"
+    if kind == "x":
+        return f"{value:.2f}x"
+    return str(value)
+
+
+def markdown_table(df: pd.DataFrame, formats: dict[str, str], headers: dict[str, str]) -> str:
+    """A GitHub Markdown table of ``df``'s columns named in ``headers`` (no tabulate needed)."""
+    cols = [c for c in headers if c in df.columns]
+    lines = [
+        "| " + " | ".join(headers[c] for c in cols) + " |",
+        "|" + "|".join("---" if formats.get(c, "str") == "str" else "---:" for c in cols) + "|",
+    ]
+    for _, row in df.iterrows():
+        cells = (fmt_value(row[c], formats.get(c, "str")) for c in cols)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def models_markdown(df: pd.DataFrame) -> str:
+    """The models table with readable headers and units."""
+    formats = {"accuracy": "pct", "drop_points": "pts", "params": "int", "macs": "mega",
+               "file_bytes": "kb"}
+    headers = {"model": "model", "runtime": "runtime", "accuracy": "accuracy %",
+               "drop_points": "drop vs teacher (pts)", "params": "params", "macs": "MACs",
+               "file_bytes": "file KB"}
+    for col in df.columns:
+        if col.endswith("_ms"):
+            formats[col], headers[col] = "ms", f"{col[:-3]} p50 ms"
+        elif col.startswith("speedup_"):
+            formats[col], headers[col] = "x", f"speed-up vs teacher ({col.split('_')[1]})"
+    return markdown_table(df, formats, headers)
+
+
+# --- charts -----------------------------------------------------------------------------------
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write a figure as PNG atomically (reports/ is a DVC output: never leave half a file)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    return Path(path)
+
+
+def plot_tradeoff(
+    df: pd.DataFrame,
+    x: str,
+    x_label: str,
+    title: str,
+    path: str | Path,
+    label: str = "model",
+    reference: float | None = None,
+    max_drop: float | None = None,
+) -> Path | None:
+    """Accuracy (y) against a cost (x, log scale) with the Pareto front drawn and marked.
+
+    ``reference`` (the teacher's accuracy %) and ``max_drop`` draw the accuracy budget line.
+    Returns None when fewer than one point has both coordinates.
+    """
+    data = df[[label, x, "accuracy"]].dropna()
+    if data.empty:
+        return None
+    acc = data["accuracy"] * 100
+    front = np.array(pareto_front(data[x].tolist(), acc.tolist()))
+    fig = Figure(figsize=(8.5, 4.5))
+    ax = fig.subplots()
+    order = np.argsort(data[x][front].to_numpy())
+    ax.step(data[x][front].to_numpy()[order], acc[front].to_numpy()[order], where="post",
+            color="black", alpha=0.35, label="Pareto front")
+    # One colour/marker per point, named in the legend: close points (pruned and pruned_onnx)
+    # would make text labels collide. Front points get a black ring.
+    for i, (name, xv, yv, on_front) in enumerate(
+        zip(data[label], data[x], acc, front, strict=True)
+    ):
+        ax.scatter([xv], [yv], s=70, color=f"C{i % 10}", marker=MARKERS[(i // 10) % len(MARKERS)],
+                   edgecolors="black" if on_front else "none", linewidths=2, zorder=3,
+                   label=f"{name}{' (front)' if on_front else ''}")
+    if reference is not None and max_drop is not None:
+        ax.axhline(reference - max_drop, color="tab:blue", linestyle="--", linewidth=1,
+                   label=f"teacher - {max_drop:g} points")
+    if (data[x] > 0).all() and data[x].max() / max(data[x].min(), 1e-12) > 20:
+        ax.set_xscale("log")
+    ax.margins(x=0.08, y=0.08)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return save_figure(fig, path)
+
+
+def plot_histories(histories: dict[str, pd.DataFrame], path: str | Path) -> Path | None:
+    """Validation accuracy and training loss per epoch, one line per training run."""
+    usable = {k: h for k, h in histories.items() if {"epoch", "val_acc"} <= set(h.columns)}
+    if not usable:
+        return None
+    fig = Figure(figsize=(10, 4))
+    ax_acc, ax_loss = fig.subplots(1, 2)
+    for name, h in usable.items():
+        ax_acc.plot(h["epoch"], h["val_acc"] * 100, marker=".", label=name)
+        if "train_loss" in h.columns:
+            ax_loss.plot(h["epoch"], h["train_loss"], marker=".", label=name)
+    ax_acc.set(xlabel="epoch", ylabel="val accuracy (%)", title="Validation accuracy")
+    ax_loss.set(xlabel="epoch", ylabel="train loss", title="Training loss")
+    for ax in (ax_acc, ax_loss):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_confusion(pairs: pd.DataFrame, title: str, path: str | Path) -> Path | None:
+    """Heatmap of counts (actual rows x predicted columns) from one row per test sample."""
+    if not {"actual", "predicted"} <= set(pairs.columns) or pairs.empty:
+        return None
+    labels = sorted(set(pairs["actual"]) | set(pairs["predicted"]), key=str)
+    table = pd.crosstab(pairs["actual"], pairs["predicted"]).reindex(
+        index=labels, columns=labels, fill_value=0
+    )
+    n = len(labels)
+    side = min(max(4.0, 0.45 * n + 2), 12.0)  # 100 classes must not make a 45-inch figure
+    fig = Figure(figsize=(side, side - 0.5))
+    ax = fig.subplots()
+    image = ax.imshow(table.to_numpy(), cmap="Blues")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    if n <= 40:
+        ax.set_xticks(range(n), [str(v) for v in labels], rotation=90 if n > 12 else 0)
+        ax.set_yticks(range(n), [str(v) for v in labels])
+    if n <= 20:
+        top = table.to_numpy().max()
+        for (i, j), count in np.ndenumerate(table.to_numpy()):
+            if count:
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                        color="white" if count > top / 2 else "black")
+    ax.set(xlabel="predicted", ylabel="actual", title=title)
+    return save_figure(fig, path)
+
+
+def plot_sensitivity(df: pd.DataFrame, path: str | Path) -> Path | None:
+    """Accuracy after pruning each layer alone at each ratio: flat lines are safe to prune."""
+    if not {"layer", "ratio", "accuracy"} <= set(df.columns) or df.empty:
+        return None
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.subplots()
+    for layer, group in df.groupby("layer", sort=False):
+        group = group.sort_values("ratio")
+        ax.plot(group["ratio"], group["accuracy"] * 100, marker="o", label=str(layer))
+    ax.set(xlabel="pruning ratio (fraction of channels removed)", ylabel="accuracy (%)",
+           title="Per-layer pruning sensitivity")
+    ax.grid(True, alpha=0.3)
+    n_layers = df["layer"].nunique()
+    ax.legend(fontsize=7, ncol=1 + n_layers // 12, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return save_figure(fig, path)
+
+
+# --- the whole report -------------------------------------------------------------------------
+
+
+def _read_csv(path: Path, notes: list[str]) -> pd.DataFrame | None:
+    if not path.is_file():
+        notes.append(f"`{path.name}` not found: its chart is skipped.")
+        return None
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+        notes.append(f"`{path.name}` could not be read ({exc}): its chart is skipped.")
+        return None
+
+
+def _headline(df: pd.DataFrame, metrics: dict[str, Any], max_drop: float, large: str) -> list[str]:
+    lines = []
+    final = df[df["model"] == FINAL_MODEL]
+    teacher = df[df["model"] == "teacher"]
+    if not final.empty and not teacher.empty:
+        f, t = final.iloc[0], teacher.iloc[0]
+        verdict = "within" if f["drop_points"] <= max_drop else "**outside**"
+        parts = [f"Final model (`{FINAL_MODEL}`): accuracy {f['accuracy'] * 100:.2f}% vs teacher "
+                 f"{t['accuracy'] * 100:.2f}% (drop {f['drop_points']:.2f} pts, {verdict} the "
+                 f"{max_drop:g}-point budget)"]
+        if f["file_bytes"] > 0 and t["file_bytes"] > 0:
+            parts.append(f"{t['file_bytes'] / f['file_bytes']:.1f}x smaller file")
+        if f["macs"] > 0 and t["macs"] > 0:
+            parts.append(f"{t['macs'] / f['macs']:.1f}x fewer MACs")
+        speed = f.get(f"speedup_{large}", math.nan)
+        if not math.isnan(speed):
+            parts.append(f"{speed:.2f}x faster at {large.replace('b', 'batch ')}")
+        lines.append("- " + ", ".join(parts) + ".")
+    if isinstance(metrics.get("kd_gain_points"), (int, float)):
+        lines.append(f"- Distillation vs the same student trained from scratch: "
+                     f"{metrics['kd_gain_points']:+.2f} pts.")
+    for cost, what in (("file_bytes", "smallest file"), (f"{large}_ms", f"fastest at {large}")):
+        if cost in df.columns:
+            best = best_within(df, max_drop, cost)
+            lines.append(f"- {what[:1].upper() + what[1:]} within {max_drop:g} points of the "
+                         "teacher: "
+                         + (f"`{best['model']}` ({best['runtime']})." if best is not None
+                            else "none."))
+    return lines
+
+
+def build_report(
+    metrics_dir: str | Path, out_dir: str | Path, max_drop: float
+) -> tuple[Path, list[Path], list[str]]:
+    """Write ``summary.md`` and the PNG charts into ``out_dir``; returns (page, charts, notes)."""
+    metrics_dir, out_dir = Path(metrics_dir), Path(out_dir)
+    metrics = load_metrics(metrics_dir)
+    df = model_table(metrics)
+    teacher_pct = teacher_accuracy(metrics) * 100
+    notes: list[str] = []
+    sizes = bench_batch_sizes(metrics)
+    large = f"b{sizes[-1]}" if sizes else "b64"
+    if not sizes:
+        notes.append("`benchmark.json` has no latencies: speed columns and chart are empty.")
+    charts: list[tuple[str, Path | None]] = [
+        ("Accuracy vs latency", plot_tradeoff(
+            df, f"{large}_ms", f"median latency at batch {large[1:]} (ms)",
+            f"Accuracy vs latency ({large})", out_dir / "accuracy_vs_latency.png",
+            reference=teacher_pct, max_drop=max_drop)),
+        ("Accuracy vs size", plot_tradeoff(
+            df.assign(file_kb=df["file_bytes"] / 1024), "file_kb", "file size (KB)",
+            "Accuracy vs model file size", out_dir / "accuracy_vs_size.png",
+            reference=teacher_pct, max_drop=max_drop)),
+    ]
+    histories = {}
+    for name in HISTORIES:
+        h = _read_csv(metrics_dir / f"history_{name}.csv", notes)
+        if h is not None:
+            histories[name] = h
+    charts.append(("Training curves", plot_histories(histories, out_dir / "training_curves.png")))
+    pairs = _read_csv(metrics_dir / f"confusion_{FINAL_MODEL}.csv", notes)
+    if pairs is not None:
+        charts.append((f"Confusion matrix ({FINAL_MODEL})", plot_confusion(
+            pairs, f"Confusion matrix: {FINAL_MODEL} (test set)",
+            out_dir / f"confusion_{FINAL_MODEL}.png")))
+    sens = _read_csv(metrics_dir / "prune_sensitivity.csv", notes)
+    if sens is not None:
+        sens_png = plot_sensitivity(sens, out_dir / "prune_sensitivity.png")
+        charts.append(("Prune sensitivity", sens_png))
+    for title, written in charts:
+        if written is None:
+            notes.append(f"{title}: no usable data, chart skipped.")
+
+    lines = ["# shrinkflow report", "", *_headline(df, metrics, max_drop, large), "",
+             "## Models", "", models_markdown(df), "",
+             "Accuracy is on the test split; drop = teacher minus model, in percentage points. "
+             "Latency is the median of the benchmark's timed runs; `pruned_onnx` shares the "
+             "pruned model's weights and accuracy (not evaluated separately).", ""]
+    for title, written in charts:
+        if written is not None:
+            lines += [f"## {title}", "", f"![{title}]({written.name})", ""]
+    env = {k: metrics[k] for k in ("bench_cpu", "bench_threads", "bench_device",
+                                   "bench_torch_version", "bench_onnxruntime_version")
+           if k in metrics}
+    if env:
+        lines += ["## Benchmark environment", ""]
+        lines += [f"- {k.removeprefix('bench_')}: {v}" for k, v in env.items()] + [""]
+    if notes:
+        lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+    page = out_dir / "summary.md"
+    with atomic_path(page) as tmp:
+        tmp.write_text("\n".join(lines))
+    return page, [p for _, p in charts if p is not None], notes

@@ -1,0 +1,94 @@
+"""benchmark: latency / throughput / memory of every model, each in a fresh worker process.
+
+Writes flat ``bench_*`` metrics (with speed-up and size ratios) to metrics/benchmark.json and one
+row per model x batch size to metrics/benchmark.csv for the report.
+
+    python stages/benchmark.py               # the DVC stage
+    python stages/benchmark.py --stability   # by hand: run everything twice, print p50 drift
+"""
+
+import argparse
+from pathlib import Path
+
+from shrinkflow.artifacts import read_json, write_csv, write_json
+from shrinkflow.bench import (
+    Job,
+    environment,
+    flat_metrics,
+    p50_drift,
+    resolve_threads,
+    run_job_isolated,
+)
+from shrinkflow.errors import ShrinkflowError, run_stage
+from shrinkflow.params import BenchmarkParams, load_section
+
+META = "data/prepared/meta.json"
+MODELS = {  # name -> (file, runtime)
+    "teacher": ("models/teacher.pt", "torch"),
+    "student_scratch": ("models/student_scratch.pt", "torch"),
+    "student": ("models/student.pt", "torch"),
+    "pruned": ("models/pruned.pt", "torch"),
+    "quantized_torch": ("models/quantized_torch.pt", "torch_int8"),
+    "pruned_onnx": ("models/pruned.onnx", "onnxruntime"),
+    "quantized": ("models/quantized.onnx", "onnxruntime"),
+}
+JSON_OUT = "metrics/benchmark.json"
+CSV_OUT = "metrics/benchmark.csv"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="benchmark every model")
+    parser.add_argument("--stability", action="store_true",
+                        help="run the whole benchmark twice and print the median-latency drift")
+    args = parser.parse_args()
+    p = load_section("benchmark")
+    missing = [path for path, _ in MODELS.values() if not Path(path).is_file()]
+    if missing:
+        raise ShrinkflowError(
+            "benchmark needs every model; missing: " + ", ".join(missing)
+            + " (run the stages that write them first)"
+        )
+    shape = read_json(META)["shape"]
+    threads = resolve_threads(p.threads)
+    print(f"[benchmark] {len(MODELS)} models, batch sizes {p.batch_sizes}, {p.warmup} warm-up + "
+          f"{p.repeats} timed runs, {threads} threads, device {p.device}, input {shape}")
+    rows = run_all(p, shape, threads)
+    if args.stability:
+        print("[benchmark] stability check: second run of every model")
+        first, rows = rows, run_all(p, shape, threads)
+        drift = p50_drift(first, rows)
+        for d in drift:
+            print(f"[benchmark] drift {d['model']:<16} b{d['batch_size']:<4} "
+                  f"{d['p50_ms_1']:9.3f} -> {d['p50_ms_2']:9.3f} ms  {d['drift_pct']:+7.1f}%")
+        worst = max(abs(d["drift_pct"]) for d in drift)
+        print(f"[benchmark] max |drift| {worst:.1f}% "
+              f"({'within' if worst <= 15 else 'OUTSIDE'} the 15% stability bar)")
+    metrics = {**environment(p.threads, p.device, p.repeats, p.warmup), **flat_metrics(rows)}
+    write_csv(CSV_OUT, rows)
+    write_json(JSON_OUT, metrics)
+    b = max(p.batch_sizes)
+    summary = ", ".join(
+        f"{m} {metrics[f'bench_{m}_b{b}_speedup_vs_teacher']:.2f}x"
+        for m in MODELS if f"bench_{m}_b{b}_speedup_vs_teacher" in metrics
+    )
+    print(f"[benchmark] b{b} speed-up vs teacher: {summary}")
+    print(f"[benchmark] wrote {JSON_OUT} ({len(metrics)} keys) and {CSV_OUT} ({len(rows)} rows)")
+
+
+def run_all(p: BenchmarkParams, shape: list[int], threads: int) -> list[dict]:
+    """Every model in its own worker process, in pipeline order, printing each result."""
+    rows = []
+    for name, (path, runtime) in MODELS.items():
+        job = Job(name, path, runtime, list(shape), list(p.batch_sizes), p.repeats, p.warmup,
+                  threads, p.device)
+        result = run_job_isolated(job)
+        for r in result:
+            print(f"[benchmark] {name:<16} {runtime:<11} b{r['batch_size']:<4} "
+                  f"p50 {r['p50_ms']:8.3f} ms  p99 {r['p99_ms']:8.3f} ms  "
+                  f"{r['ips']:10.1f} img/s  +{r['rss_mb']:.1f} MB")
+        rows += result
+    return rows
+
+
+if __name__ == "__main__":
+    run_stage(main)

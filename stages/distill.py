@@ -1,0 +1,90 @@
+"""distill: train the small student from the teacher (KD, or KD + hint / attention transfer).
+
+The student is seeded and built exactly as in train_student_scratch (same spec, same seed, same
+order), so the two differ only in the loss, and kd_gain_points measures what the teacher adds.
+"""
+
+import time
+from pathlib import Path
+
+from shrinkflow.artifacts import load_model, read_json, save_model, write_csv, write_json
+from shrinkflow.data import load_prepared
+from shrinkflow.distill import (
+    FeatureKDLoss,
+    build_loss,
+    check_teacher_fits_data,
+    distill_metrics,
+)
+from shrinkflow.errors import ShrinkflowError, run_stage
+from shrinkflow.models import build_model, make_spec
+from shrinkflow.params import load_section
+from shrinkflow.train import fit, seed_everything
+
+PARAMS = "params.yaml"
+DATA_DIR = "data/prepared"
+TEACHER = "models/teacher.pt"
+SCRATCH_METRICS = "metrics/student_scratch.json"
+SCRATCH_KEY = "student_scratch_test_acc"
+MODEL_OUT = "models/student.pt"
+METRICS_OUT = "metrics/distill.json"
+HISTORY_OUT = "metrics/history_distill.csv"
+
+# input -> the stage that writes it, for the error message
+INPUTS = {
+    f"{DATA_DIR}/meta.json": "prepare",
+    TEACHER: "train_teacher",
+    SCRATCH_METRICS: "train_student_scratch",
+}
+
+
+def check_inputs() -> float:
+    """Fail before any work if an input is missing; returns the scratch control's test acc."""
+    missing = [f"{path} (written by stage {stage})" for path, stage in INPUTS.items()
+               if not Path(path).is_file()]
+    if missing:
+        raise ShrinkflowError("distill: missing input(s): " + "; ".join(missing)
+                              + ". Run `dvc repro distill` to build them first.")
+    scratch = read_json(SCRATCH_METRICS)
+    if not isinstance(scratch.get(SCRATCH_KEY), (int, float)):
+        raise ShrinkflowError(f"{SCRATCH_METRICS}: expected a number under key {SCRATCH_KEY!r}, "
+                              f"got {scratch.get(SCRATCH_KEY)!r}")
+    return float(scratch[SCRATCH_KEY])
+
+
+def main() -> None:
+    p = load_section("distill", PARAMS)
+    scratch_acc = check_inputs()
+    data = load_prepared(DATA_DIR)
+    meta, shape = data.meta, data.input_shape
+    teacher, payload = load_model(TEACHER)
+    check_teacher_fits_data(payload["spec"], meta, TEACHER)
+
+    spec = make_spec(p.student, meta["shape"][0], meta["num_classes"], meta["mean"], meta["std"])
+    seed_everything(p.train.seed)  # same order as train_student_scratch: seed, then build
+    student = build_model(spec)
+    loss_fn = build_loss(p, teacher, student, shape)
+    print(f"[distill] method {p.method}, T {p.T}, alpha {p.alpha}"
+          + (f", feature_weight {p.feature_weight}" if p.method != "kd" else ""))
+
+    start = time.perf_counter()
+    history = fit(student, data.train, data.val, p.train, loss_fn=loss_fn, name="distill")
+    seconds = time.perf_counter() - start
+    if isinstance(loss_fn, FeatureKDLoss):
+        loss_fn.remove_hooks()
+
+    m = distill_metrics(teacher, student, data.test, shape, scratch_acc, seconds)
+    save_model(MODEL_OUT, student, spec, method=p.method, T=p.T, alpha=p.alpha)
+    write_csv(HISTORY_OUT, history)
+    write_json(METRICS_OUT, m)
+    print(f"[distill] student {m['distill_student_params']:,} params "
+          f"({m['distill_params_ratio']:.1f}x fewer), {m['distill_student_macs']:,} MACs "
+          f"({m['distill_macs_ratio']:.1f}x fewer)")
+    print(f"[distill] test acc: student {m['student_test_acc']:.2%}, teacher "
+          f"{m['distill_teacher_test_acc']:.2%}, scratch {m['distill_scratch_test_acc']:.2%} -> "
+          f"kd gain {m['kd_gain_points']:+.2f} points")
+    print(f"[distill] teacher/student agreement {m['teacher_student_agreement']:.2%}; "
+          f"trained in {seconds:.1f}s -> {MODEL_OUT}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

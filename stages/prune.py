@@ -1,0 +1,129 @@
+"""prune: shrink the distilled student, then fine-tune it with distillation from the teacher.
+
+structured: whole channels removed with torch-pruning (smaller, faster dense model).
+unstructured: smallest weights zeroed (sparsity only: same shapes, same speed).
+Outputs: models/pruned.pt (pruned state_dict + the student's spec; load_model resizes layers),
+metrics/prune.json, metrics/history_prune.csv, metrics/prune_sensitivity.csv.
+"""
+
+import time
+from pathlib import Path
+
+from shrinkflow.artifacts import load_model, save_model, write_csv, write_json
+from shrinkflow.data import load_prepared
+from shrinkflow.errors import ShrinkflowError, run_stage
+from shrinkflow.params import load_section
+from shrinkflow.prune import (
+    make_finetune,
+    model_accuracy,
+    resolve_ignored,
+    run_pruning,
+    sensitivity_scan,
+    size_summary,
+    sparsity,
+)
+from shrinkflow.train import seed_everything
+
+DATA_DIR = "data/prepared"
+STUDENT_IN = "models/student.pt"
+TEACHER_IN = "models/teacher.pt"
+MODEL_OUT = "models/pruned.pt"
+METRICS_OUT = "metrics/prune.json"
+HISTORY_OUT = "metrics/history_prune.csv"
+SENSITIVITY_OUT = "metrics/prune_sensitivity.csv"
+SENSITIVITY_FIELDS = ["layer", "ratio", "accuracy", "macs"]
+
+
+def check_inputs() -> None:
+    for path in (f"{DATA_DIR}/meta.json", STUDENT_IN, TEACHER_IN):
+        if not Path(path).is_file():
+            raise ShrinkflowError(f"{path}: not found (run the stages before prune first)")
+
+
+def check_shapes(student_spec: dict, teacher_spec: dict, meta: dict) -> None:
+    """The student, teacher and data must agree on channels and classes before any work."""
+    for name, spec in (("student", student_spec), ("teacher", teacher_spec)):
+        if spec["in_channels"] != meta["shape"][0] or spec["num_classes"] != meta["num_classes"]:
+            raise ShrinkflowError(
+                f"models/{name}.pt expects {spec['in_channels']} channels / "
+                f"{spec['num_classes']} classes but {DATA_DIR} has {meta['shape'][0]} / "
+                f"{meta['num_classes']}: rerun the stages after prepare"
+            )
+
+
+def main() -> None:
+    p = load_section("prune")
+    check_inputs()
+    data = load_prepared(DATA_DIR)
+    student, payload = load_model(STUDENT_IN)
+    teacher, teacher_payload = load_model(TEACHER_IN)
+    spec, shape = payload["spec"], tuple(data.meta["shape"])
+    check_shapes(spec, teacher_payload["spec"], data.meta)
+    resolve_ignored(student, list(p.ignore_layers))  # an unknown layer name fails here
+    seed_everything(p.seed)
+
+    before = size_summary(student, shape)
+    student_acc = model_accuracy(student, data.test)
+    print(f"[prune] student: {before['params']:,} params, {before['macs']:,} MACs, "
+          f"test acc {student_acc:.2%}")
+
+    rows: list[dict] = []
+    if p.sensitivity:
+        start = time.perf_counter()
+        rows = sensitivity_scan(
+            student, shape, data.val, list(p.sensitivity_ratios), p.importance,
+            list(p.ignore_layers), p.sensitivity_max_layers, p.seed, data.train,
+        )
+        print(f"[prune] sensitivity scan on val: {len(rows)} trials in "
+              f"{time.perf_counter() - start:.1f}s")
+
+    from shrinkflow.distill import KDLoss
+
+    loss = KDLoss(teacher, p.kd.T, p.kd.alpha, p.train.label_smoothing)
+    finetune = make_finetune(data.train, data.val, p.train, loss_fn=loss)
+    outcome = run_pruning(
+        student, shape, p, finetune=finetune,
+        evaluate=lambda m: model_accuracy(m, data.test), train=data.train,
+    )
+    pruned = outcome.model
+    after = size_summary(pruned, shape)
+    pruned_acc = model_accuracy(pruned, data.test)
+    metrics = {
+        "prune_mode": p.mode,
+        "prune_params_before": before["params"],
+        "prune_params_after": after["params"],
+        "prune_params_ratio": round(after["params"] / before["params"], 6),
+        "prune_macs_before": before["macs"],
+        "prune_macs_after": after["macs"],
+        "prune_macs_ratio": round(after["macs"] / before["macs"], 6),
+        "prune_achieved_channel_ratio": round(1 - after["channels"] / before["channels"], 6),
+        "prune_sparsity": round(sparsity(pruned, resolve_ignored(pruned, p.ignore_layers)), 6),
+        "prune_student_test_acc": round(student_acc, 6),
+        "pruned_test_acc_before_finetune": round(outcome.acc_before_finetune or 0.0, 6),
+        "pruned_test_acc": round(pruned_acc, 6),
+        "prune_acc_drop_points": round(100 * (student_acc - pruned_acc), 4),
+        "prune_seconds": round(outcome.seconds, 2),
+    }
+    save_model(MODEL_OUT, pruned, spec, pruned=True, prune_mode=p.mode, prune_ratio=p.ratio,
+               prune_importance=p.importance)
+    write_csv(HISTORY_OUT, outcome.history)
+    write_csv(SENSITIVITY_OUT, rows, SENSITIVITY_FIELDS)  # header even with the scan off
+    write_json(METRICS_OUT, metrics)
+    method = "global L1 magnitude" if p.mode == "unstructured" else f"{p.importance} importance"
+    kind = "sparsity (not speed)" if p.mode == "unstructured" else "channels removed"
+    share = metrics["prune_sparsity"] if p.mode == "unstructured" else metrics[
+        "prune_achieved_channel_ratio"]
+    print(
+        f"[prune] {p.mode} ({method}) ratio {p.ratio} in {p.iterative_steps} step(s): "
+        f"{share:.1%} {kind}; params {before['params']:,} -> {after['params']:,} "
+        f"({metrics['prune_params_ratio']:.2f}x), MACs {before['macs']:,} -> {after['macs']:,} "
+        f"({metrics['prune_macs_ratio']:.2f}x)\n"
+        f"[prune] test acc: student {student_acc:.2%}, pruned before fine-tune "
+        f"{metrics['pruned_test_acc_before_finetune']:.2%}, after {pruned_acc:.2%} "
+        f"(drop {metrics['prune_acc_drop_points']:.2f} points) in {outcome.seconds:.1f}s "
+        f"-> {MODEL_OUT}"
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,89 @@
+"""compare on a saved `dvc exp show --json` (DVC 3.67, from a tiny real repo, trimmed)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shrinkflow.compare import answer, experiment_table, flatten, parse_exp_show, write_compare
+
+FIXTURE = Path(__file__).parent / "data" / "exp_show.json"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def payload() -> list[dict]:
+    return json.loads(FIXTURE.read_text())
+
+
+def test_flatten_nested_params():
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": "x"}) == {
+        "a.b": 1, "a.c.d": [1, 2], "e": "x"}
+
+
+def test_parse_fixture(payload):
+    records = parse_exp_show(payload)
+    assert [r["name"] for r in records] == ["master", "r07", "r03"]  # workspace skipped
+    master, r07, r03 = records
+    assert master["is_baseline"] and not r07["is_baseline"]
+    assert master["params"] == {"prune.ratio": 0.5, "distill.T": 4.0}
+    assert r07["changed"] == {"prune.ratio": 0.7, "distill.T": 2}
+    assert r03["changed"] == {"prune.ratio": 0.3}
+    assert r03["metrics"]["quantized_macs"] == 700 and r03["baseline"] == "master"
+    with_ws = parse_exp_show(payload, include_workspace=True)
+    assert with_ws[0]["name"] == "workspace"
+
+
+def test_failed_experiment_kept_with_error(payload):
+    failed = copy.deepcopy(payload[1]["experiments"][0])
+    failed["name"] = "broken"
+    failed["revs"][0].update(name="broken", data=None,
+                             error={"msg": "stage prune failed", "type": "ReproductionError"})
+    payload[1]["experiments"].append(failed)
+    df = experiment_table(parse_exp_show(payload))
+    row = df.set_index("name").loc["broken"]
+    assert row["error"] == "stage prune failed" and math.isnan(row["accuracy"])
+    assert "broken" not in " ".join(answer(df, 100.0))  # never the winner
+
+
+def test_table_and_answers(payload):
+    df = experiment_table(parse_exp_show(payload)).set_index("name")
+    assert df.loc["r03", "drop_points"] == pytest.approx(3.0)
+    assert df.loc["r07", "latency_ms"] == pytest.approx(3.0) and df.loc["r07", "macs"] == 300
+    assert df.attrs["batch"] == 64
+    table = experiment_table(parse_exp_show(payload))
+    tight = answer(table, 3.0)
+    assert tight[0].startswith("1 of 3") and all("`r03`" in line for line in tight[1:])
+    loose = answer(table, 10.0)
+    assert "`r07`" in loose[3] and "3.000 ms" in loose[3]  # fastest
+    assert "no experiment qualifies" in answer(table, 1.0)[1]
+
+
+def test_write_compare(payload, tmp_path):
+    df = experiment_table(parse_exp_show(payload))
+    page, chart = write_compare(df, tmp_path, max_drop=5.0)
+    text = page.read_text()
+    assert len([line for line in text.splitlines() if line.startswith("| ")]) == 1 + 3
+    assert "prune.ratio=0.3" in text and "](compare_pareto.png)" in text
+    assert chart is not None and chart.stat().st_size > 5000
+
+
+def test_cli_with_input(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "compare.py"), "--input", str(FIXTURE),
+         "--max-drop", "5", "--out-dir", str(tmp_path)],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "2 of 3 runs" in proc.stdout
+    assert (tmp_path / "compare.md").is_file()
+    bad = subprocess.run([sys.executable, str(REPO / "stages" / "compare.py"), "--input",
+                          str(tmp_path / "missing.json")], capture_output=True, text=True,
+                         cwd=REPO, timeout=120)
+    assert bad.returncode == 2 and "not found" in bad.stderr

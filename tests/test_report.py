@@ -1,0 +1,143 @@
+"""Report from synthetic metrics files: the table, the charts, the Pareto front, missing inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from shrinkflow.errors import ShrinkflowError
+from shrinkflow.report import (
+    best_within,
+    build_report,
+    load_metrics,
+    model_table,
+    pareto_front,
+)
+
+ACC = {"teacher": 0.98, "student_scratch": 0.93, "student": 0.96, "pruned": 0.955,
+       "quantized": 0.95, "quantized_torch": 0.945}
+SIZE = {"teacher": 4_000_000, "student_scratch": 400_000, "student": 400_000, "pruned": 100_000,
+        "pruned_onnx": 98_000, "quantized": 30_000, "quantized_torch": 40_000}
+B64_MS = {"teacher": 40.0, "student_scratch": 8.0, "student": 8.0, "pruned": 4.0,
+          "pruned_onnx": 2.0, "quantized": 1.0, "quantized_torch": 2.5}
+
+
+def write_metrics(root, with_optional: bool = True):
+    metrics = root / "metrics"
+    metrics.mkdir()
+    for name, acc in ACC.items():
+        data = {f"{name}_acc": acc, f"{name}_params": SIZE[name] // 4,
+                f"{name}_macs": SIZE[name] * 3, f"{name}_file_bytes": SIZE[name]}
+        (metrics / f"eval_{name}.json").write_text(json.dumps(data))
+    bench = {"bench_cpu": "Test CPU", "bench_threads": 2}
+    for name, ms in B64_MS.items():
+        bench[f"bench_{name}_b64_p50_ms"] = ms
+        bench[f"bench_{name}_b1_p50_ms"] = ms / 20
+        bench[f"bench_{name}_b64_speedup_vs_teacher"] = B64_MS["teacher"] / ms
+        bench[f"bench_{name}_file_bytes"] = SIZE[name]
+    bench["bench_pruned_onnx_macs"] = SIZE["pruned"] * 3
+    (metrics / "benchmark.json").write_text(json.dumps(bench))
+    if with_optional:
+        (metrics / "distill.json").write_text(json.dumps({"kd_gain_points": 3.0}))
+        for i, name in enumerate(["teacher", "student_scratch", "distill", "prune"]):
+            pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.0, 0.5, 0.3 + i / 10],
+                          "val_acc": [0.5, 0.8, 0.9 - i / 50]}).to_csv(
+                metrics / f"history_{name}.csv", index=False)
+        rng = np.random.default_rng(0)
+        actual = rng.integers(0, 4, 200)
+        predicted = np.where(rng.random(200) < 0.9, actual, rng.integers(0, 4, 200))
+        pd.DataFrame({"actual": actual, "predicted": predicted}).to_csv(
+            metrics / "confusion_quantized.csv", index=False)
+        pd.DataFrame({"layer": ["conv1"] * 3 + ["conv2"] * 3, "ratio": [0.25, 0.5, 0.75] * 2,
+                      "accuracy": [0.97, 0.95, 0.8, 0.97, 0.96, 0.94]}).to_csv(
+            metrics / "prune_sensitivity.csv", index=False)
+    return metrics
+
+
+def test_pareto_front_hand_made():
+    cost = [1.0, 2.0, 2.0, 3.0, 0.5, math.nan, 4.0]
+    acc = [0.90, 0.95, 0.93, 0.95, 0.80, 0.99, 0.97]
+    # (2, .93) is beaten by (2, .95); (3, .95) by (2, .95); NaN never on the front.
+    assert pareto_front(cost, acc) == [True, True, False, False, True, False, True]
+
+
+def test_pareto_front_ties_are_both_kept():
+    assert pareto_front([1, 1], [0.9, 0.9]) == [True, True]
+    assert pareto_front([], []) == []
+
+
+def test_model_table_values(tmp_path):
+    metrics = load_metrics(write_metrics(tmp_path))
+    df = model_table(metrics).set_index("model")
+    assert list(df.index) == ["teacher", "student_scratch", "student", "pruned", "pruned_onnx",
+                              "quantized", "quantized_torch"]
+    assert df.loc["quantized", "drop_points"] == pytest.approx(3.0)
+    assert df.loc["pruned_onnx", "accuracy"] == ACC["pruned"]  # same weights as pruned
+    assert df.loc["pruned_onnx", "file_bytes"] == SIZE["pruned_onnx"]  # from benchmark keys
+    assert df.loc["quantized", "b64_ms"] == 1.0 and df.loc["teacher", "speedup_b64"] == 1.0
+    assert df.loc["quantized", "speedup_b64"] == 40.0
+
+
+def test_best_within_budget(tmp_path):
+    df = model_table(load_metrics(write_metrics(tmp_path)))
+    # quantized is 3 pts down, pruned(_onnx) 2.5 (the tolerance absorbs float error)
+    assert best_within(df, 2.5, "file_bytes")["model"] == "pruned_onnx"
+    assert best_within(df, 2.0, "file_bytes")["model"] == "student"
+    assert best_within(df, 3.0, "b64_ms")["model"] == "quantized"
+    assert best_within(df, -1.0, "b64_ms") is None
+
+
+def test_build_report_writes_page_and_charts(tmp_path):
+    metrics = write_metrics(tmp_path)
+    page, charts, notes = build_report(metrics, tmp_path / "reports", max_drop=1.0)
+    text = page.read_text()
+    table_rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert len(table_rows) == 1 + 7  # header + one row per model
+    for name in ["teacher", "student_scratch", "pruned_onnx", "quantized_torch"]:
+        assert any(row.startswith(f"| {name} |") for row in table_rows)
+    names = {c.name for c in charts}
+    assert names == {"accuracy_vs_latency.png", "accuracy_vs_size.png", "training_curves.png",
+                     "confusion_quantized.png", "prune_sensitivity.png"}
+    for chart in charts:
+        assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 5000
+        assert f"]({chart.name})" in text
+    assert "**outside**" in text  # quantized drops 3 pts, budget 1
+    assert "drop 3.00 pts" in text and "+3.00 pts" in text and notes == []
+    assert not list((tmp_path / "reports").glob(".*tmp"))  # no temp files left behind
+
+
+def test_build_report_tolerates_missing_optional_inputs(tmp_path):
+    metrics = write_metrics(tmp_path, with_optional=False)
+    (metrics / "benchmark.json").unlink()
+    (metrics / "eval_quantized_torch.json").unlink()
+    page, charts, notes = build_report(metrics, tmp_path / "reports", max_drop=5.0)
+    text = page.read_text()
+    assert "quantized_torch" not in text.split("## Models")[1].split("\n\n")[1]
+    assert {c.name for c in charts} == {"accuracy_vs_size.png"}
+    assert any("history_teacher.csv" in n for n in notes)
+    assert any("confusion_quantized.csv" in n for n in notes)
+    assert "within the 5-point budget" in text
+
+
+def test_build_report_requires_teacher_accuracy(tmp_path):
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    (metrics / "eval_student.json").write_text(json.dumps({"student_acc": 0.9}))
+    with pytest.raises(ShrinkflowError, match="teacher"):
+        build_report(metrics, tmp_path / "reports", max_drop=1.0)
+
+
+def test_confusion_chart_stays_reasonable_for_many_classes(tmp_path):
+    from PIL import Image
+
+    from shrinkflow.report import plot_confusion
+
+    labels = np.arange(1000) % 100
+    pairs = pd.DataFrame({"actual": labels, "predicted": np.roll(labels, 1)})
+    path = plot_confusion(pairs, "100 classes", tmp_path / "c.png")
+    width, height = Image.open(path).size
+    assert 300 < width <= 12 * 120 + 200 and 300 < height <= 12 * 120 + 200
