@@ -18,7 +18,7 @@ COPIED = ["dvc.yaml", "params.yaml", "stages", "src", ".dvc/config", ".dvc/.giti
 TINY = {
     "teacher": {"model": {"widths": [8, 16]}, "train": {"epochs": 2}},
     "distill": {"student": {"widths": [4, 8]}, "train": {"epochs": 1}},
-    "prune": {"train": {"epochs": 1}, "sensitivity_ratios": [0.5]},
+    "prune": {"train": {"epochs": 1}, "sensitivity_ratios": [0.5], "round_to": 1},
     "quantize": {"calibration_samples": 32},
     "benchmark": {"batch_sizes": [1, 8], "repeats": 3, "warmup": 1},
 }

@@ -42,3 +42,15 @@ def test_predictor_for_a_pt_model(tmp_path, tiny_data):
 def test_missing_model_is_clear(tmp_path):
     with pytest.raises(ShrinkflowError, match="model file not found"):
         load_predictor(tmp_path / "nope.pt", (1, 8, 8))
+
+
+def test_metrics_agree_with_scikit_learn_on_random_predictions():
+    from sklearn.metrics import confusion_matrix, f1_score
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(200, 5, generator=gen)
+    labels = torch.randint(0, 5, (200,), generator=gen)
+    m = classification_metrics(logits, labels, num_classes=5)
+    predicted = logits.argmax(1).numpy()
+    assert m["confusion"].tolist() == confusion_matrix(labels.numpy(), predicted).tolist()
+    assert m["macro_f1"] == pytest.approx(f1_score(labels.numpy(), predicted, average="macro"))

@@ -44,10 +44,10 @@ def test_queued_sweep_runs_every_value(project):
 
 def test_workspace_experiment_applies_params(project):
     repo = project["repo"]
-    result = dvc(repo, "exp", "run", "-n", "kd-t2", "-S", "distill.T=2", "-S", "distill.alpha=0.5")
+    result = dvc(repo, "exp", "run", "-n", "kd-t2", "-S", "distill.T=2", "-S", "distill.alpha=0.9")
     assert "kd-t2" in result.stdout + result.stderr
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    assert params["distill"]["T"] == 2 and params["distill"]["alpha"] == 0.5
+    assert params["distill"]["T"] == 2 and params["distill"]["alpha"] == 0.9
     assert "Running stage 'distill'" in result.stdout
     assert "Running stage 'train_teacher'" not in result.stdout
 

@@ -125,17 +125,21 @@ def count_params(model: nn.Module) -> int:
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates for one image: FlopCounterMode FLOPs / 2 (agrees with torch-pruning)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """Multiply-accumulates for one image, counted by torch-pruning's forward hooks.
+
+    It agrees with torch.utils.flop_counter within 0.5% on these models (it also counts
+    batch-norm and pooling), without FlopCounterMode's ~1.2 s import of torch._dynamo in every
+    stage process. int8 modules are not counted: report MACs from the fp32 graph.
+    """
+    import torch_pruning as tp
 
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(torch.zeros(1, *input_shape, device=device))
+    with torch.no_grad():
+        macs, _ = tp.utils.count_ops_and_params(model, torch.zeros(1, *input_shape, device=device))
     model.train(was_training)
-    return int(counter.get_total_flops() // 2)
+    return int(macs)
 
 
 def resize_to_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
