@@ -16,7 +16,6 @@ keys unique, so they are merged. "Changed params" are those differing from the b
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from shrinkflow.artifacts import atomic_path
-from shrinkflow.report import fmt_value, markdown_table, pareto_front, plot_tradeoff
+from shrinkflow.report import first_number, fmt_value, markdown_table, pareto_front, plot_tradeoff
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -102,14 +101,6 @@ def largest_batch(metrics_keys: list[str], model: str) -> int | None:
     return max(sizes) if sizes else None
 
 
-def _first_number(metrics: dict[str, Any], *keys: str) -> float:
-    for key in keys:
-        value = metrics.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    return math.nan
-
-
 def experiment_table(records: list[dict[str, Any]], model: str = "quantized") -> pd.DataFrame:
     """One row per experiment: its ``model``'s accuracy, drop vs its own teacher, size, speed."""
     all_keys = sorted({k for r in records for k in r["metrics"]})
@@ -117,8 +108,8 @@ def experiment_table(records: list[dict[str, Any]], model: str = "quantized") ->
     rows = []
     for r in records:
         m = r["metrics"]
-        teacher = _first_number(m, "teacher_acc", "teacher_test_acc")
-        acc = _first_number(m, f"{model}_acc", f"{model}_test_acc")
+        teacher = first_number(m, "teacher_acc", "teacher_test_acc")
+        acc = first_number(m, f"{model}_acc", f"{model}_test_acc")
         rows.append({
             "name": r["name"],
             "baseline": r["baseline"],
@@ -126,9 +117,9 @@ def experiment_table(records: list[dict[str, Any]], model: str = "quantized") ->
             "changed": ", ".join(f"{k}={v}" for k, v in sorted(r.get("changed", {}).items())),
             "accuracy": acc,
             "drop_points": (teacher - acc) * 100,
-            "macs": _first_number(m, f"{model}_macs", f"bench_{model}_macs"),
-            "file_bytes": _first_number(m, f"{model}_file_bytes", f"bench_{model}_file_bytes"),
-            "latency_ms": _first_number(m, f"bench_{model}_b{batch}_p50_ms"),
+            "macs": first_number(m, f"{model}_macs", f"bench_{model}_macs"),
+            "file_bytes": first_number(m, f"{model}_file_bytes", f"bench_{model}_file_bytes"),
+            "latency_ms": first_number(m, f"bench_{model}_b{batch}_p50_ms"),
             "error": r.get("error") or "",
         })
     df = pd.DataFrame(rows)

@@ -72,7 +72,7 @@ def bench_batch_sizes(metrics: dict[str, Any]) -> list[int]:
     return sorted(found)
 
 
-def _num(metrics: dict[str, Any], *keys: str) -> float:
+def first_number(metrics: dict[str, Any], *keys: str) -> float:
     """The first numeric value among ``keys``, else NaN (a gap the table shows as "-")."""
     for key in keys:
         value = metrics.get(key)
@@ -92,7 +92,7 @@ def model_table(metrics: dict[str, Any]) -> pd.DataFrame:
     small, large = (sizes[0], sizes[-1]) if sizes else (1, 64)
     rows = []
     for name, (runtime, acc_from) in MODELS.items():
-        acc = _num(metrics, f"{acc_from}_acc")
+        acc = first_number(metrics, f"{acc_from}_acc")
         if name == "teacher" and math.isnan(acc):
             acc = teacher
         row = {
@@ -100,12 +100,12 @@ def model_table(metrics: dict[str, Any]) -> pd.DataFrame:
             "runtime": runtime,
             "accuracy": acc,
             "drop_points": (teacher - acc) * 100,
-            "params": _num(metrics, f"{name}_params", f"bench_{name}_params"),
-            "macs": _num(metrics, f"{name}_macs", f"bench_{name}_macs"),
-            "file_bytes": _num(metrics, f"{name}_file_bytes", f"bench_{name}_file_bytes"),
-            f"b{small}_ms": _num(metrics, f"bench_{name}_b{small}_p50_ms"),
-            f"b{large}_ms": _num(metrics, f"bench_{name}_b{large}_p50_ms"),
-            f"speedup_b{large}": _num(metrics, f"bench_{name}_b{large}_speedup_vs_teacher"),
+            "params": first_number(metrics, f"{name}_params", f"bench_{name}_params"),
+            "macs": first_number(metrics, f"{name}_macs", f"bench_{name}_macs"),
+            "file_bytes": first_number(metrics, f"{name}_file_bytes", f"bench_{name}_file_bytes"),
+            f"b{small}_ms": first_number(metrics, f"bench_{name}_b{small}_p50_ms"),
+            f"b{large}_ms": first_number(metrics, f"bench_{name}_b{large}_p50_ms"),
+            f"speedup_b{large}": first_number(metrics, f"bench_{name}_b{large}_speedup_vs_teacher"),
         }
         if name == "teacher" and not math.isnan(row[f"b{large}_ms"]):
             row[f"speedup_b{large}"] = 1.0
