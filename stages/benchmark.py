@@ -8,9 +8,8 @@ row per model x batch size to metrics/benchmark.csv for the report.
 """
 
 import argparse
-from pathlib import Path
 
-from shrinkflow.artifacts import read_json, write_csv, write_json
+from shrinkflow.artifacts import read_json, require_inputs, write_csv, write_json
 from shrinkflow.bench import (
     Job,
     environment,
@@ -19,7 +18,7 @@ from shrinkflow.bench import (
     resolve_threads,
     run_job_isolated,
 )
-from shrinkflow.errors import ShrinkflowError, run_stage
+from shrinkflow.errors import run_stage
 from shrinkflow.params import BenchmarkParams, load_section
 
 META = "data/prepared/meta.json"
@@ -32,6 +31,9 @@ MODELS = {  # name -> (file, runtime)
     "pruned_onnx": ("models/pruned.onnx", "onnxruntime"),
     "quantized": ("models/quantized.onnx", "onnxruntime"),
 }
+WRITERS = {"teacher": "train_teacher", "student_scratch": "train_student_scratch",
+           "student": "distill", "pruned": "prune", "quantized_torch": "quantize",
+           "pruned_onnx": "quantize", "quantized": "quantize"}
 JSON_OUT = "metrics/benchmark.json"
 CSV_OUT = "metrics/benchmark.csv"
 
@@ -42,12 +44,7 @@ def main() -> None:
                         help="run the whole benchmark twice and print the median-latency drift")
     args = parser.parse_args()
     p = load_section("benchmark")
-    missing = [path for path, _ in MODELS.values() if not Path(path).is_file()]
-    if missing:
-        raise ShrinkflowError(
-            "benchmark needs every model; missing: " + ", ".join(missing)
-            + " (run the stages that write them first)"
-        )
+    require_inputs("benchmark", {path: WRITERS[name] for name, (path, _) in MODELS.items()})
     shape = read_json(META)["shape"]
     threads = resolve_threads(p.threads)
     print(f"[benchmark] {len(MODELS)} models, batch sizes {p.batch_sizes}, {p.warmup} warm-up + "

@@ -5,9 +5,15 @@ order), so the two differ only in the loss, and kd_gain_points measures what the
 """
 
 import time
-from pathlib import Path
 
-from shrinkflow.artifacts import load_model, read_json, save_model, write_csv, write_json
+from shrinkflow.artifacts import (
+    load_model,
+    read_json,
+    require_inputs,
+    save_model,
+    write_csv,
+    write_json,
+)
 from shrinkflow.data import load_prepared
 from shrinkflow.distill import (
     FeatureKDLoss,
@@ -39,11 +45,7 @@ INPUTS = {
 
 def check_inputs() -> float:
     """Fail before any work if an input is missing; returns the scratch control's test acc."""
-    missing = [f"{path} (written by stage {stage})" for path, stage in INPUTS.items()
-               if not Path(path).is_file()]
-    if missing:
-        raise ShrinkflowError("distill: missing input(s): " + "; ".join(missing)
-                              + ". Run `dvc repro distill` to build them first.")
+    require_inputs("distill", INPUTS)
     scratch = read_json(SCRATCH_METRICS)
     if not isinstance(scratch.get(SCRATCH_KEY), (int, float)):
         raise ShrinkflowError(f"{SCRATCH_METRICS}: expected a number under key {SCRATCH_KEY!r}, "

@@ -7,9 +7,8 @@ metrics/prune.json, metrics/history_prune.csv, metrics/prune_sensitivity.csv.
 """
 
 import time
-from pathlib import Path
 
-from shrinkflow.artifacts import load_model, save_model, write_csv, write_json
+from shrinkflow.artifacts import load_model, require_inputs, save_model, write_csv, write_json
 from shrinkflow.data import load_prepared
 from shrinkflow.errors import ShrinkflowError, run_stage
 from shrinkflow.params import load_section
@@ -34,12 +33,6 @@ SENSITIVITY_OUT = "metrics/prune_sensitivity.csv"
 SENSITIVITY_FIELDS = ["layer", "ratio", "accuracy", "macs"]
 
 
-def check_inputs() -> None:
-    for path in (f"{DATA_DIR}/meta.json", STUDENT_IN, TEACHER_IN):
-        if not Path(path).is_file():
-            raise ShrinkflowError(f"{path}: not found (run the stages before prune first)")
-
-
 def check_shapes(student_spec: dict, teacher_spec: dict, meta: dict) -> None:
     """The student, teacher and data must agree on channels and classes before any work."""
     for name, spec in (("student", student_spec), ("teacher", teacher_spec)):
@@ -53,7 +46,8 @@ def check_shapes(student_spec: dict, teacher_spec: dict, meta: dict) -> None:
 
 def main() -> None:
     p = load_section("prune")
-    check_inputs()
+    require_inputs("prune", {f"{DATA_DIR}/meta.json": "prepare", STUDENT_IN: "distill",
+                             TEACHER_IN: "train_teacher"})
     data = load_prepared(DATA_DIR)
     student, payload = load_model(STUDENT_IN)
     teacher, teacher_payload = load_model(TEACHER_IN)

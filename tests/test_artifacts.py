@@ -58,3 +58,14 @@ def test_saving_the_same_model_twice_gives_identical_bytes(tmp_path):
     save_model(tmp_path / "a.pt", model, spec)
     save_model(tmp_path / "b.pt", model, spec)
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+
+
+def test_require_inputs_names_missing_files_and_their_stages(tmp_path):
+    from shrinkflow.artifacts import require_inputs
+
+    present = tmp_path / "teacher.pt"
+    present.write_bytes(b"x")
+    require_inputs("distill", {str(present): "train_teacher"})  # nothing missing: no error
+    missing = str(tmp_path / "student.pt")
+    with pytest.raises(ShrinkflowError, match=r"prune: missing input.*student\.pt.*stage distill"):
+        require_inputs("prune", {str(present): "train_teacher", missing: "distill"})

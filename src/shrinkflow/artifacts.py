@@ -116,9 +116,26 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
+def require_inputs(stage: str, inputs: dict[str, str]) -> None:
+    """Fail before any work when an input file is missing, naming the stage that writes it.
+
+    ``inputs`` maps each path to the stage that produces it.
+    """
+    missing = [f"{path} (written by stage {writer})" for path, writer in inputs.items()
+               if not Path(path).is_file()]
+    if missing:
+        raise ShrinkflowError(f"{stage}: missing input(s): " + "; ".join(missing)
+                              + f". Run `dvc repro {stage}` to build them first.")
+
+
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a saved model (pruned shapes included) in eval mode; returns (model, payload)."""
     payload = load_checkpoint(path)
+    return model_from_checkpoint(payload, path), payload
+
+
+def model_from_checkpoint(payload: dict[str, Any], path: str | Path) -> nn.Module:
+    """The fp32 model held by an already-read checkpoint (``path`` is for error messages)."""
     if payload["meta"].get("quantized"):
         raise ShrinkflowError(
             f"{path}: an int8 model; load it with shrinkflow.quantize.load_torch_int8"
@@ -126,4 +143,4 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     model = build_model(payload["spec"])
     resize_to_state_dict(model, payload["state_dict"])
     model.load_state_dict(payload["state_dict"])
-    return model.eval(), payload
+    return model.eval()

@@ -109,7 +109,7 @@ def load_predictor(
             lambda x: predict_onnx(session, x, batch_size), info.get("params"),
             info.get("macs"), "onnxruntime",
         )
-    from shrinkflow.artifacts import load_checkpoint, load_model
+    from shrinkflow.artifacts import load_checkpoint, model_from_checkpoint
     from shrinkflow.models import count_macs, count_params
     from shrinkflow.train import to_input
 
@@ -121,7 +121,7 @@ def load_predictor(
         params, macs = payload["meta"].get("params"), payload["meta"].get("macs")
         runtime = "torch-int8"
     else:
-        module, _ = load_model(path)
+        module = model_from_checkpoint(payload, path)
         params, macs = count_params(module), count_macs(module, tuple(input_shape))
         runtime = "torch"
 
