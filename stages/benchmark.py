@@ -1,13 +1,14 @@
-"""benchmark: latency / throughput / memory of every model, each in a fresh worker process.
+"""benchmark: latency / throughput / memory of every model, timed in interleaved rounds.
 
 Writes flat ``bench_*`` metrics (with speed-up and size ratios) to metrics/benchmark.json and one
 row per model x batch size to metrics/benchmark.csv for the report.
 
     python stages/benchmark.py               # the DVC stage
-    python stages/benchmark.py --stability   # by hand: run everything twice, print p50 drift
+    python stages/benchmark.py --stability   # by hand: run twice, print how far results moved
 """
 
 import argparse
+import time
 
 from shrinkflow.artifacts import read_json, require_inputs, write_csv, write_json
 from shrinkflow.bench import (
@@ -16,7 +17,7 @@ from shrinkflow.bench import (
     flat_metrics,
     p50_drift,
     resolve_threads,
-    run_job_isolated,
+    run_interleaved,
 )
 from shrinkflow.errors import run_stage
 from shrinkflow.params import BenchmarkParams, load_section
@@ -48,19 +49,15 @@ def main() -> None:
     shape = read_json(META)["shape"]
     threads = resolve_threads(p.threads)
     print(f"[benchmark] {len(MODELS)} models, batch sizes {p.batch_sizes}, {p.warmup} warm-up + "
-          f"{p.repeats} timed runs, {threads} threads, device {p.device}, input {shape}")
+          f"{p.repeats} timed runs in {p.rounds} rounds, {threads} threads, device {p.device}, "
+          f"input {shape}")
     rows = run_all(p, shape, threads)
     if args.stability:
         print("[benchmark] stability check: second run of every model")
         first, rows = rows, run_all(p, shape, threads)
-        drift = p50_drift(first, rows)
-        for d in drift:
-            print(f"[benchmark] drift {d['model']:<16} b{d['batch_size']:<4} "
-                  f"{d['p50_ms_1']:9.3f} -> {d['p50_ms_2']:9.3f} ms  {d['drift_pct']:+7.1f}%")
-        worst = max(abs(d["drift_pct"]) for d in drift)
-        print(f"[benchmark] max |drift| {worst:.1f}% "
-              f"({'within' if worst <= 15 else 'OUTSIDE'} the 15% stability bar)")
-    metrics = {**environment(p.threads, p.device, p.repeats, p.warmup), **flat_metrics(rows)}
+        report_stability(p50_drift(first, rows))
+    env = environment(p.threads, p.device, p.repeats, p.warmup, p.rounds)
+    metrics = {**env, **flat_metrics(rows)}
     write_csv(CSV_OUT, rows)
     write_json(JSON_OUT, metrics)
     b = max(p.batch_sizes)
@@ -72,18 +69,36 @@ def main() -> None:
     print(f"[benchmark] wrote {JSON_OUT} ({len(metrics)} keys) and {CSV_OUT} ({len(rows)} rows)")
 
 
+def report_stability(drift: list[dict]) -> None:
+    """Print how far each median and each speed-up vs the teacher moved between the two runs."""
+    for d in drift:
+        line = (f"[benchmark] drift {d['model']:<16} b{d['batch_size']:<4} "
+                f"{d['p50_ms_1']:9.3f} -> {d['p50_ms_2']:9.3f} ms {d['drift_pct']:+7.1f}%")
+        if "speedup_drift_pct" in d:
+            line += (f" | vs teacher {d['speedup_1']:6.2f}x -> {d['speedup_2']:6.2f}x "
+                     f"{d['speedup_drift_pct']:+7.1f}%")
+        print(line)
+    for key, what in (("drift_pct", "median latency"), ("speedup_drift_pct", "speedup vs teacher")):
+        worst = max(abs(d[key]) for d in drift if key in d)
+        print(f"[benchmark] max |drift| of {what}: {worst:.1f}% "
+              f"({'within' if worst <= 15 else 'OUTSIDE'} 15%)")
+
+
 def run_all(p: BenchmarkParams, shape: list[int], threads: int) -> list[dict]:
-    """Every model in its own worker process, in pipeline order, printing each result."""
-    rows = []
-    for name, (path, runtime) in MODELS.items():
-        job = Job(name, path, runtime, list(shape), list(p.batch_sizes), p.repeats, p.warmup,
-                  threads, p.device)
-        result = run_job_isolated(job)
-        for r in result:
-            print(f"[benchmark] {name:<16} {runtime:<11} b{r['batch_size']:<4} "
-                  f"p50 {r['p50_ms']:8.3f} ms  p99 {r['p99_ms']:8.3f} ms  "
-                  f"{r['ips']:10.1f} img/s  +{r['rss_mb']:.1f} MB")
-        rows += result
+    """Every model in its own worker process, timed in interleaved rounds; prints each result."""
+    jobs = [Job(name, path, runtime, list(shape), list(p.batch_sizes), p.repeats, p.warmup,
+                threads, p.device) for name, (path, runtime) in MODELS.items()]
+    started = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % max(total // 5, 1) == 0:
+            print(f"[benchmark] round {done}/{total} ({time.perf_counter() - started:.1f} s)")
+
+    rows = run_interleaved(jobs, p.rounds, progress)
+    for r in rows:
+        print(f"[benchmark] {r['model']:<16} {r['runtime']:<11} b{r['batch_size']:<4} "
+              f"p50 {r['p50_ms']:8.3f} ms  p99 {r['p99_ms']:8.3f} ms  "
+              f"{r['ips']:10.1f} img/s  +{r['rss_mb']:.1f} MB")
     return rows
 
 

@@ -12,10 +12,13 @@ from shrinkflow.bench import (
     flat_metrics,
     latency_stats,
     p50_drift,
+    run_interleaved,
     run_job,
-    run_job_isolated,
+    split_calls,
     time_calls,
+    worker_env,
 )
+from shrinkflow.errors import ShrinkflowError
 from shrinkflow.models import build_model, count_macs, count_params
 
 SHAPE = [1, 8, 8]
@@ -89,11 +92,44 @@ def test_run_job_onnx_reads_counts_from_metadata(tiny_pt, tmp_path):
     assert 0 < row["p50_ms"] <= row["p99_ms"]
 
 
-def test_run_job_isolated_matches_in_process_shape(tiny_pt):
+def test_split_calls_spreads_repeats_over_rounds():
+    assert split_calls(10, 3) == [4, 3, 3]
+    assert split_calls(2, 5) == [1, 1]  # never an empty round
+    assert split_calls(7, 1) == [7]
+    assert sum(split_calls(200, 50)) == 200
+
+
+def test_run_interleaved_times_every_model_in_its_own_worker(tiny_pt, tmp_path):
+    from shrinkflow.quantize import export_onnx
+
+    path, model = tiny_pt
+    onnx_path = tmp_path / "tiny.onnx"
+    export_onnx(model, tuple(SHAPE), onnx_path)
+    jobs = [Job("a", str(path), "torch", SHAPE, [1, 2], repeats=7, warmup=1, threads=1),
+            Job("b", str(onnx_path), "onnxruntime", SHAPE, [2], repeats=5, warmup=0, threads=1)]
+    rounds = []
+    rows = run_interleaved(jobs, 3, on_round=lambda done, total: rounds.append((done, total)))
+    assert rounds == [(1, 3), (2, 3), (3, 3)]
+    assert [(r["model"], r["batch_size"], r["calls"]) for r in rows] == [
+        ("a", 1, 7), ("a", 2, 7), ("b", 2, 5)]
+    for r in rows:
+        assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p99_ms"] and r["rss_mb"] >= 0
+        assert r["params"] == count_params(model) and r["threads"] == 1
+
+
+def test_run_interleaved_names_the_model_whose_worker_failed(tiny_pt, tmp_path):
     path, _ = tiny_pt
-    job = Job("tiny", str(path), "torch", SHAPE, [2], repeats=2, warmup=0, threads=1)
-    (row,) = run_job_isolated(job)
-    assert row["model"] == "tiny" and row["batch_size"] == 2 and row["p50_ms"] > 0
+    jobs = [Job("good", str(path), "torch", SHAPE, [1], repeats=2, warmup=0),
+            Job("broken", str(tmp_path / "missing.pt"), "torch", SHAPE, [1], repeats=2)]
+    with pytest.raises(ShrinkflowError, match=r"broken .*missing\.pt"):
+        run_interleaved(jobs, 2)
+
+
+def test_worker_env_keeps_user_glibc_tunables(monkeypatch):
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.check=0")
+    tunables = worker_env()["GLIBC_TUNABLES"].split(":")
+    assert "glibc.malloc.check=0" in tunables
+    assert any(t.startswith("glibc.malloc.trim_threshold=") for t in tunables)
 
 
 def test_unknown_runtime_rejected():
@@ -150,3 +186,14 @@ def test_p50_drift_percent_per_model_and_batch():
     second = [_row("a", 1, 2.2, 1), _row("a", 64, 8.0, 1), _row("new", 1, 1.0, 1)]
     drift = {(d["model"], d["batch_size"]): d["drift_pct"] for d in p50_drift(first, second)}
     assert drift == {("a", 1): pytest.approx(10.0), ("a", 64): pytest.approx(-20.0)}
+
+
+def test_p50_drift_of_speedups_cancels_a_uniformly_slower_machine():
+    first = [_row("teacher", 64, 20.0, 1), _row("a", 64, 5.0, 1), _row("b", 64, 2.0, 1)]
+    # second run: the whole machine 30% slower, and model b alone a further 10% slower
+    second = [_row("teacher", 64, 26.0, 1), _row("a", 64, 6.5, 1), _row("b", 64, 2.86, 1)]
+    drift = {d["model"]: d for d in p50_drift(first, second)}
+    assert drift["a"]["drift_pct"] == pytest.approx(30.0)
+    assert drift["a"]["speedup_1"] == 4.0 and drift["a"]["speedup_drift_pct"] == pytest.approx(0)
+    assert drift["b"]["speedup_drift_pct"] == pytest.approx((1 / 1.1 - 1) * 100, abs=0.01)
+    assert "speedup_drift_pct" not in drift["teacher"]

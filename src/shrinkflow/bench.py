@@ -1,14 +1,23 @@
-"""Latency, throughput and memory of every model, each measured in its own fresh process.
+"""Latency, throughput and memory of every model: one worker process per model, timed in rounds.
 
-Why a subprocess per model: peak RSS and allocator/thread-pool state are per process, so a model
-measured after another one would inherit its heap and warm caches. Each worker loads one model,
-builds one seeded input per batch size, runs ``warmup`` untimed calls then ``repeats`` timed calls
-(``time.perf_counter``, ``torch.inference_mode``, ``torch.cuda.synchronize`` around each call on
-CUDA) and reports percentiles.
+Why a process per model: peak RSS and allocator/thread-pool state are per process, so a model
+measured after another one in the same process would inherit its heap and warm caches.
 
-Memory: before each batch size the worker resets the kernel's peak-RSS counter (writing ``5`` to
-``/proc/self/clear_refs`` resets ``VmHWM``, Linux >= 4.0) and reports ``VmHWM - VmRSS`` after the
-timed runs: the extra resident memory inference needed beyond the loaded model and its input.
+Why rounds: on a shared machine (a VM on a busy host) the speed of a core drifts over tens of
+seconds, by up to 50%. Timing one model after another lets a slow minute land on one model only,
+so its median, and every speed-up against it, measures the host. Instead every worker is started
+and warmed up first, then the parent asks them in turn for a few timed calls, round after round,
+rotating the order; each model's ``repeats`` calls are spread over the whole benchmark, so a slow
+period is shared by all models and each median covers the same stretch of time.
+
+Each worker loads one model and builds one seeded input per batch size; timing is
+``time.perf_counter`` around single calls under ``torch.inference_mode`` (``torch.cuda.synchronize``
+around each call on CUDA). Every round starts a model's turn with one untimed call, since the
+previous worker has just evicted its weights from the CPU caches.
+
+Memory: during warm-up of each batch size the worker resets the kernel's peak-RSS counter (writing
+``5`` to ``/proc/self/clear_refs`` resets ``VmHWM``, Linux >= 4.0) and reports ``VmHWM - VmRSS``
+afterwards: the extra resident memory inference needed beyond the loaded model and its input.
 Where that reset is not available, it falls back to ``getrusage`` max-RSS growth, which misses
 memory that was already at its peak before the run (the ``rss_method`` field says which).
 
@@ -24,6 +33,7 @@ import platform
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -97,6 +107,7 @@ def latency_stats(times_ms: list[float], batch_size: int) -> dict[str, float]:
         "p99_ms": round(float(p99), 4),
         "mean_ms": round(float(arr.mean()), 4),
         "min_ms": round(float(arr.min()), 4),  # CSV only: shows contention when far below p50
+        "calls": len(arr),
         "ips": round(batch_size * len(arr) / (float(arr.sum()) / 1000.0), 2),
     }
 
@@ -221,51 +232,185 @@ def make_input(shape: list[int], batch_size: int, seed: int, device: str = "cpu"
     return x.float().div_(255).to(device)
 
 
-def run_job(job: Job) -> list[dict[str, Any]]:
-    """Benchmark one model in this process: one result row per batch size."""
-    import torch
+class LoadedModel:
+    """One job's model and inputs, loaded and warmed up in this process, ready to time calls."""
 
-    threads = resolve_threads(job.threads)
-    torch.set_num_threads(threads)
-    if job.device == "cuda" and not torch.cuda.is_available():
-        raise ShrinkflowError("benchmark.device is 'cuda' but torch.cuda.is_available() is False")
-    run, kind, info = _load(job, threads)
-    sync = torch.cuda.synchronize if job.device == "cuda" else None
-    rows = []
-    for batch_size in sorted(job.batch_sizes):
-        x = make_input(job.input_shape, batch_size, job.seed, job.device)
-        x = x.cpu().numpy() if kind == "numpy" else x
+    def __init__(self, job: Job) -> None:
+        import torch
+
+        self.job = job
+        self.threads = resolve_threads(job.threads)
+        torch.set_num_threads(self.threads)
+        if job.device == "cuda" and not torch.cuda.is_available():
+            raise ShrinkflowError(
+                "benchmark.device is 'cuda' but torch.cuda.is_available() is False"
+            )
+        self._run, kind, self.info = _load(job, self.threads)
+        self._sync = torch.cuda.synchronize if job.device == "cuda" else None
+        self._inputs: dict[int, Any] = {}
+        self.rss_mb: dict[int, float] = {}
         memory = PeakRss()
+        for batch_size in sorted(job.batch_sizes):
+            x = make_input(job.input_shape, batch_size, job.seed, job.device)
+            self._inputs[batch_size] = x.cpu().numpy() if kind == "numpy" else x
+            with torch.inference_mode():
+                memory.start()  # at least one call, so the peak is never of an empty run
+                time_calls(self._call(batch_size), max(job.warmup, 1), 0, self._sync)
+                self.rss_mb[batch_size] = memory.stop()
+        self.rss_method = memory.method
+
+    def _call(self, batch_size: int) -> Callable[[], Any]:
+        x = self._inputs[batch_size]
+        return lambda: self._run(x)
+
+    def time(self, batch_size: int, calls: int) -> list[float]:
+        """Milliseconds of ``calls`` timed calls, after one untimed call to re-warm the caches."""
+        import torch
+
         with torch.inference_mode():
-            memory.start()
-            times = time_calls(lambda x=x: run(x), job.warmup, job.repeats, sync)
-            rss_mb = memory.stop()
-        rows.append(
-            {
-                "model": job.name,
-                "runtime": job.runtime,
-                "precision": job.precision,
-                "device": job.device,
-                "threads": threads,
-                "batch_size": batch_size,
-                **latency_stats(times, batch_size),
-                "rss_mb": rss_mb,
-                "rss_method": memory.method,
-                "file_bytes": Path(job.path).stat().st_size,
-                **info,
-            }
+            return time_calls(self._call(batch_size), 1, calls, self._sync)
+
+    def describe(self) -> dict[str, Any]:
+        """What a result row needs besides the timings, in JSON-able form."""
+        return {"threads": self.threads, "info": self.info, "rss_method": self.rss_method,
+                "rss_mb": {str(b): mb for b, mb in self.rss_mb.items()}}
+
+
+def result_row(
+    job: Job, described: dict[str, Any], batch_size: int, times_ms: list[float]
+) -> dict[str, Any]:
+    """One CSV row: a model at one batch size, its latency statistics, memory, size and counts."""
+    return {
+        "model": job.name,
+        "runtime": job.runtime,
+        "precision": job.precision,
+        "device": job.device,
+        "threads": described["threads"],
+        "batch_size": batch_size,
+        **latency_stats(times_ms, batch_size),
+        "rss_mb": described["rss_mb"][str(batch_size)],
+        "rss_method": described["rss_method"],
+        "file_bytes": Path(job.path).stat().st_size,
+        **described["info"],
+    }
+
+
+def run_job(job: Job) -> list[dict[str, Any]]:
+    """Benchmark one model in this process, all its calls in one go: one row per batch size."""
+    model = LoadedModel(job)
+    described = model.describe()
+    return [result_row(job, described, b, model.time(b, job.repeats))
+            for b in sorted(job.batch_sizes)]
+
+
+class Worker:
+    """A child process holding one job's ``LoadedModel``, timing calls when asked.
+
+    Protocol (one JSON document per line): the child writes ``describe()`` once it is loaded and
+    warmed up, then answers each ``{"batch_size": B, "calls": N}`` read from its stdin with the
+    list of N latencies. Closing its stdin ends it.
+    """
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # a file, so a chatty child never blocks
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "shrinkflow.bench", json.dumps(asdict(job))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
+            env=worker_env(),
         )
-    return rows
+
+    def _reply(self) -> Any:
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        if not line:
+            self._proc.wait()
+            self._stderr.seek(0)
+            tail = "\n".join(self._stderr.read().strip().splitlines()[-15:])
+            raise ShrinkflowError(f"benchmark of {self.job.name} ({self.job.path}) failed:\n{tail}")
+        return json.loads(line)
+
+    def ready(self) -> dict[str, Any]:
+        """Wait until the model is loaded and warmed up; its ``describe()``."""
+        return self._reply()
+
+    def time(self, batch_size: int, calls: int) -> list[float]:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps({"batch_size": batch_size, "calls": calls}) + "\n")
+        self._proc.stdin.flush()
+        return self._reply()
+
+    def close(self) -> None:
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+        self._stderr.close()
 
 
-def run_job_isolated(job: Job, timeout_s: float = 1800.0) -> list[dict[str, Any]]:
-    """``run_job`` in a fresh Python process (``python -m shrinkflow.bench JOB_JSON``)."""
-    cmd = [sys.executable, "-m", "shrinkflow.bench", json.dumps(asdict(job))]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-        raise ShrinkflowError(f"benchmark of {job.name} ({job.path}) failed:\n{tail}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+# glibc malloc, told to keep freed memory (blocks up to 32 MB come from the heap, and the heap is
+# never trimmed). By default PyTorch eager's activations are returned to the kernel after every
+# call and faulted in again on the next: ~500 page faults per batch-64 call of the student,
+# whose cost on a VM swings by 1.5x from one process to the next. Serving setups avoid this with
+# jemalloc/tcmalloc; these tunables do the same for the benchmark without a new dependency.
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=17179869184"
+
+
+def worker_env() -> dict[str, str]:
+    """This process's environment plus ``MALLOC_TUNABLES`` (kept after any the user set)."""
+    env = dict(os.environ)
+    env["GLIBC_TUNABLES"] = ":".join(filter(None, [MALLOC_TUNABLES, env.get("GLIBC_TUNABLES")]))
+    return env
+
+
+def split_calls(repeats: int, rounds: int) -> list[int]:
+    """``repeats`` timed calls spread as evenly as possible over ``rounds`` (none empty)."""
+    rounds = max(1, min(rounds, repeats))
+    return [repeats // rounds + (1 if r < repeats % rounds else 0) for r in range(rounds)]
+
+
+# Pause before each model's turn. Thread pools keep spinning on a core for a while after their
+# last call (libgomp and ONNX Runtime both do, to answer the next call sooner), so without a pause
+# the next model starts on a machine with one core still busy. Measured with 2 threads: after an
+# ORT model, the pruned student's first three batch-64 calls took 6.9 ms instead of 3.3 ms with
+# a 20 ms pause, and ran at full speed from the first call with 60 ms.
+SETTLE_S = 0.06
+
+
+def run_interleaved(
+    jobs: list[Job],
+    rounds: int,
+    on_round: Callable[[int, int], None] | None = None,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Benchmark every job in its own worker, in ``rounds`` rounds of a few calls per model.
+
+    Each round visits the models in a fresh seeded random order, so no model always follows the
+    same neighbour. Rows come back in job order, one per model and batch size.
+    """
+    rng = np.random.default_rng(seed)
+    workers = [Worker(job) for job in jobs]  # all start (import, load, warm up) in parallel
+    try:
+        described = [w.ready() for w in workers]
+        plans = [split_calls(job.repeats, rounds) for job in jobs]
+        n_rounds = max(len(plan) for plan in plans)
+        times: dict[tuple[int, int], list[float]] = {}
+        for r in range(n_rounds):
+            for i in rng.permutation(len(jobs)).tolist():
+                if r >= len(plans[i]):
+                    continue
+                time.sleep(SETTLE_S)
+                for b in sorted(jobs[i].batch_sizes):
+                    times.setdefault((i, b), []).extend(workers[i].time(b, plans[i][r]))
+            if on_round is not None:
+                on_round(r + 1, n_rounds)
+    finally:
+        for w in workers:
+            w.close()
+    return [result_row(job, described[i], b, times[(i, b)])
+            for i, job in enumerate(jobs) for b in sorted(job.batch_sizes)]
 
 
 # --- from rows to flat metrics --------------------------------------------------------------
@@ -310,24 +455,36 @@ def flat_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def p50_drift(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per model x batch size: how far the second run's median latency is from the first's, in %.
+def p50_drift(
+    first: list[dict[str, Any]], second: list[dict[str, Any]], baseline: str = "teacher"
+) -> list[dict[str, Any]]:
+    """Per model x batch size: how far the second run's median latency moved from the first's.
 
-    The stability check: the same models benchmarked twice should agree within ~15% on a quiet
-    machine; larger drift means the numbers measure the machine's load, not the model.
+    The stability check. ``drift_pct`` compares absolute medians: on a quiet machine they agree
+    within ~15%. ``speedup_drift_pct`` compares the speed-up against ``baseline`` measured in the
+    same run, which cancels what slowed the whole machine down between the two runs; a large
+    ``drift_pct`` with a small ``speedup_drift_pct`` means the machine changed, not the models.
     """
     before = {(r["model"], r["batch_size"]): r["p50_ms"] for r in first}
+    after = {(r["model"], r["batch_size"]): r["p50_ms"] for r in second}
     drift = []
-    for r in second:
-        key = (r["model"], r["batch_size"])
-        if key in before and before[key] > 0:
-            pct = (r["p50_ms"] / before[key] - 1) * 100
-            drift.append({"model": key[0], "batch_size": key[1], "p50_ms_1": before[key],
-                          "p50_ms_2": r["p50_ms"], "drift_pct": round(pct, 2)})
+    for (model, b), ms in after.items():
+        if before.get((model, b), 0) <= 0 or ms <= 0:
+            continue
+        entry = {"model": model, "batch_size": b, "p50_ms_1": before[(model, b)], "p50_ms_2": ms,
+                 "drift_pct": round((ms / before[(model, b)] - 1) * 100, 2)}
+        if model != baseline and (baseline, b) in before and (baseline, b) in after:
+            speedup_1 = before[(baseline, b)] / before[(model, b)]
+            speedup_2 = after[(baseline, b)] / ms
+            entry |= {"speedup_1": round(speedup_1, 3), "speedup_2": round(speedup_2, 3),
+                      "speedup_drift_pct": round((speedup_2 / speedup_1 - 1) * 100, 2)}
+        drift.append(entry)
     return drift
 
 
-def environment(threads: int, device: str, repeats: int, warmup: int) -> dict[str, Any]:
+def environment(
+    threads: int, device: str, repeats: int, warmup: int, rounds: int
+) -> dict[str, Any]:
     """Where and how the numbers were taken: they mean little without this."""
     import onnxruntime
     import torch
@@ -336,6 +493,7 @@ def environment(threads: int, device: str, repeats: int, warmup: int) -> dict[st
         "bench_threads": resolve_threads(threads),
         "bench_device": device,
         "bench_repeats": repeats,
+        "bench_rounds": rounds,
         "bench_warmup": warmup,
         "bench_cpu": cpu_name(),
         "bench_torch_version": torch.__version__,
@@ -344,10 +502,19 @@ def environment(threads: int, device: str, repeats: int, warmup: int) -> dict[st
 
 
 def _worker_main(argv: list[str]) -> None:
-    """Entry of the worker process: one Job as JSON in argv, result rows as JSON on stdout."""
-    job = Job(**json.loads(argv[1]))
-    rows = run_job(job)
-    print(json.dumps(rows))
+    """Entry of a worker process: see ``Worker`` for the protocol."""
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not corrupt replies
+
+    def reply(obj: Any) -> None:
+        replies.write(json.dumps(obj) + "\n")
+        replies.flush()
+
+    model = LoadedModel(Job(**json.loads(argv[1])))
+    reply(model.describe())
+    for line in sys.stdin:
+        request = json.loads(line)
+        reply(model.time(request["batch_size"], request["calls"]))
 
 
 if __name__ == "__main__":

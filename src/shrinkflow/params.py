@@ -141,9 +141,10 @@ class EvaluateParams(Section):
 
 class BenchmarkParams(Section):
     batch_sizes: list[int] = Field(default=[1, 64], min_length=1)
-    repeats: int = Field(default=50, ge=1)
+    repeats: int = Field(default=200, ge=1, description="timed calls per model and batch size")
+    rounds: int = Field(default=20, ge=1, description="interleaved rounds spreading the calls")
     warmup: int = Field(default=10, ge=0)
-    threads: int = Field(default=0, ge=0, description="0 = all cores")
+    threads: int = Field(default=0, ge=0, description="per model; 0 = all cores")
     device: Literal["cpu", "cuda"] = "cpu"
 
 
