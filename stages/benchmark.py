@@ -79,8 +79,8 @@ def report_stability(drift: list[dict]) -> None:
                      f"{d['speedup_drift_pct']:+7.1f}%")
         print(line)
     for key, what in (("drift_pct", "median latency"), ("speedup_drift_pct", "speedup vs teacher")):
-        worst = max(abs(d[key]) for d in drift if key in d)
-        print(f"[benchmark] max |drift| of {what}: {worst:.1f}% "
+        worst = round(max(abs(d[key]) for d in drift if key in d), 1)  # judge what is printed
+        print(f"[benchmark] max |drift| of {what}: {worst}% "
               f"({'within' if worst <= 15 else 'OUTSIDE'} 15%)")
 
 

@@ -7,8 +7,9 @@ Why rounds: on a shared machine (a VM on a busy host) the speed of a core drifts
 seconds, by up to 50%. Timing one model after another lets a slow minute land on one model only,
 so its median, and every speed-up against it, measures the host. Instead every worker is started
 and warmed up first, then the parent asks them in turn for a few timed calls, round after round,
-rotating the order; each model's ``repeats`` calls are spread over the whole benchmark, so a slow
-period is shared by all models and each median covers the same stretch of time.
+in a new seeded random order each round; each model's ``repeats`` calls are spread over the whole
+benchmark, so a slow period is shared by all models and each median covers the same stretch of
+time.
 
 Each worker loads one model and builds one seeded input per batch size; timing is
 ``time.perf_counter`` around single calls under ``torch.inference_mode`` (``torch.cuda.synchronize``
