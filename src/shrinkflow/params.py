@@ -54,11 +54,14 @@ class TrainConfig(Section):
     seed: int = 0
     device: Device = "auto"
     max_batches: int = Field(default=0, ge=0, description="cap batches per epoch; 0 = no cap")
+    augment: Literal["none", "crop", "crop_flip"] = "none"
+    crop_padding: int = Field(default=4, ge=1, le=64, description="pixels of zero padding")
 
 
 class PrepareParams(Section):
     source: Literal["digits", "idx", "imagefolder", "cifar"] = "digits"
     path: str = ""
+    split: Literal["source", "pooled"] = "pooled"
     image_size: int = Field(default=32, ge=4)
     channels: Literal[1, 3] = 3
     val_fraction: float = Field(default=0.15, gt=0, lt=1)

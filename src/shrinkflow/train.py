@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shrinkflow.augment import Augment, make_augment
 from shrinkflow.params import TrainConfig
 
 LossParts = dict[str, torch.Tensor]
@@ -84,10 +85,13 @@ def iterate_batches(
     device: torch.device,
     generator: torch.Generator | None = None,
     max_batches: int = 0,
+    augment: Augment | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches from in-memory tensors: shuffled when a generator is given, sharded by rank.
+    """Batches gathered from (memory-mapped) tensors: shuffled when a generator is given,
+    sharded by rank, augmented as uint8 on ``device`` when ``augment`` is given.
 
-    Small image datasets fit in memory (and on a GPU), so this beats a per-sample DataLoader.
+    Gathering a batch of indices reads only those images, so this beats a per-sample
+    DataLoader for small images and keeps memory near the prepared data's size.
     """
     x, y = split
     n = len(y)
@@ -98,7 +102,10 @@ def iterate_batches(
         if max_batches and i >= max_batches:
             break
         idx = order[start : start + batch_size]
-        yield to_input(x[idx], device), y[idx].to(device, non_blocking=True)
+        xb = x[idx].to(device, non_blocking=True)
+        if augment is not None:
+            xb = augment(xb)
+        yield to_input(xb, device), y[idx].to(device, non_blocking=True)
 
 
 def _autocast(device: torch.device):
@@ -161,6 +168,7 @@ def fit(
         params += [p for p in loss_fn.parameters() if p.requires_grad]
     optimizer = _make_optimizer(params, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
+    augment = make_augment(cfg.augment, cfg.crop_padding, cfg.seed)
     n_batches = math.ceil(len(train[1]) / rank_and_world()[1] / cfg.batch_size)
     steps_per_epoch = min(n_batches, cfg.max_batches) if cfg.max_batches else n_batches
     total_steps, step = cfg.epochs * steps_per_epoch, 0
@@ -171,7 +179,8 @@ def fit(
         sums: dict[str, torch.Tensor] = {}
         seen = correct = 0
         lr = cfg.lr
-        for xb, yb in iterate_batches(train, cfg.batch_size, device, generator, cfg.max_batches):
+        for xb, yb in iterate_batches(train, cfg.batch_size, device, generator, cfg.max_batches,
+                                      augment):
             lr = cfg.lr * _lr_factor(cfg, step, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
