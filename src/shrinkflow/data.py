@@ -113,6 +113,13 @@ def _in_memory_part(name: str, images: np.ndarray, labels: np.ndarray) -> Source
     return SourcePart(name, labels, chunks)
 
 
+def source_from_arrays(images: np.ndarray, labels: np.ndarray, classes: list[str]) -> Source:
+    """A pooled source from in-memory uint8 images (N, C, H, W): built-in and test data."""
+    sha = hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()
+    return Source([_in_memory_part("all", images, labels.astype(np.int64))], classes,
+                  tuple(images.shape[1:]), sha)
+
+
 def load_digits_source() -> Source:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 0..16 ink), offline.
 
@@ -120,10 +127,8 @@ def load_digits_source() -> Source:
     """
     bunch = load_digits()
     images = np.rint(bunch.images * (255 / 16)).clip(0, 255).astype(np.uint8)[:, None]
-    labels = bunch.target.astype(np.int64)
-    sha = hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()
-    classes = [str(c) for c in bunch.target_names]
-    return Source([_in_memory_part("all", images, labels)], classes, (1, 8, 8), sha)
+    return source_from_arrays(images, bunch.target.astype(np.int64),
+                              [str(c) for c in bunch.target_names])
 
 
 # IDX (MNIST format) ------------------------------------------------------------------------

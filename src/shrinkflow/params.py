@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from shrinkflow.errors import ShrinkflowError
 
@@ -79,8 +86,30 @@ class PrepareParams(Section):
 
 
 class TeacherParams(Section):
+    """``mode: train`` trains ``model`` (from ``init``'s weights when set); ``mode: import`` only
+    loads ``init`` (a shrinkflow ``.pt`` or a state_dict for ``model.arch``), checks it against
+    the data and evaluates it."""
+
+    mode: Literal["train", "import"] = "train"
+    init: str = Field(default="", description="weights file inside the repo (dvc add it)")
     model: ModelSpec = ModelSpec()
     train: TrainConfig = TrainConfig()
+
+    @field_validator("init")
+    @classmethod
+    def _inside_repo(cls, init: str) -> str:
+        # DVC tracks files in the repository only; an outside path would make the teacher
+        # depend on a file no `dvc repro` can see change.
+        if init and (Path(init).is_absolute() or ".." in Path(init).parts):
+            raise ValueError("must be a relative path inside the repository, e.g. "
+                             "data/raw/resnet18_imagenet.pt (dvc add it)")
+        return init
+
+    @model_validator(mode="after")
+    def _import_needs_init(self) -> TeacherParams:
+        if self.mode == "import" and not self.init:
+            raise ValueError("mode 'import' needs teacher.init: the model file to import")
+        return self
 
 
 class DistillParams(Section):

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shrinkflow.augment import Augment, make_augment
+from shrinkflow.models import build_model, count_macs, count_params, make_spec
 from shrinkflow.params import TrainConfig
 
 LossParts = dict[str, torch.Tensor]
@@ -217,32 +218,49 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def train_supervised(
-    model_params: Any, cfg: TrainConfig, data: Any, name: str
+    model_params: Any,
+    cfg: TrainConfig,
+    data: Any,
+    name: str,
+    init: Callable[[nn.Module, dict[str, Any]], None] | None = None,
 ) -> tuple[nn.Module, dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     """Seed, build and train a model with plain cross-entropy; summarise it as flat metrics.
 
     Shared by the teacher and the scratch control, which must differ only in what they train.
     ``model_params`` is a ``ModelSpec`` section, ``data`` a ``shrinkflow.data.Prepared``.
     Seeding happens right before building, so the same student spec and seed give the same
-    initial weights in every stage. Returns (model, spec, history rows, ``<name>_*`` metrics).
+    initial weights in every stage. ``init(model, spec)``, when given, runs between building and
+    training (fine-tuning from a user's weights). Returns (model, spec, history rows,
+    ``<name>_*`` metrics).
     """
-    from shrinkflow.models import build_model, count_macs, count_params, make_spec
-
     meta = data.meta
     spec = make_spec(model_params, meta["shape"][0], meta["num_classes"], meta["mean"], meta["std"])
     seed_everything(cfg.seed)
     model = build_model(spec)
+    if init is not None:
+        init(model, spec)
     start = time.perf_counter()
     history = fit(model, data.train, data.val, cfg, name=name)
     seconds = time.perf_counter() - start
-    metrics = {
+    return model, spec, history, supervised_metrics(model, data, name, history, seconds)
+
+
+def supervised_metrics(
+    model: nn.Module, data: Any, name: str, history: list[dict[str, Any]], seconds: float
+) -> dict[str, Any]:
+    """``<name>_*`` metrics of a classifier: size, cost, val / test accuracy, training time.
+
+    With no history (an imported model, or 0 epochs) val accuracy is measured here.
+    """
+    val_acc = (history[-1]["val_acc"] if history
+               else round(accuracy(predict(model, data.val[0]), data.val[1]), 6))
+    return {
         f"{name}_params": count_params(model),
-        f"{name}_macs": count_macs(model, tuple(meta["shape"])),
-        f"{name}_val_acc": history[-1]["val_acc"] if history else None,
+        f"{name}_macs": count_macs(model, tuple(data.meta["shape"])),
+        f"{name}_val_acc": val_acc,
         f"{name}_test_acc": round(accuracy(predict(model, data.test[0]), data.test[1]), 6),
         f"{name}_train_seconds": round(seconds, 2),
     }
-    return model, spec, history, metrics
 
 
 def summary_line(name: str, spec: dict[str, Any], metrics: dict[str, Any]) -> str:
