@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from shrinkflow.errors import ShrinkflowError
 from shrinkflow.metric_keys import read_model_list
@@ -18,6 +19,7 @@ from shrinkflow.report import (
     load_metrics,
     model_table,
     pareto_front,
+    plot_confusion,
 )
 
 MODELS = read_model_list(Path(__file__).resolve().parents[1] / "models.yaml")
@@ -153,10 +155,6 @@ def test_build_report_requires_teacher_accuracy(tmp_path):
 
 
 def test_confusion_chart_stays_reasonable_for_many_classes(tmp_path):
-    from PIL import Image
-
-    from shrinkflow.report import plot_confusion
-
     labels = np.arange(1000) % 100
     pairs = pd.DataFrame({"actual": labels, "predicted": np.roll(labels, 1)})
     path = plot_confusion(pairs, "100 classes", tmp_path / "c.png")

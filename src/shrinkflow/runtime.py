@@ -91,7 +91,8 @@ class Model:
     num_classes: int | None
     device: torch.device
     meta: dict[str, Any] = field(repr=False)  # .pt: its meta (role, provenance); ONNX: metadata
-    run: Callable[[Any], Any] = field(repr=False)  # native batch -> native logits
+    # native batch (from ``prepare``) -> native logits; call it under torch.inference_mode()
+    run: Callable[[Any], Any] = field(repr=False)
     module: nn.Module | None = field(default=None, repr=False)  # torch runtimes only
     spec: dict[str, Any] | None = None  # the architecture spec of a .pt file
 
