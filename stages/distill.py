@@ -58,7 +58,7 @@ def main() -> None:
     scratch_acc = check_inputs()
     data = load_prepared(DATA_DIR)
     meta, shape = data.meta, data.input_shape
-    teacher, payload = load_model(TEACHER)
+    teacher, payload = load_model(TEACHER, role="teacher")  # not a student copied over it
     check_teacher_fits_data(payload["spec"], meta, TEACHER)
 
     spec = make_spec(p.student, meta["shape"][0], meta["num_classes"], meta["mean"], meta["std"])
@@ -75,7 +75,7 @@ def main() -> None:
         loss_fn.remove_hooks()
 
     m = distill_metrics(teacher, student, data.test, shape, scratch_acc, seconds)
-    save_model(MODEL_OUT, student, spec, method=p.method, T=p.T, alpha=p.alpha)
+    save_model(MODEL_OUT, student, spec, role="student", method=p.method, T=p.T, alpha=p.alpha)
     write_csv(HISTORY_OUT, history)
     write_json(METRICS_OUT, m)
     print(f"[distill] student {m['distill_student_params']:,} params "

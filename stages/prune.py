@@ -49,8 +49,8 @@ def main() -> None:
     require_inputs("prune", {f"{DATA_DIR}/meta.json": "prepare", STUDENT_IN: "distill",
                              TEACHER_IN: "train_teacher"})
     data = load_prepared(DATA_DIR)
-    student, payload = load_model(STUDENT_IN)
-    teacher, teacher_payload = load_model(TEACHER_IN)
+    student, payload = load_model(STUDENT_IN, role="student")
+    teacher, teacher_payload = load_model(TEACHER_IN, role="teacher")
     spec, shape = payload["spec"], tuple(data.meta["shape"])
     check_shapes(spec, teacher_payload["spec"], data.meta)
     resolve_ignored(student, list(p.ignore_layers))  # an unknown layer name fails here
@@ -98,8 +98,8 @@ def main() -> None:
         "prune_acc_drop_points": round(100 * (student_acc - pruned_acc), 4),
         "prune_seconds": round(outcome.seconds, 2),
     }
-    save_model(MODEL_OUT, pruned, spec, pruned=True, prune_mode=p.mode, prune_ratio=p.ratio,
-               prune_importance=p.importance)
+    save_model(MODEL_OUT, pruned, spec, role="pruned", pruned=True, prune_mode=p.mode,
+               prune_ratio=p.ratio, prune_importance=p.importance)
     write_csv(HISTORY_OUT, outcome.history)
     write_csv(SENSITIVITY_OUT, rows, SENSITIVITY_FIELDS)  # header even with the scan off
     write_json(METRICS_OUT, metrics)

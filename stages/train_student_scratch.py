@@ -21,7 +21,7 @@ def main() -> None:
     p = load_section("distill")
     data = load_prepared(DATA_DIR)
     model, spec, history, m = train_supervised(p.student, p.train, data, name=NAME)
-    save_model(MODEL_OUT, model, spec)
+    save_model(MODEL_OUT, model, spec, role=NAME)
     write_csv(HISTORY_OUT, history)
     write_json(METRICS_OUT, m)
     print(summary_line(NAME, spec, m), "->", MODEL_OUT)

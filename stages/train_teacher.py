@@ -28,7 +28,7 @@ def main() -> None:
         init = partial(load_into, weights=weights) if weights else None
         model, spec, history, m = train_supervised(p.model, p.train, data, name=NAME, init=init)
     provenance = {"mode": p.mode, "init": p.init} if p.init else {}
-    save_model(MODEL_OUT, model, spec, **provenance)
+    save_model(MODEL_OUT, model, spec, role=NAME, **provenance)
     write_csv(HISTORY_OUT, history, fieldnames=None if history else HISTORY_COLUMNS)
     write_json(METRICS_OUT, m)
     print(summary_line(NAME, spec, m), "->", MODEL_OUT)

@@ -12,8 +12,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-COPIED = ["dvc.yaml", "params.yaml", "stages", "src", ".dvc/config", ".dvc/.gitignore",
-          ".dvcignore", ".gitignore"]
+COPIED = ["dvc.yaml", "params.yaml", "models.yaml", "stages", "src", ".dvc/config",
+          ".dvc/.gitignore", ".dvcignore", ".gitignore"]
 
 TINY = {
     "teacher": {"model": {"widths": [8, 16]}, "train": {"epochs": 2}},
