@@ -10,7 +10,7 @@ row per model x batch size to metrics/benchmark.csv for the report.
 import argparse
 import time
 
-from shrinkflow.artifacts import read_json, require_inputs, write_csv, write_json
+from shrinkflow.artifacts import commit_outputs, read_json, require_inputs
 from shrinkflow.bench import (
     Job,
     environment,
@@ -58,8 +58,9 @@ def main() -> None:
         report_stability(p50_drift(first, rows))
     env = environment(p.threads, p.device, p.repeats, p.warmup, p.rounds)
     metrics = {**env, **flat_metrics(rows)}
-    write_csv(CSV_OUT, rows)
-    write_json(JSON_OUT, metrics)
+    with commit_outputs() as out:
+        out.csv(CSV_OUT, rows)
+        out.json(JSON_OUT, metrics)
     b = max(p.batch_sizes)
     summary = ", ".join(
         f"{m} {metrics[f'bench_{m}_b{b}_speedup_vs_teacher']:.2f}x"

@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from shrinkflow.artifacts import write_csv, write_json
+from shrinkflow.artifacts import commit_outputs
 from shrinkflow.data import load_prepared
 from shrinkflow.errors import ShrinkflowError, run_stage
 from shrinkflow.evaluate import classification_metrics, load_predictor
@@ -32,25 +32,26 @@ def main() -> None:
     logits = predictor.predict(x)
     m = classification_metrics(logits, y, data.meta["num_classes"], p.ece_bins)
     classes = data.meta["classes"]
-    write_json(METRICS_DIR / f"eval_{name}.json", {
-        f"{name}_acc": round(m["acc"], 6),
-        f"{name}_macro_f1": round(m["macro_f1"], 6),
-        f"{name}_loss": round(m["loss"], 6),
-        f"{name}_ece": round(m["ece"], 6),
-        f"{name}_params": predictor.params,
-        f"{name}_macs": predictor.macs,
-        f"{name}_file_bytes": model_path.stat().st_size,
-        f"{name}_test_images": len(y),
-    })
     predicted = logits.argmax(1).tolist()
     pairs = zip(y.tolist(), predicted, strict=True)
-    write_csv(METRICS_DIR / f"confusion_{name}.csv", [
-        {"actual": classes[a], "predicted": classes[b]} for a, b in pairs
-    ])
-    write_csv(METRICS_DIR / f"per_class_{name}.csv", [
-        {"class": c, "accuracy": round(acc, 6), "support": n}
-        for c, acc, n in zip(classes, m["per_class_acc"], m["support"], strict=True)
-    ])
+    with commit_outputs() as out:
+        out.json(METRICS_DIR / f"eval_{name}.json", {
+            f"{name}_acc": round(m["acc"], 6),
+            f"{name}_macro_f1": round(m["macro_f1"], 6),
+            f"{name}_loss": round(m["loss"], 6),
+            f"{name}_ece": round(m["ece"], 6),
+            f"{name}_params": predictor.params,
+            f"{name}_macs": predictor.macs,
+            f"{name}_file_bytes": model_path.stat().st_size,
+            f"{name}_test_images": len(y),
+        })
+        out.csv(METRICS_DIR / f"confusion_{name}.csv", [
+            {"actual": classes[a], "predicted": classes[b]} for a, b in pairs
+        ])
+        out.csv(METRICS_DIR / f"per_class_{name}.csv", [
+            {"class": c, "accuracy": round(acc, 6), "support": n}
+            for c, acc, n in zip(classes, m["per_class_acc"], m["support"], strict=True)
+        ])
     print(f"[evaluate] {name} ({predictor.runtime}): acc {m['acc']:.2%}  macro-F1 "
           f"{m['macro_f1']:.4f}  loss {m['loss']:.4f}  ECE {m['ece']:.4f}  "
           f"params {predictor.params}  MACs {predictor.macs}")

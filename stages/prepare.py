@@ -4,7 +4,7 @@ Output: data/prepared/{train,val,test}.npz (uint8 images, int64 labels) and meta
 (class names, shape, counts, train-only normalisation mean/std, sha256 of the source).
 """
 
-from shrinkflow.artifacts import atomic_dir
+from shrinkflow.artifacts import commit_outputs
 from shrinkflow.data import check_source, load_source, split_indices, write_prepared
 from shrinkflow.errors import run_stage
 from shrinkflow.params import load_section
@@ -19,8 +19,8 @@ def main() -> None:
     print(f"[prepare] {p.source}: {len(raw.labels)} images of {raw.images.shape[1:]}, "
           f"{len(raw.classes)} classes")
     splits = split_indices(raw.labels, p.val_fraction, p.test_fraction, p.seed)
-    with atomic_dir(OUT_DIR) as tmp:
-        meta = write_prepared(tmp, raw, splits, p.source)
+    with commit_outputs() as out:
+        meta = write_prepared(out.directory(OUT_DIR), raw, splits, p.source)
     print(f"[prepare] wrote {OUT_DIR}: {meta['counts']}  mean {meta['mean']}  std {meta['std']}")
 
 

@@ -1,6 +1,6 @@
 """train_teacher: train the teacher on the prepared data with plain cross-entropy."""
 
-from shrinkflow.artifacts import save_model, write_csv, write_json
+from shrinkflow.artifacts import check_outputs, commit_outputs
 from shrinkflow.data import load_prepared
 from shrinkflow.errors import run_stage
 from shrinkflow.params import load_section
@@ -15,11 +15,14 @@ HISTORY_OUT = "metrics/history_teacher.csv"
 
 def main() -> None:
     p = load_section("teacher")
+    check_outputs(MODEL_OUT, HISTORY_OUT, METRICS_OUT)
     data = load_prepared(DATA_DIR)
-    model, spec, history, m = train_supervised(p.model, p.train, data, name=NAME)
-    save_model(MODEL_OUT, model, spec)
-    write_csv(HISTORY_OUT, history)
-    write_json(METRICS_OUT, m)
+    model, spec, history, m = train_supervised(p.model, p.train, data, name=NAME,
+                                               params_key="teacher.train")
+    with commit_outputs() as out:
+        out.model(MODEL_OUT, model, spec)
+        out.csv(HISTORY_OUT, history)
+        out.json(METRICS_OUT, m)
     print(summary_line(NAME, spec, m), "->", MODEL_OUT)
 
 
