@@ -181,6 +181,8 @@ def _nonfinite_message(
 ) -> str:
     """The guard's message, with ``{epoch}`` / ``{batch}`` left to fill in."""
     suspects = f"{params_key}.lr = {cfg.lr:g} (too high a learning rate diverges)"
+    if cfg.lr * cfg.weight_decay >= 1:  # each step scales the weights by (1 - lr * wd)
+        suspects += f" with {params_key}.weight_decay = {cfg.weight_decay:g}"
     if loss_params:
         suspects += ", or the loss's own params (" + ", ".join(
             f"{key} = {value}" for key, value in loss_params.items()) + ")"
