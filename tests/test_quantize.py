@@ -11,6 +11,7 @@ import onnx
 import pytest
 import torch
 import yaml
+from pipeline_repo import shipped_params
 
 from shrinkflow.artifacts import save_model
 from shrinkflow.errors import ShrinkflowError
@@ -218,7 +219,7 @@ def workspace(tmp_path, monkeypatch, tiny_data):
         x, y = getattr(tiny_data, name)
         np.savez(prepared / f"{name}.npz", x=x.numpy(), y=y.numpy())
     (prepared / "meta.json").write_text(json.dumps(tiny_data.meta))
-    params = {"quantize": {"input": "pruned", "calibration_samples": 64}}
+    params = shipped_params({"quantize": {"input": "pruned", "calibration_samples": 64}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -232,7 +233,7 @@ def test_stage_missing_input_model_names_file_and_stage(workspace):
 def test_stage_bad_calibration_count_fails_before_writing(workspace, model_and_spec):
     save_model(workspace / "models" / "pruned.pt", *model_and_spec)
     (workspace / "params.yaml").write_text(
-        yaml.safe_dump({"quantize": {"calibration_samples": 10_000}})
+        yaml.safe_dump(shipped_params({"quantize": {"calibration_samples": 10_000}}))
     )
     with pytest.raises(ShrinkflowError, match="calibration_samples = 10000"):
         _run_stage()
