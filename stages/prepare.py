@@ -1,11 +1,12 @@
 """prepare: read the configured source and write a deterministic train/val/test split.
 
-Output: data/prepared/{train,val,test}.npz (uint8 images, int64 labels) and meta.json
-(class names, shape, counts, train-only normalisation mean/std, sha256 of the source).
+Output: data/prepared/{train,val,test}_{x,y}.npy (uint8 images N x C x H x W, int64 labels),
+opened memory-mapped by the later stages, and meta.json (class names, shape, counts, which split
+was used, train-only normalisation mean/std, sha256 of the source).
 """
 
 from shrinkflow.artifacts import commit_outputs
-from shrinkflow.data import check_source, load_source, split_indices, write_prepared
+from shrinkflow.data import check_source, load_source, make_splits, write_prepared
 from shrinkflow.errors import run_stage
 from shrinkflow.params import load_section
 
@@ -15,13 +16,15 @@ OUT_DIR = "data/prepared"
 def main() -> None:
     p = load_section("prepare")
     check_source(p.source, p.path)  # fail before touching data/prepared
-    raw = load_source(p.source, p.path, p.image_size, p.channels)
-    print(f"[prepare] {p.source}: {len(raw.labels)} images of {raw.images.shape[1:]}, "
-          f"{len(raw.classes)} classes")
-    splits = split_indices(raw.labels, p.val_fraction, p.test_fraction, p.seed)
+    source = load_source(p.source, p.path, p.image_size, p.channels)
+    counts = {part.name: len(part.labels) for part in source.parts}
+    print(f"[prepare] {p.source}: {counts} images of {source.shape}, "
+          f"{len(source.classes)} classes")
+    splits = make_splits(source, p.split, p.val_fraction, p.test_fraction, p.seed, p.source)
     with commit_outputs() as out:
-        meta = write_prepared(out.directory(OUT_DIR), raw, splits, p.source)
-    print(f"[prepare] wrote {OUT_DIR}: {meta['counts']}  mean {meta['mean']}  std {meta['std']}")
+        meta = write_prepared(out.directory(OUT_DIR), source, splits, p.source, p.split)
+    print(f"[prepare] wrote {OUT_DIR} ({p.split} split): {meta['counts']}  mean {meta['mean']}  "
+          f"std {meta['std']}")
 
 
 if __name__ == "__main__":

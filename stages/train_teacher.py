@@ -1,10 +1,14 @@
-"""train_teacher: train the teacher on the prepared data with plain cross-entropy."""
+"""train_teacher: train the teacher with plain cross-entropy, fine-tune it from the user's weights
+(``teacher.init``), or import a finished model (``teacher.mode: import``) and only evaluate it."""
+
+from functools import partial
 
 from shrinkflow.artifacts import check_outputs, commit_outputs
 from shrinkflow.data import load_prepared
 from shrinkflow.errors import run_stage
 from shrinkflow.params import load_section
-from shrinkflow.train import summary_line, train_supervised
+from shrinkflow.pretrained import HISTORY_COLUMNS, import_model, load_into, read_weights
+from shrinkflow.train import summary_line, supervised_metrics, train_supervised
 
 NAME = "teacher"
 DATA_DIR = "data/prepared"
@@ -16,12 +20,19 @@ HISTORY_OUT = "metrics/history_teacher.csv"
 def main() -> None:
     p = load_section("teacher")
     check_outputs(MODEL_OUT, HISTORY_OUT, METRICS_OUT)
+    weights = read_weights(p.init) if p.init else None
     data = load_prepared(DATA_DIR)
-    model, spec, history, m = train_supervised(p.model, p.train, data, name=NAME,
-                                               params_key="teacher.train")
+    if p.mode == "import":
+        model, spec = import_model(weights, p.model, data.meta)
+        history, m = [], supervised_metrics(model, data, NAME, [], seconds=0.0)
+    else:
+        init = partial(load_into, weights=weights) if weights else None
+        model, spec, history, m = train_supervised(p.model, p.train, data, name=NAME, init=init,
+                                                   params_key="teacher.train")
+    provenance = {"mode": p.mode, "init": p.init} if p.init else {}
     with commit_outputs() as out:
-        out.model(MODEL_OUT, model, spec)
-        out.csv(HISTORY_OUT, history)
+        out.model(MODEL_OUT, model, spec, **provenance)
+        out.csv(HISTORY_OUT, history, fieldnames=None if history else HISTORY_COLUMNS)
         out.json(METRICS_OUT, m)
     print(summary_line(NAME, spec, m), "->", MODEL_OUT)
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from shrinkflow import data
 from shrinkflow.data import (
     check_source,
     load_cifar_source,
@@ -13,6 +14,8 @@ from shrinkflow.data import (
     load_idx_source,
     load_imagefolder_source,
     load_prepared,
+    load_source,
+    make_splits,
     read_idx,
     split_indices,
     write_prepared,
@@ -28,21 +31,36 @@ def write_idx(path, array, gz=False):
     path.write_bytes(gzip.compress(data) if gz else data)
 
 
-@pytest.mark.parametrize("gz", [False, True])
-def test_idx_source_pairs_images_with_labels(tmp_path, gz):
+def write_mnist_like(root, gz=False):
     rng = np.random.default_rng(0)
     train_x, test_x = rng.integers(0, 255, (6, 5, 5)), rng.integers(0, 255, (4, 5, 5))
     suffix = ".gz" if gz else ""
-    write_idx(tmp_path / f"train-images-idx3-ubyte{suffix}", train_x, gz)
-    write_idx(tmp_path / f"train-labels-idx1-ubyte{suffix}", np.array([0, 1, 2, 0, 1, 2]), gz)
-    write_idx(tmp_path / f"t10k-images-idx3-ubyte{suffix}", test_x, gz)
-    write_idx(tmp_path / f"t10k-labels-idx1-ubyte{suffix}", np.array([2, 2, 1, 0]), gz)
-    raw = load_idx_source(tmp_path)
-    assert raw.images.shape == (10, 1, 5, 5) and raw.images.dtype == np.uint8
-    # pairs are sorted by file name: t10k before train
-    assert raw.labels.tolist() == [2, 2, 1, 0, 0, 1, 2, 0, 1, 2]
-    np.testing.assert_array_equal(raw.images[0, 0], test_x[0])
-    assert raw.classes == ["0", "1", "2"]
+    write_idx(root / f"train-images-idx3-ubyte{suffix}", train_x, gz)
+    write_idx(root / f"train-labels-idx1-ubyte{suffix}", np.array([0, 1, 2, 0, 1, 2]), gz)
+    write_idx(root / f"t10k-images-idx3-ubyte{suffix}", test_x, gz)
+    write_idx(root / f"t10k-labels-idx1-ubyte{suffix}", np.array([2, 2, 1, 0]), gz)
+    return train_x, test_x
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_source_keeps_train_and_t10k_apart(tmp_path, gz):
+    train_x, test_x = write_mnist_like(tmp_path, gz)
+    source = load_idx_source(tmp_path)
+    assert [p.name for p in source.parts] == ["train", "test"]
+    images, labels = source.read_all()
+    assert images.shape == (10, 1, 5, 5) and images.dtype == np.uint8
+    assert labels.tolist() == [0, 1, 2, 0, 1, 2, 2, 2, 1, 0]
+    np.testing.assert_array_equal(images[0, 0], train_x[0])
+    np.testing.assert_array_equal(images[6, 0], test_x[0])
+    assert source.classes == ["0", "1", "2"] and source.shape == (1, 5, 5)
+
+
+def test_idx_streams_in_chunks(tmp_path, monkeypatch):
+    train_x, _ = write_mnist_like(tmp_path, gz=True)
+    monkeypatch.setattr(data, "CHUNK_BYTES", 2 * 25)  # two 5x5 images per chunk
+    chunks = list(load_idx_source(tmp_path).parts[0].chunks())
+    assert [len(c) for c in chunks] == [2, 2, 2]
+    np.testing.assert_array_equal(np.concatenate(chunks)[:, 0], train_x)
 
 
 def test_idx_rejects_bad_magic(tmp_path):
@@ -63,16 +81,20 @@ def test_imagefolder_source_resizes_and_names_classes(tmp_path, channels):
         (tmp_path / cls).mkdir()
         for i in range(3):
             Image.new("RGB", (20, 12), color).save(tmp_path / cls / f"{i}.png")
-    raw = load_imagefolder_source(tmp_path, image_size=8, channels=channels)
-    assert raw.images.shape == (6, channels, 8, 8)
-    assert raw.classes == ["cat", "dog"]
-    assert raw.labels.tolist() == [0, 0, 0, 1, 1, 1]
-    if channels == 3:
-        assert raw.images[0, 0].mean() > 200 and raw.images[3, 2].mean() > 200
+    source = load_imagefolder_source(tmp_path, image_size=8, channels=channels)
+    images, labels = source.read_all()
+    assert images.shape == (6, channels, 8, 8)
+    assert source.classes == ["cat", "dog"] and [p.name for p in source.parts] == ["all"]
+    assert labels.tolist() == [0, 0, 0, 1, 1, 1]
+    if channels == 3:  # red cats, blue dogs
+        assert images[0, 0].min() == 255 and images[0, 2].max() == 0
+        assert images[3, 2].min() == 255 and images[3, 0].max() == 0
+    else:  # grey levels of pure red and pure blue (ITU-R 601-2 luma)
+        assert images[0, 0, 0, 0] == 76 and images[3, 0, 0, 0] == 29
 
 
 def test_imagefolder_without_class_folders_is_clear(tmp_path):
-    with pytest.raises(ShrinkflowError, match="ImageFolder"):
+    with pytest.raises(ShrinkflowError, match="no images found"):
         load_imagefolder_source(tmp_path, 8, 1)
 
 
@@ -89,10 +111,12 @@ def write_cifar10(root, n=4):
 
 def test_cifar_source_reads_torchvision_layout(tmp_path):
     write_cifar10(tmp_path)
-    raw = load_cifar_source(tmp_path)
-    assert raw.images.shape == (24, 3, 32, 32)
-    assert raw.classes == ["a", "b", "c"]
-    assert raw.labels[:4].tolist() == [0, 1, 2, 0]
+    source = load_cifar_source(tmp_path)
+    images, labels = source.read_all()
+    assert images.shape == (24, 3, 32, 32)
+    assert source.classes == ["a", "b", "c"]
+    assert [(p.name, len(p.labels)) for p in source.parts] == [("train", 20), ("test", 4)]
+    assert labels[:4].tolist() == [0, 1, 2, 0]
 
 
 def test_cifar_refuses_arbitrary_pickled_objects(tmp_path):
@@ -117,9 +141,9 @@ def test_check_source_names_the_key(tmp_path):
 
 
 def test_digits_source_is_bundled_and_uint8():
-    raw = load_digits_source()
-    assert raw.images.shape == (1797, 1, 8, 8) and raw.images.dtype == np.uint8
-    assert raw.images.max() == 255 and len(raw.classes) == 10
+    images, labels = load_digits_source().read_all()
+    assert images.shape == (1797, 1, 8, 8) and images.dtype == np.uint8
+    assert images.max() == 255 and labels.max() == 9
 
 
 def test_split_is_deterministic_disjoint_and_stratified():
@@ -136,14 +160,145 @@ def test_split_is_deterministic_disjoint_and_stratified():
 
 
 def test_prepared_round_trip_and_train_only_stats(tmp_path):
-    raw = load_digits_source()
-    splits = split_indices(raw.labels, 0.15, 0.15, 0)
-    meta = write_prepared(tmp_path, raw, splits, "digits")
-    data = load_prepared(tmp_path)
-    assert data.meta == meta
-    assert data.train[0].shape[1:] == (1, 8, 8) and len(data.test[1]) == meta["counts"]["test"]
-    expected_mean = (raw.images[splits["train"]] / 255).mean()
-    assert meta["mean"][0] == pytest.approx(expected_mean, abs=1e-5)
+    source = load_digits_source()
+    images, labels = source.read_all()
+    splits = split_indices(labels, 0.15, 0.15, 0)
+    meta = write_prepared(tmp_path, source, splits, "digits")
+    prepared = load_prepared(tmp_path)
+    assert prepared.meta == meta and meta["split"] == "pooled"
+    for name in ("train", "val", "test"):
+        np.testing.assert_array_equal(getattr(prepared, name)[0].numpy(), images[splits[name]])
+        np.testing.assert_array_equal(getattr(prepared, name)[1].numpy(), labels[splits[name]])
+    train = images[splits["train"]] / 255
+    assert meta["mean"][0] == pytest.approx(train.mean(), abs=1e-6)
+    assert meta["std"][0] == pytest.approx(train.std(), abs=1e-6)
+
+
+def test_prepared_images_are_memory_mapped(tmp_path):
+    source = load_digits_source()
+    write_prepared(tmp_path, source, split_indices(source.labels, 0.15, 0.15, 0), "digits")
+    x = load_prepared(tmp_path).train[0]
+    # the tensor's memory lies inside a mapping of train_x.npy, not in a copy on the heap
+    address = x.untyped_storage().data_ptr()
+    mapped = [line.split()[-1] for line in open("/proc/self/maps")
+              if int(line.split("-")[0], 16) <= address < int(line.split()[0].split("-")[1], 16)]
+    assert mapped and mapped[0].endswith("train_x.npy"), mapped
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_source_split_keeps_the_official_test_set(tmp_path, channels):
+    """IDX, CIFAR and train/+test/ folders: test is exactly the source's test files."""
+    write_cifar10(tmp_path, n=30)  # 150 train + 30 test images
+    source = load_source("cifar", str(tmp_path), 32, 3)
+    splits = make_splits(source, "source", 0.2, 0.5, seed=1)
+    assert splits["test"].tolist() == list(range(150, 180))
+    assert len(splits["val"]) == 30 and len(splits["train"]) == 120
+    assert not set(splits["val"]) & set(splits["train"])
+    assert np.bincount(source.labels[splits["val"]]).tolist() == [10, 10, 10]  # stratified
+    again = make_splits(load_source("cifar", str(tmp_path), 32, 3), "source", 0.2, 0.5, seed=1)
+    np.testing.assert_array_equal(splits["val"], again["val"])
+    meta = write_prepared(tmp_path / "out", source, splits, "cifar", "source")
+    assert meta["split"] == "source" and meta["counts"] == {"train": 120, "val": 30, "test": 30}
+    test_x = load_prepared(tmp_path / "out").test[0].numpy()
+    np.testing.assert_array_equal(test_x, source.read_all()[0][150:])
+
+
+def make_folder(root, classes=("cat", "dog"), n=4, size=(12, 10)):
+    for k, cls in enumerate(classes):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.new("L", size, 40 * k + i).save(root / cls / f"{i}.png")
+
+
+def test_imagefolder_with_train_and_test_folders(tmp_path):
+    make_folder(tmp_path / "train", n=5)
+    make_folder(tmp_path / "val", n=2)
+    source = load_imagefolder_source(tmp_path, 8, 1)
+    assert [(p.name, len(p.labels)) for p in source.parts] == [("train", 10), ("test", 4)]
+    splits = make_splits(source, "source", 0.2, 0.2, seed=0)
+    images, labels = source.read_all()
+    assert labels[splits["test"]].tolist() == [0, 0, 1, 1]
+    assert images[splits["test"]][:, 0, 0, 0].tolist() == [0, 1, 40, 41]
+
+
+def test_source_split_without_a_test_split_is_one_clear_line(tmp_path):
+    with pytest.raises(ShrinkflowError, match="prepare.split = 'source'.*digits.*pooled"):
+        make_splits(load_digits_source(), "source", 0.1, 0.1, 0, "digits")
+    make_folder(tmp_path / "flat")
+    with pytest.raises(ShrinkflowError, match="no test split"):
+        make_splits(load_source("imagefolder", str(tmp_path / "flat"), 8, 1), "source", .1, .1, 0)
+
+
+def test_test_folder_without_train_folder_is_named(tmp_path):
+    make_folder(tmp_path / "test")
+    with pytest.raises(ShrinkflowError, match="no train/ folder"):
+        load_imagefolder_source(tmp_path, 8, 1)
+
+
+def test_test_folder_with_unknown_class_is_named(tmp_path):
+    make_folder(tmp_path / "train")
+    make_folder(tmp_path / "test", classes=("cat", "cow"))
+    with pytest.raises(ShrinkflowError, match="cow"):
+        load_imagefolder_source(tmp_path, 8, 1)
+
+
+def test_single_class_is_refused(tmp_path):
+    make_folder(tmp_path, classes=("cat",))
+    with pytest.raises(ShrinkflowError, match="1 class.*at least 2"):
+        load_source("imagefolder", str(tmp_path), 8, 1)
+
+
+def prepare_stream(source, tmp_path):
+    return write_prepared(tmp_path / "out", source, split_indices(source.labels, .2, .2, 0), "x")
+
+
+def test_truncated_gzip_idx_names_the_file(tmp_path):
+    write_mnist_like(tmp_path, gz=True)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:60])
+    with pytest.raises(ShrinkflowError, match="train-images-idx3-ubyte.gz.*(truncated|damaged)"):
+        prepare_stream(load_idx_source(tmp_path), tmp_path)
+
+
+def test_corrupt_gzip_idx_names_the_file(tmp_path):
+    write_mnist_like(tmp_path, gz=True)
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    data_bytes = bytearray(path.read_bytes())
+    data_bytes[12:20] = b"\xff" * 8
+    path.write_bytes(bytes(data_bytes))
+    with pytest.raises(ShrinkflowError, match="t10k-labels-idx1-ubyte.gz"):
+        load_idx_source(tmp_path)
+
+
+def test_truncated_uncompressed_idx_names_the_file(tmp_path):
+    write_mnist_like(tmp_path)
+    path = tmp_path / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-7])
+    with pytest.raises(ShrinkflowError, match="t10k-images-idx3-ubyte: truncated"):
+        prepare_stream(load_idx_source(tmp_path), tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["truncated_jpeg", "not_an_image"])
+def test_damaged_image_names_the_file(tmp_path, damage):
+    make_folder(tmp_path)
+    bad = tmp_path / "dog" / "bad.jpg"
+    if damage == "truncated_jpeg":
+        Image.new("RGB", (64, 64), (1, 2, 3)).save(bad, quality=95)
+        bad.write_bytes(bad.read_bytes()[:300])
+    else:
+        bad = tmp_path / "dog" / "bad.png"
+        bad.write_text("this is not a png")
+    with pytest.raises(ShrinkflowError, match=f"{bad.name}: not a readable image"):
+        prepare_stream(load_imagefolder_source(tmp_path, 8, 3), tmp_path)
+
+
+@pytest.mark.parametrize("payload", [{b"labels": [0]}, [1, 2, 3],
+                                     {b"data": "xyz", b"labels": [0]}])
+def test_cifar_batch_of_the_wrong_structure_names_the_file(tmp_path, payload):
+    write_cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(pickle.dumps(payload))
+    with pytest.raises(ShrinkflowError, match="data_batch_3: expected a dict"):
+        load_cifar_source(tmp_path)
 
 
 def test_load_prepared_missing_says_run_prepare(tmp_path):

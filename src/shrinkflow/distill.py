@@ -305,8 +305,10 @@ def build_loss(
 
     Build it after the student so any adapter's random init does not shift the student's.
     """
+    # Augmented images are new every epoch: caching their teacher logits would only fill memory.
+    cache = params.method == "kd" and params.train.augment == "none"
     kd = KDLoss(teacher, params.T, params.alpha, params.train.label_smoothing,
-                cache_teacher=params.method == "kd")
+                cache_teacher=cache)
     if params.method == "kd":
         return kd
     return FeatureKDLoss(

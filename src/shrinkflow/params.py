@@ -29,6 +29,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError, PydanticUndefined
@@ -84,11 +85,14 @@ class TrainConfig(Section):
     seed: Seed = 0
     device: Device = "auto"
     max_batches: int = Field(default=0, ge=0, description="cap batches per epoch; 0 = no cap")
+    augment: Literal["none", "crop", "crop_flip"] = "none"
+    crop_padding: int = Field(default=4, ge=1, le=64, description="pixels of zero padding")
 
 
 class PrepareParams(Section):
     source: Literal["digits", "idx", "imagefolder", "cifar"] = "digits"
     path: str = ""
+    split: Literal["source", "pooled"] = "pooled"
     image_size: int = Field(default=32, ge=4, le=1024)
     channels: Literal[1, 3] = 3
     val_fraction: Fraction = 0.15
@@ -106,8 +110,30 @@ class PrepareParams(Section):
 
 
 class TeacherParams(Section):
+    """``mode: train`` trains ``model`` (from ``init``'s weights when set); ``mode: import`` only
+    loads ``init`` (a shrinkflow ``.pt`` or a state_dict for ``model.arch``), checks it against
+    the data and evaluates it."""
+
+    mode: Literal["train", "import"] = "train"
+    init: str = Field(default="", description="weights file inside the repo (dvc add it)")
     model: ModelSpec = ModelSpec(widths=[96, 192, 384])
     train: TrainConfig = TrainConfig(epochs=10)
+
+    @field_validator("init")
+    @classmethod
+    def _inside_repo(cls, init: str) -> str:
+        # DVC tracks files in the repository only; an outside path would make the teacher
+        # depend on a file no `dvc repro` can see change.
+        if init and (Path(init).is_absolute() or ".." in Path(init).parts):
+            raise ValueError("must be a relative path inside the repository, e.g. "
+                             "data/raw/resnet18_imagenet.pt (dvc add it)")
+        return init
+
+    @model_validator(mode="after")
+    def _import_needs_init(self) -> TeacherParams:
+        if self.mode == "import" and not self.init:
+            raise ValueError("mode 'import' needs teacher.init: the model file to import")
+        return self
 
 
 class DistillParams(Section):

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shrinkflow.augment import Augment, make_augment
 from shrinkflow.errors import ShrinkflowError
 from shrinkflow.models import build_model, count_macs, count_params, make_spec
 from shrinkflow.params import TrainConfig
@@ -93,10 +94,13 @@ def iterate_batches(
     device: torch.device,
     generator: torch.Generator | None = None,
     max_batches: int = 0,
+    augment: Augment | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches from in-memory tensors: shuffled when a generator is given, sharded by rank.
+    """Batches gathered from (memory-mapped) tensors: shuffled when a generator is given,
+    sharded by rank, augmented as uint8 on ``device`` when ``augment`` is given.
 
-    Small image datasets fit in memory (and on a GPU), so this beats a per-sample DataLoader.
+    Gathering a batch of indices reads only those images, so this beats a per-sample
+    DataLoader for small images and keeps memory near the prepared data's size.
     """
     x, y = split
     n = len(y)
@@ -107,7 +111,10 @@ def iterate_batches(
         if max_batches and i >= max_batches:
             break
         idx = order[start : start + batch_size]
-        yield to_input(x[idx], device), y[idx].to(device, non_blocking=True)
+        xb = x[idx].to(device, non_blocking=True)
+        if augment is not None:
+            xb = augment(xb)
+        yield to_input(xb, device), y[idx].to(device, non_blocking=True)
 
 
 def _autocast(device: torch.device):
@@ -228,6 +235,7 @@ def fit(
         params += [p for p in loss_fn.parameters() if p.requires_grad]
     optimizer = _make_optimizer(params, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
+    augment = make_augment(cfg.augment, cfg.crop_padding, cfg.seed)
     n_batches = math.ceil(len(train[1]) / rank_and_world()[1] / cfg.batch_size)
     steps_per_epoch = min(n_batches, cfg.max_batches) if cfg.max_batches else n_batches
     total_steps, step = cfg.epochs * steps_per_epoch, 0
@@ -240,7 +248,8 @@ def fit(
         sums: dict[str, torch.Tensor] = {}
         seen = correct = 0
         lr = cfg.lr
-        for xb, yb in iterate_batches(train, cfg.batch_size, device, generator, cfg.max_batches):
+        for xb, yb in iterate_batches(train, cfg.batch_size, device, generator, cfg.max_batches,
+                                      augment):
             lr = cfg.lr * _lr_factor(cfg, step, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -279,31 +288,50 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def train_supervised(
-    model_params: Any, cfg: TrainConfig, data: Any, name: str, params_key: str = "train"
+    model_params: Any,
+    cfg: TrainConfig,
+    data: Any,
+    name: str,
+    init: Callable[[nn.Module, dict[str, Any]], None] | None = None,
+    params_key: str = "train",
 ) -> tuple[nn.Module, dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     """Seed, build and train a model with plain cross-entropy; summarise it as flat metrics.
 
     Shared by the teacher and the scratch control, which must differ only in what they train.
     ``model_params`` is a ``ModelSpec`` section, ``data`` a ``shrinkflow.data.Prepared``.
     Seeding happens right before building, so the same student spec and seed give the same
-    initial weights in every stage. Returns (model, spec, history rows, ``<name>_*`` metrics).
-    ``params_key`` is where ``cfg`` lives in params.yaml, for error messages.
+    initial weights in every stage. ``init(model, spec)``, when given, runs between building and
+    training (fine-tuning from a user's weights). Returns (model, spec, history rows,
+    ``<name>_*`` metrics). ``params_key`` is where ``cfg`` lives in params.yaml, for errors.
     """
     meta = data.meta
     spec = make_spec(model_params, meta["shape"][0], meta["num_classes"], meta["mean"], meta["std"])
     seed_everything(cfg.seed)
     model = build_model(spec)
+    if init is not None:
+        init(model, spec)
     start = time.perf_counter()
     history = fit(model, data.train, data.val, cfg, name=name, params_key=params_key)
     seconds = time.perf_counter() - start
-    metrics = {
+    return model, spec, history, supervised_metrics(model, data, name, history, seconds)
+
+
+def supervised_metrics(
+    model: nn.Module, data: Any, name: str, history: list[dict[str, Any]], seconds: float
+) -> dict[str, Any]:
+    """``<name>_*`` metrics of a classifier: size, cost, val / test accuracy, training time.
+
+    With no history (an imported model, or 0 epochs) val accuracy is measured here.
+    """
+    val_acc = (history[-1]["val_acc"] if history
+               else round(accuracy(predict(model, data.val[0]), data.val[1]), 6))
+    return {
         f"{name}_params": count_params(model),
-        f"{name}_macs": count_macs(model, tuple(meta["shape"])),
-        f"{name}_val_acc": history[-1]["val_acc"] if history else None,
+        f"{name}_macs": count_macs(model, tuple(data.meta["shape"])),
+        f"{name}_val_acc": val_acc,
         f"{name}_test_acc": round(accuracy(predict(model, data.test[0]), data.test[1]), 6),
         f"{name}_train_seconds": round(seconds, 2),
     }
-    return model, spec, history, metrics
 
 
 def summary_line(name: str, spec: dict[str, Any], metrics: dict[str, Any]) -> str:

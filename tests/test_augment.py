@@ -1,0 +1,82 @@
+"""Augmentation: seeded, applied on whole uint8 batches, and exactly a padded crop / mirror."""
+
+import pytest
+import torch
+
+from shrinkflow.augment import make_augment, random_crop_flip
+from shrinkflow.models import build_model
+from shrinkflow.params import TrainConfig
+from shrinkflow.train import fit, iterate_batches
+
+
+def batch(n=16, c=2, h=6, w=5):
+    return torch.randint(1, 256, (n, c, h, w), generator=torch.Generator().manual_seed(0),
+                         dtype=torch.int64).to(torch.uint8)
+
+
+def shifted(x, dy, dx, padding):
+    """The reference crop: zero-pad, then cut the H x W window at (dy, dx)."""
+    _, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (padding,) * 4)
+    return padded[:, :, dy : dy + h, dx : dx + w]
+
+
+def test_crop_is_a_padded_window_at_a_random_offset():
+    x = batch()
+    out = random_crop_flip(x, padding=2, flip=False, generator=torch.Generator().manual_seed(3))
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+    offsets = torch.randint(0, 5, (2, len(x)), generator=torch.Generator().manual_seed(3))
+    for i in range(len(x)):
+        dy, dx = offsets[:, i].tolist()
+        assert torch.equal(out[i : i + 1], shifted(x[i : i + 1], dy, dx, 2))
+    assert len({tuple(o) for o in offsets.T.tolist()}) > 1  # not one offset for the whole batch
+
+
+def test_flip_mirrors_about_half_the_images():
+    x = batch(n=200)
+    gen = torch.Generator().manual_seed(1)
+    out = random_crop_flip(x, padding=1, flip=True, generator=gen)
+    replay = torch.Generator().manual_seed(1)
+    offsets = torch.randint(0, 3, (2, len(x)), generator=replay)
+    mirrored = torch.rand(len(x), generator=replay) < 0.5
+    for i in range(len(x)):
+        dy, dx = offsets[:, i].tolist()
+        expected = shifted(x[i : i + 1], dy, dx, 1)
+        assert torch.equal(out[i : i + 1], expected.flip(-1) if mirrored[i] else expected)
+    assert 60 < int(mirrored.sum()) < 140
+
+
+def test_same_seed_same_batches_other_seed_other_batches(tiny_data):
+    def batches(seed, mode="crop_flip"):
+        aug = make_augment(mode, 2, seed)
+        gen = torch.Generator().manual_seed(seed)
+        return [xb for xb, _ in iterate_batches(tiny_data.train, 32, torch.device("cpu"), gen,
+                                                augment=aug)]
+
+    a, b, c = batches(0), batches(0), batches(1)
+    assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+    assert not all(torch.equal(p, q) for p, q in zip(a, c, strict=True))
+    plain = batches(0, "none")
+    assert not torch.equal(a[0], plain[0])  # augmentation changed the images ...
+    assert [len(p) for p in a] == [len(p) for p in plain]  # ... not the batch order or sizes
+
+
+def test_none_is_no_transform():
+    assert make_augment("none", 4, 0) is None
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        make_augment("rotate", 4, 0)
+
+
+def test_fit_with_augmentation_is_repeatable(tiny_data):
+    def run():
+        torch.manual_seed(0)
+        model = build_model({"arch": "cnn", "widths": [4, 8], "depth": 1, "width_mult": 1.0,
+                             "in_channels": 1, "num_classes": 4, "mean": [0.3], "std": [0.3]})
+        cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05, device="cpu", augment="crop_flip",
+                          crop_padding=2)
+        history = fit(model, tiny_data.train, tiny_data.val, cfg, log=lambda _: None)
+        return history, model.state_dict()
+
+    (h1, s1), (h2, s2) = run(), run()
+    assert h1 == h2
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
