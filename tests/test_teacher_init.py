@@ -210,7 +210,8 @@ def test_import_refuses_a_state_dict_that_does_not_fit(tmp_path, imagenet_resnet
 
 
 def test_params_mode_and_init():
-    assert validate_section("teacher", {}, TeacherParams).mode == "train"
+    shipped = yaml.safe_load((REPO / "params.yaml").read_text())["teacher"]
+    assert validate_section("teacher", shipped, TeacherParams).mode == "train"
     with pytest.raises(ShrinkflowError, match="mode 'import' needs teacher.init"):
         validate_section("teacher", {"mode": "import"}, TeacherParams)
     for outside in ("/tmp/w.pt", "../w.pt"):
