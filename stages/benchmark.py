@@ -11,7 +11,7 @@ metrics/benchmark.json: median latency and speed-up against the teacher per mode
 import argparse
 import time
 
-from shrinkflow.artifacts import read_json, require_inputs, write_csv, write_json
+from shrinkflow.artifacts import commit_outputs, read_json, require_inputs
 from shrinkflow.bench import (
     Job,
     add_ratios,
@@ -50,8 +50,9 @@ def main() -> None:
         report_stability(p50_drift(first, rows))
     rows = add_ratios(rows, {m.name: m.baseline for m in models})
     metrics = headline_metrics(rows)
-    write_csv(CSV_OUT, rows)
-    write_json(JSON_OUT, metrics)
+    with commit_outputs() as out:
+        out.csv(CSV_OUT, rows)
+        out.json(JSON_OUT, metrics)
     b = max(p.batch_sizes)
     summary = ", ".join(
         f"{m.name} {metrics[bench_key(m.name, b, 'speedup_vs_teacher')]:.2f}x"

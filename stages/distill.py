@@ -7,12 +7,11 @@ order), so the two differ only in the loss, and kd_gain_points measures what the
 import time
 
 from shrinkflow.artifacts import (
+    check_outputs,
+    commit_outputs,
     load_model,
     read_json,
     require_inputs,
-    save_model,
-    write_csv,
-    write_json,
 )
 from shrinkflow.data import load_prepared
 from shrinkflow.distill import (
@@ -46,6 +45,7 @@ INPUTS = {
 def check_inputs() -> float:
     """Fail before any work if an input is missing; returns the scratch control's test acc."""
     require_inputs("distill", INPUTS)
+    check_outputs(MODEL_OUT, HISTORY_OUT, METRICS_OUT)
     scratch = read_json(SCRATCH_METRICS)
     if not isinstance(scratch.get(SCRATCH_KEY), (int, float)):
         raise ShrinkflowError(f"{SCRATCH_METRICS}: expected a number under key {SCRATCH_KEY!r}, "
@@ -69,15 +69,21 @@ def main() -> None:
           + (f", feature_weight {p.feature_weight}" if p.method != "kd" else ""))
 
     start = time.perf_counter()
-    history = fit(student, data.train, data.val, p.train, loss_fn=loss_fn, name="distill")
+    loss_params = {"distill.T": p.T, "distill.alpha": p.alpha}
+    if p.method != "kd":
+        loss_params["distill.feature_weight"] = p.feature_weight
+    history = fit(student, data.train, data.val, p.train, loss_fn=loss_fn, name="distill",
+                  params_key="distill.train", loss_params=loss_params)
     seconds = time.perf_counter() - start
     if isinstance(loss_fn, FeatureKDLoss):
         loss_fn.remove_hooks()
 
     m = distill_metrics(teacher, student, data.test, shape, scratch_acc, seconds)
-    save_model(MODEL_OUT, student, spec, role="student", method=p.method, T=p.T, alpha=p.alpha)
-    write_csv(HISTORY_OUT, history)
-    write_json(METRICS_OUT, m)
+    with commit_outputs() as out:
+        out.model(MODEL_OUT, student, spec, role="student", method=p.method, T=p.T,
+                  alpha=p.alpha)
+        out.csv(HISTORY_OUT, history)
+        out.json(METRICS_OUT, m)
     print(f"[distill] student {m['distill_student_params']:,} params "
           f"({m['distill_params_ratio']:.1f}x fewer), {m['distill_student_macs']:,} MACs "
           f"({m['distill_macs_ratio']:.1f}x fewer)")

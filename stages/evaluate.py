@@ -11,7 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-from shrinkflow.artifacts import read_json, write_csv, write_json
+from shrinkflow.artifacts import commit_outputs, read_json
 from shrinkflow.data import load_prepared
 from shrinkflow.errors import ShrinkflowError, run_stage
 from shrinkflow.evaluate import classification_metrics
@@ -40,17 +40,18 @@ def main() -> None:
     figures = {"acc": round(m["acc"], 6), "macro_f1": round(m["macro_f1"], 6),
                "loss": round(m["loss"], 6), "ece": round(m["ece"], 6), "params": model.params,
                "macs": model.macs, "file_bytes": model.file_bytes, "test_images": len(y)}
-    write_json(METRICS_DIR / f"eval_{name}.json",
-               {model_key(name, field): value for field, value in figures.items()})
     predicted = logits.argmax(1).tolist()
     pairs = zip(y.tolist(), predicted, strict=True)
-    write_csv(METRICS_DIR / f"confusion_{name}.csv", [
-        {"actual": classes[a], "predicted": classes[b]} for a, b in pairs
-    ])
-    write_csv(METRICS_DIR / f"per_class_{name}.csv", [
-        {"class": c, "accuracy": round(acc, 6), "support": n}
-        for c, acc, n in zip(classes, m["per_class_acc"], m["support"], strict=True)
-    ])
+    with commit_outputs() as out:
+        out.json(METRICS_DIR / f"eval_{name}.json",
+                 {model_key(name, field): value for field, value in figures.items()})
+        out.csv(METRICS_DIR / f"confusion_{name}.csv", [
+            {"actual": classes[a], "predicted": classes[b]} for a, b in pairs
+        ])
+        out.csv(METRICS_DIR / f"per_class_{name}.csv", [
+            {"class": c, "accuracy": round(acc, 6), "support": n}
+            for c, acc, n in zip(classes, m["per_class_acc"], m["support"], strict=True)
+        ])
     print(f"[evaluate] {name} ({model.runtime} {model.precision}): acc {m['acc']:.2%}  "
           f"macro-F1 {m['macro_f1']:.4f}  loss {m['loss']:.4f}  ECE {m['ece']:.4f}  "
           f"params {model.params}  MACs {model.macs}")

@@ -10,7 +10,7 @@ always static (PyTorch's dynamic int8 only touches nn.Linear: no gain for CNNs).
 import time
 from pathlib import Path
 
-from shrinkflow.artifacts import check_role, read_json, write_json
+from shrinkflow.artifacts import check_role, commit_outputs, read_json
 from shrinkflow.data import load_prepared
 from shrinkflow.errors import ShrinkflowError, run_stage
 from shrinkflow.onnx_export import export_onnx
@@ -51,48 +51,51 @@ def main() -> None:
     print(f"[quantize] {model_path}: {spec['arch']}, {len(calibration)} calibration "
           f"images from train, mode {p.mode}")
 
-    export_onnx(model, shape, FP32_ONNX_OUT, p.opset)
-    print(f"[quantize] fp32 ONNX -> {FP32_ONNX_OUT}")
-    start = time.perf_counter()
-    if p.mode == "static":
-        quantize_onnx_static(FP32_ONNX_OUT, INT8_ONNX_OUT, calibration, p.per_channel,
-                             p.reduce_range, p.calibration_method)
-    else:
-        quantize_onnx_dynamic(FP32_ONNX_OUT, INT8_ONNX_OUT, p.per_channel, p.reduce_range)
-    ort_seconds = time.perf_counter() - start
-    print(f"[quantize] ONNX Runtime int8 ({p.mode}) -> {INT8_ONNX_OUT} in {ort_seconds:.1f}s")
-    start = time.perf_counter()
-    save_torch_int8(INT8_TORCH_OUT, model, spec, calibration, role=INT8_TORCH_ROLE,
-                    source=model_path, calibration_samples=len(calibration))
-    torch_seconds = time.perf_counter() - start
-    print(f"[quantize] PyTorch FX int8 (x86) -> {INT8_TORCH_OUT} in {torch_seconds:.1f}s")
+    with commit_outputs() as out:  # the three models and the metrics land together
+        fp32_onnx, int8_onnx = out.file(FP32_ONNX_OUT), out.file(INT8_ONNX_OUT)
+        int8_torch = out.file(INT8_TORCH_OUT)
+        export_onnx(model, shape, fp32_onnx, p.opset)
+        print(f"[quantize] fp32 ONNX -> {FP32_ONNX_OUT}")
+        start = time.perf_counter()
+        if p.mode == "static":
+            quantize_onnx_static(fp32_onnx, int8_onnx, calibration, p.per_channel,
+                                 p.reduce_range, p.calibration_method)
+        else:
+            quantize_onnx_dynamic(fp32_onnx, int8_onnx, p.per_channel, p.reduce_range)
+        ort_seconds = time.perf_counter() - start
+        print(f"[quantize] ONNX Runtime int8 ({p.mode}) -> {INT8_ONNX_OUT} in {ort_seconds:.1f}s")
+        start = time.perf_counter()
+        save_torch_int8(int8_torch, model, spec, calibration, role=INT8_TORCH_ROLE,
+                        source=model_path, calibration_samples=len(calibration))
+        torch_seconds = time.perf_counter() - start
+        print(f"[quantize] PyTorch FX int8 (x86) -> {INT8_TORCH_OUT} in {torch_seconds:.1f}s")
 
-    x, y = data.test
-    fp32, onnx_fp32, onnx_int8, torch_int8 = (
-        open_model(path, shape, meta["num_classes"]).predict(x)
-        for path in (model_path, FP32_ONNX_OUT, INT8_ONNX_OUT, INT8_TORCH_OUT)
-    )
-    m = parity_metrics(fp32, onnx_fp32, onnx_int8, torch_int8, y)
-    fp32_bytes, int8_bytes = FP32_ONNX_OUT.stat().st_size, INT8_ONNX_OUT.stat().st_size
-    metrics = {
-        "quantize_input": p.input,
-        "quantize_mode": p.mode,
-        "quantize_fp32_onnx_bytes": fp32_bytes,
-        "quantize_int8_onnx_bytes": int8_bytes,
-        "quantize_size_ratio": round(int8_bytes / fp32_bytes, 4),
-        "quantize_onnx_max_abs_diff": round(m["onnx_max_abs_diff"], 8),
-        "quantize_onnx_agreement": round(m["onnx_agreement"], 6),
-        "quantize_fp32_test_acc": round(m["fp32_test_acc"], 6),
-        "quantized_test_acc": round(m["int8_test_acc"], 6),
-        "quantize_acc_drop_points": m["acc_drop_points"],
-        "quantize_int8_agreement": round(m["int8_agreement"], 6),
-        "quantized_torch_test_acc": round(m["torch_int8_test_acc"], 6),
-        "quantized_torch_agreement": round(m["torch_int8_agreement"], 6),
-        "quantize_torch_bytes": INT8_TORCH_OUT.stat().st_size,
-        "quantize_calibration_seconds": round(ort_seconds, 3),
-        "quantize_torch_seconds": round(torch_seconds, 3),
-    }
-    write_json(METRICS_OUT, metrics)
+        x, y = data.test
+        fp32, onnx_fp32, onnx_int8, torch_int8 = (  # parity of the files as written
+            open_model(path, shape, meta["num_classes"]).predict(x)
+            for path in (model_path, fp32_onnx, int8_onnx, int8_torch)
+        )
+        m = parity_metrics(fp32, onnx_fp32, onnx_int8, torch_int8, y)
+        fp32_bytes, int8_bytes = fp32_onnx.stat().st_size, int8_onnx.stat().st_size
+        metrics = {
+            "quantize_input": p.input,
+            "quantize_mode": p.mode,
+            "quantize_fp32_onnx_bytes": fp32_bytes,
+            "quantize_int8_onnx_bytes": int8_bytes,
+            "quantize_size_ratio": round(int8_bytes / fp32_bytes, 4),
+            "quantize_onnx_max_abs_diff": round(m["onnx_max_abs_diff"], 8),
+            "quantize_onnx_agreement": round(m["onnx_agreement"], 6),
+            "quantize_fp32_test_acc": round(m["fp32_test_acc"], 6),
+            "quantized_test_acc": round(m["int8_test_acc"], 6),
+            "quantize_acc_drop_points": m["acc_drop_points"],
+            "quantize_int8_agreement": round(m["int8_agreement"], 6),
+            "quantized_torch_test_acc": round(m["torch_int8_test_acc"], 6),
+            "quantized_torch_agreement": round(m["torch_int8_agreement"], 6),
+            "quantize_torch_bytes": int8_torch.stat().st_size,
+            "quantize_calibration_seconds": round(ort_seconds, 3),
+            "quantize_torch_seconds": round(torch_seconds, 3),
+        }
+        out.json(METRICS_OUT, metrics)
     print(f"[quantize] ONNX fp32 vs torch: max |diff| {m['onnx_max_abs_diff']:.2e}, agreement "
           f"{m['onnx_agreement']:.2%}")
     print(f"[quantize] ORT int8: {fp32_bytes:,} -> {int8_bytes:,} bytes "

@@ -4,7 +4,7 @@ The distill student architecture, trained with the same budget (epochs, optimise
 but no teacher. It reads only distill.student and distill.train, so changing T / alpha / method
 does not rerun it; distill reports kd_gain against it."""
 
-from shrinkflow.artifacts import save_model, write_csv, write_json
+from shrinkflow.artifacts import check_outputs, commit_outputs
 from shrinkflow.data import load_prepared
 from shrinkflow.errors import run_stage
 from shrinkflow.params import load_section
@@ -19,11 +19,14 @@ HISTORY_OUT = "metrics/history_student_scratch.csv"
 
 def main() -> None:
     p = load_section("distill")
+    check_outputs(MODEL_OUT, HISTORY_OUT, METRICS_OUT)
     data = load_prepared(DATA_DIR)
-    model, spec, history, m = train_supervised(p.student, p.train, data, name=NAME)
-    save_model(MODEL_OUT, model, spec, role=NAME)
-    write_csv(HISTORY_OUT, history)
-    write_json(METRICS_OUT, m)
+    model, spec, history, m = train_supervised(p.student, p.train, data, name=NAME,
+                                               params_key="distill.train")
+    with commit_outputs() as out:
+        out.model(MODEL_OUT, model, spec, role=NAME)
+        out.csv(HISTORY_OUT, history)
+        out.json(METRICS_OUT, m)
     print(summary_line(NAME, spec, m), "->", MODEL_OUT)
 
 

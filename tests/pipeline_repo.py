@@ -72,6 +72,12 @@ def make_repo(path: Path, changes: dict | None = None) -> Path:
     return path
 
 
+def shipped_params(changes: dict | None = None) -> dict:
+    """The project's params.yaml with ``changes`` applied: stages refuse a params file with a
+    missing key, so a test writes the whole file, not only the keys it cares about."""
+    return deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), changes or {})
+
+
 def TINY_COPY() -> dict:  # noqa: N802 - reads as the constant it copies
     return yaml.safe_load(yaml.safe_dump(TINY))
 

@@ -12,6 +12,7 @@ import onnx
 import pytest
 import torch
 import yaml
+from pipeline_repo import shipped_params
 from prepared_files import write_prepared_dir
 
 from shrinkflow.artifacts import save_model
@@ -226,7 +227,7 @@ def _run_stage() -> None:
 def workspace(tmp_path, monkeypatch, tiny_data):
     """A pipeline folder with prepared data and params.yaml, but no input model yet."""
     write_prepared_dir(tmp_path / "data" / "prepared", tiny_data)
-    params = {"quantize": {"input": "pruned", "calibration_samples": 64}}
+    params = shipped_params({"quantize": {"input": "pruned", "calibration_samples": 64}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -247,7 +248,7 @@ def test_stage_refuses_a_model_saved_as_another_role(workspace, model_and_spec):
 def test_stage_bad_calibration_count_fails_before_writing(workspace, model_and_spec):
     save_model(workspace / "models" / "pruned.pt", *model_and_spec, role="pruned")
     (workspace / "params.yaml").write_text(
-        yaml.safe_dump({"quantize": {"calibration_samples": 10_000}})
+        yaml.safe_dump(shipped_params({"quantize": {"calibration_samples": 10_000}}))
     )
     with pytest.raises(ShrinkflowError, match="calibration_samples = 10000"):
         _run_stage()
