@@ -6,6 +6,7 @@ does not rerun it; distill reports kd_gain against it."""
 
 from shrinkflow.artifacts import save_model, write_csv, write_json
 from shrinkflow.data import load_prepared
+from shrinkflow.distributed import finish, is_main_process, launch
 from shrinkflow.errors import run_stage
 from shrinkflow.params import load_section
 from shrinkflow.train import summary_line, train_supervised
@@ -20,11 +21,14 @@ HISTORY_OUT = "metrics/history_student_scratch.csv"
 def main() -> None:
     p = load_section("distill")
     data = load_prepared(DATA_DIR)
+    launch(p.train.nproc, p.train.device, "distill.train.nproc")
     model, spec, history, m = train_supervised(p.student, p.train, data, name=NAME)
-    save_model(MODEL_OUT, model, spec)
-    write_csv(HISTORY_OUT, history)
-    write_json(METRICS_OUT, m)
+    if is_main_process():  # every rank holds the same model; other ranks print nothing
+        save_model(MODEL_OUT, model, spec)
+        write_csv(HISTORY_OUT, history)
+        write_json(METRICS_OUT, m)
     print(summary_line(NAME, spec, m), "->", MODEL_OUT)
+    finish()
 
 
 if __name__ == "__main__":
