@@ -13,10 +13,12 @@ Two loops per model, on random uint8 images:
   hand-written loop would run it: ``fp32``; ``bf16`` autocast + channels_last; and with
   ``--compile`` the bf16 step through ``torch.compile``. This is what the hardware does.
 * ``fit``: ``shrinkflow.train.fit`` itself, the loop every training stage runs, after
-  ``seed_everything`` as the stages call it (deterministic kernels on). It keeps data that fits
-  on the GPU there and uses bf16 + channels_last on CUDA, fp32 on CPU. Timed per epoch from its
-  log lines; the first epoch is warm-up (and compilation). An epoch is ``--steps`` batches plus
-  a validation pass over 8 images. With ``--compile``, also ``fit`` on a compiled model.
+  ``seed_everything`` as the stages call it (deterministic kernels on, which on CUDA restricts
+  cuDNN's choice of algorithms; ``--nondeterministic`` turns them off to measure what that
+  costs). It keeps data that fits on the GPU there and uses bf16 + channels_last on CUDA, fp32
+  on CPU. Timed per epoch from its log lines; the first epoch is warm-up (and compilation). An
+  epoch is ``--steps`` batches plus a validation pass over 8 images. With ``--compile``, also
+  ``fit`` on a compiled model.
 
 Reference from elsewhere (H100, torch 2.11, CIFAR-style ResNet-18, batch 512, data on the GPU):
 fp32 19.9k img/s, bf16 + channels_last 52.7k, + torch.compile 65.8k. Issue 15 asks ``fit`` for at
@@ -106,7 +108,7 @@ def time_steps(spec: dict, shape: tuple, classes: int, batch: int, device: torch
 
 
 def time_fit(spec: dict, shape: tuple, classes: int, batch: int, device: torch.device,
-             steps: int, epochs: int, compile_model: bool) -> float:
+             steps: int, epochs: int, compile_model: bool, deterministic: bool = True) -> float:
     """Images/s of ``fit``, ``steps`` batches per epoch: median of the epochs after the first."""
     gen = torch.Generator().manual_seed(0)
     n = steps * batch
@@ -114,12 +116,14 @@ def time_fit(spec: dict, shape: tuple, classes: int, batch: int, device: torch.d
              torch.randint(0, classes, (n,), generator=gen))
     val = (train[0][:8].clone(), train[1][:8].clone())
     seed_everything(0)  # as train_supervised does before building: deterministic kernels on
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
     model = build_model(spec)
     if compile_model:
         model = torch.compile(model)
     cfg = TrainConfig(epochs=1 + epochs, batch_size=batch, lr=0.01, device=device.type)
     stamps = [time.perf_counter()]
     fit(model, train, val, cfg, log=lambda _: stamps.append(time.perf_counter()))
+    torch.use_deterministic_algorithms(False)  # the bare steps run with torch's defaults
     per_epoch = [b - a for a, b in zip(stamps[1:], stamps[2:], strict=False)]
     return n / statistics.median(per_epoch)
 
@@ -142,6 +146,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed bare steps first")
     parser.add_argument("--epochs", type=int, default=3, help="timed fit epochs, after one")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--nondeterministic", action="store_true",
+                        help="fit without deterministic kernels (the stages use them)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -156,7 +162,7 @@ def main() -> None:
         ("step bf16+cl", lambda m: time_steps(m["spec"], m["shape"], m["classes"], m["batch"],
                                               device, args.steps, args.warmup, True, False)),
         ("fit", lambda m: time_fit(m["spec"], m["shape"], m["classes"], m["batch"], device,
-                                   args.steps, args.epochs, False)),
+                                   args.steps, args.epochs, False, not args.nondeterministic)),
     ]
     if args.compile:
         variants += [
@@ -164,7 +170,8 @@ def main() -> None:
                 m["spec"], m["shape"], m["classes"], m["batch"], device, args.steps,
                 args.warmup, True, True)),
             ("fit+compile", lambda m: time_fit(m["spec"], m["shape"], m["classes"], m["batch"],
-                                               device, args.steps, args.epochs, True)),
+                                               device, args.steps, args.epochs, True,
+                                               not args.nondeterministic)),
         ]
     fit_mode = "bf16 autocast + channels_last" if device.type == "cuda" else "fp32"
     print(f"device: {describe(device)}; fit trains in {fit_mode}")

@@ -21,9 +21,10 @@ import torch.multiprocessing as mp
 import yaml
 from torch import nn
 
+import shrinkflow.distributed
 from shrinkflow.artifacts import load_model
 from shrinkflow.data import load_prepared, source_from_arrays, split_indices, write_prepared
-from shrinkflow.distributed import all_reduce_mean
+from shrinkflow.distributed import all_reduce_mean, maybe_relaunch
 from shrinkflow.errors import ShrinkflowError
 from shrinkflow.models import build_model, make_spec
 from shrinkflow.params import ModelSpec, TeacherParams, TrainConfig, validate_section
@@ -173,6 +174,32 @@ def test_batch_size_must_split_over_nproc():
     with pytest.raises(ShrinkflowError, match=r"teacher\.train: .*batch_size 30 must be "
                                               r"divisible by nproc 4"):
         validate_section("teacher", {"train": {"nproc": 4, "batch_size": 30}}, TeacherParams)
+
+
+@pytest.fixture
+def no_torchrun(monkeypatch):
+    """Fail instead of launching anything, and start outside torchrun."""
+    def refuse(_args):
+        raise AssertionError("torchrun was started")
+
+    monkeypatch.setattr(shrinkflow.distributed.torchrun, "run", refuse)
+    for var in ("LOCAL_RANK", "RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
+
+def test_relaunch_only_when_asked_and_not_yet_under_torchrun(no_torchrun):
+    maybe_relaunch(1)  # one process: returns, launches nothing
+    for var, value in {"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "4"}.items():
+        no_torchrun.setenv(var, value)
+    maybe_relaunch(4)  # already a torchrun worker: returns
+
+
+def test_more_processes_than_gpus_is_one_line_naming_the_key(no_torchrun):
+    no_torchrun.setattr(torch.cuda, "is_available", lambda: True)
+    no_torchrun.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ShrinkflowError, match=r"^distill\.train\.nproc = 4: only 2 CUDA device"):
+        maybe_relaunch(4, "auto", "distill.train.nproc")
 
 
 # --- the real stage and the launcher, in subprocesses ------------------------------------------
