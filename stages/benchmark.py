@@ -1,7 +1,8 @@
-"""benchmark: latency / throughput / memory of every model, timed in interleaved rounds.
+"""benchmark: latency / throughput / memory of every model of models.yaml, in interleaved rounds.
 
-Writes flat ``bench_*`` metrics (with speed-up and size ratios) to metrics/benchmark.json and one
-row per model x batch size to metrics/benchmark.csv for the report.
+Writes one row per model x batch size to metrics/benchmark.csv (every statistic, memory, size,
+counts, speed-up and size ratios, software versions) and the headline figures to
+metrics/benchmark.json: median latency and speed-up against the teacher per model and batch size.
 
     python stages/benchmark.py               # the DVC stage
     python stages/benchmark.py --stability   # by hand: run twice, print how far results moved
@@ -10,31 +11,21 @@ row per model x batch size to metrics/benchmark.csv for the report.
 import argparse
 import time
 
-from shrinkflow.artifacts import read_json, require_inputs, write_csv, write_json
+from shrinkflow.artifacts import commit_outputs, read_json, require_inputs
 from shrinkflow.bench import (
     Job,
-    environment,
-    flat_metrics,
+    add_ratios,
+    headline_metrics,
     p50_drift,
     resolve_threads,
     run_interleaved,
 )
 from shrinkflow.errors import run_stage
+from shrinkflow.metric_keys import ModelEntry, bench_key, read_model_list
 from shrinkflow.params import BenchmarkParams, load_section
 
 META = "data/prepared/meta.json"
-MODELS = {  # name -> (file, runtime)
-    "teacher": ("models/teacher.pt", "torch"),
-    "student_scratch": ("models/student_scratch.pt", "torch"),
-    "student": ("models/student.pt", "torch"),
-    "pruned": ("models/pruned.pt", "torch"),
-    "quantized_torch": ("models/quantized_torch.pt", "torch_int8"),
-    "pruned_onnx": ("models/pruned.onnx", "onnxruntime"),
-    "quantized": ("models/quantized.onnx", "onnxruntime"),
-}
-WRITERS = {"teacher": "train_teacher", "student_scratch": "train_student_scratch",
-           "student": "distill", "pruned": "prune", "quantized_torch": "quantize",
-           "pruned_onnx": "quantize", "quantized": "quantize"}
+MODEL_LIST = "models.yaml"
 JSON_OUT = "metrics/benchmark.json"
 CSV_OUT = "metrics/benchmark.csv"
 
@@ -45,25 +36,27 @@ def main() -> None:
                         help="run the whole benchmark twice and print the median-latency drift")
     args = parser.parse_args()
     p = load_section("benchmark")
-    require_inputs("benchmark", {path: WRITERS[name] for name, (path, _) in MODELS.items()})
+    models = read_model_list(MODEL_LIST)
+    require_inputs("benchmark", {META: "prepare", **{m.file: m.stage for m in models}})
     shape = read_json(META)["shape"]
     threads = resolve_threads(p.threads)
-    print(f"[benchmark] {len(MODELS)} models, batch sizes {p.batch_sizes}, {p.warmup} warm-up + "
+    print(f"[benchmark] {len(models)} models, batch sizes {p.batch_sizes}, {p.warmup} warm-up + "
           f"{p.repeats} timed runs in {p.rounds} rounds, {threads} threads, device {p.device}, "
           f"input {shape}")
-    rows = run_all(p, shape, threads)
+    rows = run_all(models, p, shape, threads)
     if args.stability:
         print("[benchmark] stability check: second run of every model")
-        first, rows = rows, run_all(p, shape, threads)
+        first, rows = rows, run_all(models, p, shape, threads)
         report_stability(p50_drift(first, rows))
-    env = environment(p.threads, p.device, p.repeats, p.warmup, p.rounds)
-    metrics = {**env, **flat_metrics(rows)}
-    write_csv(CSV_OUT, rows)
-    write_json(JSON_OUT, metrics)
+    rows = add_ratios(rows, {m.name: m.baseline for m in models})
+    metrics = headline_metrics(rows)
+    with commit_outputs() as out:
+        out.csv(CSV_OUT, rows)
+        out.json(JSON_OUT, metrics)
     b = max(p.batch_sizes)
     summary = ", ".join(
-        f"{m} {metrics[f'bench_{m}_b{b}_speedup_vs_teacher']:.2f}x"
-        for m in MODELS if f"bench_{m}_b{b}_speedup_vs_teacher" in metrics
+        f"{m.name} {metrics[bench_key(m.name, b, 'speedup_vs_teacher')]:.2f}x"
+        for m in models if bench_key(m.name, b, "speedup_vs_teacher") in metrics
     )
     print(f"[benchmark] b{b} speed-up vs teacher: {summary}")
     print(f"[benchmark] wrote {JSON_OUT} ({len(metrics)} keys) and {CSV_OUT} ({len(rows)} rows)")
@@ -84,10 +77,12 @@ def report_stability(drift: list[dict]) -> None:
               f"({'within' if worst <= 15 else 'OUTSIDE'} 15%)")
 
 
-def run_all(p: BenchmarkParams, shape: list[int], threads: int) -> list[dict]:
+def run_all(
+    models: list[ModelEntry], p: BenchmarkParams, shape: list[int], threads: int
+) -> list[dict]:
     """Every model in its own worker process, timed in interleaved rounds; prints each result."""
-    jobs = [Job(name, path, runtime, list(shape), list(p.batch_sizes), p.repeats, p.warmup,
-                threads, p.device) for name, (path, runtime) in MODELS.items()]
+    jobs = [Job(m.name, m.file, list(shape), list(p.batch_sizes), p.repeats, p.warmup, threads,
+                p.device) for m in models]
     started = time.perf_counter()
 
     def progress(done: int, total: int) -> None:
@@ -96,7 +91,8 @@ def run_all(p: BenchmarkParams, shape: list[int], threads: int) -> list[dict]:
 
     rows = run_interleaved(jobs, p.rounds, progress)
     for r in rows:
-        print(f"[benchmark] {r['model']:<16} {r['runtime']:<11} b{r['batch_size']:<4} "
+        print(f"[benchmark] {r['model']:<16} {r['runtime'] + ' ' + r['precision']:<16} "
+              f"b{r['batch_size']:<4} "
               f"p50 {r['p50_ms']:8.3f} ms  p99 {r['p99_ms']:8.3f} ms  "
               f"{r['ips']:10.1f} img/s  +{r['rss_mb']:.1f} MB")
     return rows

@@ -7,12 +7,11 @@ order), so the two differ only in the loss, and kd_gain_points measures what the
 import time
 
 from shrinkflow.artifacts import (
+    check_outputs,
+    commit_outputs,
     load_model,
     read_json,
     require_inputs,
-    save_model,
-    write_csv,
-    write_json,
 )
 from shrinkflow.data import load_prepared
 from shrinkflow.distill import (
@@ -47,6 +46,7 @@ INPUTS = {
 def check_inputs() -> float:
     """Fail before any work if an input is missing; returns the scratch control's test acc."""
     require_inputs("distill", INPUTS)
+    check_outputs(MODEL_OUT, HISTORY_OUT, METRICS_OUT)
     scratch = read_json(SCRATCH_METRICS)
     if not isinstance(scratch.get(SCRATCH_KEY), (int, float)):
         raise ShrinkflowError(f"{SCRATCH_METRICS}: expected a number under key {SCRATCH_KEY!r}, "
@@ -59,7 +59,7 @@ def main() -> None:
     scratch_acc = check_inputs()
     data = load_prepared(DATA_DIR)
     meta, shape = data.meta, data.input_shape
-    teacher, payload = load_model(TEACHER)
+    teacher, payload = load_model(TEACHER, role="teacher")  # not a student copied over it
     check_teacher_fits_data(payload["spec"], meta, TEACHER)
     launch(p.train.nproc, p.train.device, "distill.train.nproc")
 
@@ -71,16 +71,22 @@ def main() -> None:
           + (f", feature_weight {p.feature_weight}" if p.method != "kd" else ""))
 
     start = time.perf_counter()
-    history = fit(student, data.train, data.val, p.train, loss_fn=loss_fn, name="distill")
+    loss_params = {"distill.T": p.T, "distill.alpha": p.alpha}
+    if p.method != "kd":
+        loss_params["distill.feature_weight"] = p.feature_weight
+    history = fit(student, data.train, data.val, p.train, loss_fn=loss_fn, name="distill",
+                  params_key="distill.train", loss_params=loss_params)
     seconds = time.perf_counter() - start
     if isinstance(loss_fn, FeatureKDLoss):
         loss_fn.remove_hooks()
 
     m = distill_metrics(teacher, student, data.test, shape, scratch_acc, seconds)
     if is_main_process():  # every rank holds the same model; other ranks print nothing
-        save_model(MODEL_OUT, student, spec, method=p.method, T=p.T, alpha=p.alpha)
-        write_csv(HISTORY_OUT, history)
-        write_json(METRICS_OUT, m)
+        with commit_outputs() as out:
+            out.model(MODEL_OUT, student, spec, role="student", method=p.method, T=p.T,
+                      alpha=p.alpha)
+            out.csv(HISTORY_OUT, history)
+            out.json(METRICS_OUT, m)
     print(f"[distill] student {m['distill_student_params']:,} params "
           f"({m['distill_params_ratio']:.1f}x fewer), {m['distill_student_macs']:,} MACs "
           f"({m['distill_macs_ratio']:.1f}x fewer)")

@@ -1,19 +1,23 @@
-"""evaluate: test-set metrics for one model (one DVC foreach item per model).
+"""evaluate: test-set metrics for one model (one DVC foreach item per model of models.yaml).
 
 Usage: python stages/evaluate.py NAME MODEL_FILE
-Writes metrics/eval_NAME.json (keys NAME_*), metrics/confusion_NAME.csv (one row per test
-image, for DVC's confusion template) and metrics/per_class_NAME.csv.
+Any model file (.pt fp32 or int8, .onnx) opens through shrinkflow.runtime, checked against the
+data's image shape and class count first. Writes metrics/eval_NAME.json (keys NAME_*),
+metrics/confusion_NAME.csv (one row per test image, for DVC's confusion template) and
+metrics/per_class_NAME.csv.
 """
 
 import re
 import sys
 from pathlib import Path
 
-from shrinkflow.artifacts import write_csv, write_json
+from shrinkflow.artifacts import commit_outputs, read_json
 from shrinkflow.data import load_prepared
 from shrinkflow.errors import ShrinkflowError, run_stage
-from shrinkflow.evaluate import classification_metrics, load_predictor
+from shrinkflow.evaluate import classification_metrics
+from shrinkflow.metric_keys import model_key
 from shrinkflow.params import load_section
+from shrinkflow.runtime import open_model
 
 DATA_DIR = "data/prepared"
 METRICS_DIR = Path("metrics")
@@ -26,34 +30,31 @@ def main() -> None:
         )
     name, model_path = sys.argv[1], Path(sys.argv[2])
     p = load_section("evaluate")
+    meta = read_json(f"{DATA_DIR}/meta.json")  # small: check the model fits before loading data
+    model = open_model(model_path, meta["shape"], meta["num_classes"])
     data = load_prepared(DATA_DIR)
-    predictor = load_predictor(model_path, tuple(data.meta["shape"]), p.batch_size)
     x, y = data.test
-    logits = predictor.predict(x)
+    logits = model.predict(x, p.batch_size)
     m = classification_metrics(logits, y, data.meta["num_classes"], p.ece_bins)
     classes = data.meta["classes"]
-    write_json(METRICS_DIR / f"eval_{name}.json", {
-        f"{name}_acc": round(m["acc"], 6),
-        f"{name}_macro_f1": round(m["macro_f1"], 6),
-        f"{name}_loss": round(m["loss"], 6),
-        f"{name}_ece": round(m["ece"], 6),
-        f"{name}_params": predictor.params,
-        f"{name}_macs": predictor.macs,
-        f"{name}_file_bytes": model_path.stat().st_size,
-        f"{name}_test_images": len(y),
-    })
+    figures = {"acc": round(m["acc"], 6), "macro_f1": round(m["macro_f1"], 6),
+               "loss": round(m["loss"], 6), "ece": round(m["ece"], 6), "params": model.params,
+               "macs": model.macs, "file_bytes": model.file_bytes, "test_images": len(y)}
     predicted = logits.argmax(1).tolist()
     pairs = zip(y.tolist(), predicted, strict=True)
-    write_csv(METRICS_DIR / f"confusion_{name}.csv", [
-        {"actual": classes[a], "predicted": classes[b]} for a, b in pairs
-    ])
-    write_csv(METRICS_DIR / f"per_class_{name}.csv", [
-        {"class": c, "accuracy": round(acc, 6), "support": n}
-        for c, acc, n in zip(classes, m["per_class_acc"], m["support"], strict=True)
-    ])
-    print(f"[evaluate] {name} ({predictor.runtime}): acc {m['acc']:.2%}  macro-F1 "
-          f"{m['macro_f1']:.4f}  loss {m['loss']:.4f}  ECE {m['ece']:.4f}  "
-          f"params {predictor.params}  MACs {predictor.macs}")
+    with commit_outputs() as out:
+        out.json(METRICS_DIR / f"eval_{name}.json",
+                 {model_key(name, field): value for field, value in figures.items()})
+        out.csv(METRICS_DIR / f"confusion_{name}.csv", [
+            {"actual": classes[a], "predicted": classes[b]} for a, b in pairs
+        ])
+        out.csv(METRICS_DIR / f"per_class_{name}.csv", [
+            {"class": c, "accuracy": round(acc, 6), "support": n}
+            for c, acc, n in zip(classes, m["per_class_acc"], m["support"], strict=True)
+        ])
+    print(f"[evaluate] {name} ({model.runtime} {model.precision}): acc {m['acc']:.2%}  "
+          f"macro-F1 {m['macro_f1']:.4f}  loss {m['loss']:.4f}  ECE {m['ece']:.4f}  "
+          f"params {model.params}  MACs {model.macs}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ opened memory-mapped by the later stages, and meta.json (class names, shape, cou
 was used, train-only normalisation mean/std, sha256 of the source).
 """
 
-from shrinkflow.artifacts import atomic_dir
+from shrinkflow.artifacts import commit_outputs
 from shrinkflow.data import check_source, load_source, make_splits, write_prepared
 from shrinkflow.errors import run_stage
 from shrinkflow.params import load_section
@@ -21,8 +21,8 @@ def main() -> None:
     print(f"[prepare] {p.source}: {counts} images of {source.shape}, "
           f"{len(source.classes)} classes")
     splits = make_splits(source, p.split, p.val_fraction, p.test_fraction, p.seed, p.source)
-    with atomic_dir(OUT_DIR) as tmp:
-        meta = write_prepared(tmp, source, splits, p.source, p.split)
+    with commit_outputs() as out:
+        meta = write_prepared(out.directory(OUT_DIR), source, splits, p.source, p.split)
     print(f"[prepare] wrote {OUT_DIR} ({p.split} split): {meta['counts']}  mean {meta['mean']}  "
           f"std {meta['std']}")
 

@@ -8,8 +8,9 @@ metrics/prune.json, metrics/history_prune.csv, metrics/prune_sensitivity.csv.
 
 import time
 
-from shrinkflow.artifacts import load_model, require_inputs, save_model, write_csv, write_json
+from shrinkflow.artifacts import check_outputs, commit_outputs, load_model, require_inputs
 from shrinkflow.data import load_prepared
+from shrinkflow.distill import KDLoss
 from shrinkflow.distributed import finish, is_main_process, launch
 from shrinkflow.errors import ShrinkflowError, run_stage
 from shrinkflow.params import load_section
@@ -49,9 +50,10 @@ def main() -> None:
     p = load_section("prune")
     require_inputs("prune", {f"{DATA_DIR}/meta.json": "prepare", STUDENT_IN: "distill",
                              TEACHER_IN: "train_teacher"})
+    check_outputs(MODEL_OUT, HISTORY_OUT, SENSITIVITY_OUT, METRICS_OUT)
     data = load_prepared(DATA_DIR)
-    student, payload = load_model(STUDENT_IN)
-    teacher, teacher_payload = load_model(TEACHER_IN)
+    student, payload = load_model(STUDENT_IN, role="student")
+    teacher, teacher_payload = load_model(TEACHER_IN, role="teacher")
     spec, shape = payload["spec"], tuple(data.meta["shape"])
     check_shapes(spec, teacher_payload["spec"], data.meta)
     resolve_ignored(student, list(p.ignore_layers))  # an unknown layer name fails here
@@ -73,10 +75,9 @@ def main() -> None:
         print(f"[prune] sensitivity scan on val: {len(rows)} trials in "
               f"{time.perf_counter() - start:.1f}s")
 
-    from shrinkflow.distill import KDLoss
-
     loss = KDLoss(teacher, p.kd.T, p.kd.alpha, p.train.label_smoothing)
-    finetune = make_finetune(data.train, data.val, p.train, loss_fn=loss)
+    finetune = make_finetune(data.train, data.val, p.train, loss_fn=loss, params_key="prune.train",
+                             loss_params={"prune.kd.T": p.kd.T, "prune.kd.alpha": p.kd.alpha})
     outcome = run_pruning(
         student, shape, p, finetune=finetune,
         evaluate=lambda m: model_accuracy(m, data.test), train=data.train,
@@ -101,11 +102,12 @@ def main() -> None:
         "prune_seconds": round(outcome.seconds, 2),
     }
     if is_main_process():  # every rank holds the same model; other ranks print nothing
-        save_model(MODEL_OUT, pruned, spec, pruned=True, prune_mode=p.mode, prune_ratio=p.ratio,
-                   prune_importance=p.importance)
-        write_csv(HISTORY_OUT, outcome.history)
-        write_csv(SENSITIVITY_OUT, rows, SENSITIVITY_FIELDS)  # header even with the scan off
-        write_json(METRICS_OUT, metrics)
+        with commit_outputs() as out:
+            out.model(MODEL_OUT, pruned, spec, role="pruned", pruned=True, prune_mode=p.mode,
+                      prune_ratio=p.ratio, prune_importance=p.importance)
+            out.csv(HISTORY_OUT, outcome.history)
+            out.csv(SENSITIVITY_OUT, rows, SENSITIVITY_FIELDS)  # header even with the scan off
+            out.json(METRICS_OUT, metrics)
     method = "global L1 magnitude" if p.mode == "unstructured" else f"{p.importance} importance"
     kind = "sparsity (not speed)" if p.mode == "unstructured" else "channels removed"
     share = metrics["prune_sparsity"] if p.mode == "unstructured" else metrics[

@@ -1,7 +1,8 @@
 """quantize: fp32 ONNX export plus two int8 flavours (ONNX Runtime and PyTorch FX) of one model.
 
 Reads models/pruned.pt or models/student.pt (``quantize.input``), calibrates on a seeded sample
-of the train split, and checks every converted model against the fp32 one on the test split.
+of the train split, and checks every converted model against the fp32 one on the test split,
+running the saved files through ``runtime.open_model`` exactly as evaluate and benchmark will.
 ``quantize.mode`` picks static or dynamic for the ONNX Runtime model; the PyTorch int8 model is
 always static (PyTorch's dynamic int8 only touches nn.Linear: no gain for CNNs).
 """
@@ -9,24 +10,26 @@ always static (PyTorch's dynamic int8 only touches nn.Linear: no gain for CNNs).
 import time
 from pathlib import Path
 
-from shrinkflow.artifacts import load_model, write_json
+from shrinkflow.artifacts import check_role, commit_outputs, read_json
 from shrinkflow.data import load_prepared
 from shrinkflow.errors import ShrinkflowError, run_stage
+from shrinkflow.onnx_export import export_onnx
 from shrinkflow.params import load_section
 from shrinkflow.quantize import (
-    export_onnx,
     parity_metrics,
     quantize_onnx_dynamic,
     quantize_onnx_static,
     save_torch_int8,
     select_calibration,
 )
+from shrinkflow.runtime import open_model
 
 DATA_DIR = "data/prepared"
 INPUTS = {"pruned": ("models/pruned.pt", "prune"), "student": ("models/student.pt", "distill")}
 FP32_ONNX_OUT = Path("models/pruned.onnx")
 INT8_ONNX_OUT = Path("models/quantized.onnx")
 INT8_TORCH_OUT = Path("models/quantized_torch.pt")
+INT8_TORCH_ROLE = "quantized_torch"  # meta.role of the file: its name in models.yaml
 METRICS_OUT = "metrics/quantize.json"
 
 
@@ -38,57 +41,68 @@ def main() -> None:
             f"quantize.input = {p.input!r} needs {model_path}, which does not exist "
             f"(the '{maker}' stage writes it)"
         )
+    meta = read_json(f"{DATA_DIR}/meta.json")
+    source = open_model(model_path, meta["shape"], meta["num_classes"])  # checked against data
+    check_role(source.meta, p.input, model_path)
+    model, spec = source.module, source.spec
     data = load_prepared(DATA_DIR)
     calibration = select_calibration(data.train[0], p.calibration_samples, p.seed)
-    model, payload = load_model(model_path)
-    shape = tuple(data.meta["shape"])
-    print(f"[quantize] {model_path}: {payload['spec']['arch']}, {len(calibration)} calibration "
+    shape = tuple(meta["shape"])
+    print(f"[quantize] {model_path}: {spec['arch']}, {len(calibration)} calibration "
           f"images from train, mode {p.mode}")
 
-    export_onnx(model, shape, FP32_ONNX_OUT, p.opset)
-    print(f"[quantize] fp32 ONNX -> {FP32_ONNX_OUT}")
-    start = time.perf_counter()
-    if p.mode == "static":
-        quantize_onnx_static(FP32_ONNX_OUT, INT8_ONNX_OUT, calibration, p.per_channel,
-                             p.reduce_range, p.calibration_method)
-    else:
-        quantize_onnx_dynamic(FP32_ONNX_OUT, INT8_ONNX_OUT, p.per_channel, p.reduce_range)
-    ort_seconds = time.perf_counter() - start
-    print(f"[quantize] ONNX Runtime int8 ({p.mode}) -> {INT8_ONNX_OUT} in {ort_seconds:.1f}s")
-    start = time.perf_counter()
-    torch_int8 = save_torch_int8(INT8_TORCH_OUT, model, payload["spec"], calibration,
-                                 source=model_path, calibration_samples=len(calibration))
-    torch_seconds = time.perf_counter() - start
-    print(f"[quantize] PyTorch FX int8 (x86) -> {INT8_TORCH_OUT} in {torch_seconds:.1f}s")
+    with commit_outputs() as out:  # the three models and the metrics land together
+        fp32_onnx, int8_onnx = out.file(FP32_ONNX_OUT), out.file(INT8_ONNX_OUT)
+        int8_torch = out.file(INT8_TORCH_OUT)
+        export_onnx(model, shape, fp32_onnx, p.opset)
+        print(f"[quantize] fp32 ONNX -> {FP32_ONNX_OUT}")
+        start = time.perf_counter()
+        if p.mode == "static":
+            quantize_onnx_static(fp32_onnx, int8_onnx, calibration, p.per_channel,
+                                 p.reduce_range, p.calibration_method)
+        else:
+            quantize_onnx_dynamic(fp32_onnx, int8_onnx, p.per_channel, p.reduce_range)
+        ort_seconds = time.perf_counter() - start
+        print(f"[quantize] ONNX Runtime int8 ({p.mode}) -> {INT8_ONNX_OUT} in {ort_seconds:.1f}s")
+        start = time.perf_counter()
+        save_torch_int8(int8_torch, model, spec, calibration, role=INT8_TORCH_ROLE,
+                        source=model_path, calibration_samples=len(calibration))
+        torch_seconds = time.perf_counter() - start
+        print(f"[quantize] PyTorch FX int8 (x86) -> {INT8_TORCH_OUT} in {torch_seconds:.1f}s")
 
-    m = parity_metrics(model, FP32_ONNX_OUT, INT8_ONNX_OUT, torch_int8, data.test)
-    fp32_bytes, int8_bytes = FP32_ONNX_OUT.stat().st_size, INT8_ONNX_OUT.stat().st_size
-    metrics = {
-        "quantize_input": p.input,
-        "quantize_mode": p.mode,
-        "quantize_fp32_onnx_bytes": fp32_bytes,
-        "quantize_int8_onnx_bytes": int8_bytes,
-        "quantize_size_ratio": round(int8_bytes / fp32_bytes, 4),
-        "quantize_onnx_max_abs_diff": round(m["onnx_max_abs_diff"], 8),
-        "quantize_onnx_agreement": round(m["onnx_agreement"], 6),
-        "quantize_fp32_test_acc": round(m["fp32_test_acc"], 6),
-        "quantized_test_acc": round(m["int8_test_acc"], 6),
-        "quantize_acc_drop_points": m["acc_drop_points"],
-        "quantize_int8_agreement": round(m["int8_agreement"], 6),
-        "quantized_torch_test_acc": round(m["torch_int8_test_acc"], 6),
-        "quantized_torch_agreement": round(m["torch_int8_agreement"], 6),
-        "quantize_torch_bytes": INT8_TORCH_OUT.stat().st_size,
-        "quantize_calibration_seconds": round(ort_seconds, 3),
-        "quantize_torch_seconds": round(torch_seconds, 3),
-    }
-    write_json(METRICS_OUT, metrics)
+        x, y = data.test
+        fp32, onnx_fp32, onnx_int8, torch_int8 = (  # parity of the files as written
+            open_model(path, shape, meta["num_classes"]).predict(x)
+            for path in (model_path, fp32_onnx, int8_onnx, int8_torch)
+        )
+        m = parity_metrics(fp32, onnx_fp32, onnx_int8, torch_int8, y)
+        fp32_bytes, int8_bytes = fp32_onnx.stat().st_size, int8_onnx.stat().st_size
+        metrics = {
+            "quantize_input": p.input,
+            "quantize_mode": p.mode,
+            "quantize_fp32_onnx_bytes": fp32_bytes,
+            "quantize_int8_onnx_bytes": int8_bytes,
+            "quantize_size_ratio": round(int8_bytes / fp32_bytes, 4),
+            "quantize_onnx_max_abs_diff": round(m["onnx_max_abs_diff"], 8),
+            "quantize_onnx_agreement": round(m["onnx_agreement"], 6),
+            "quantize_fp32_test_acc": round(m["fp32_test_acc"], 6),
+            "quantized_test_acc": round(m["int8_test_acc"], 6),
+            "quantize_acc_drop_points": m["acc_drop_points"],
+            "quantize_int8_agreement": round(m["int8_agreement"], 6),
+            "quantized_torch_test_acc": round(m["torch_int8_test_acc"], 6),
+            "quantized_torch_agreement": round(m["torch_int8_agreement"], 6),
+            "quantize_torch_bytes": int8_torch.stat().st_size,
+            "quantize_calibration_seconds": round(ort_seconds, 3),
+            "quantize_torch_seconds": round(torch_seconds, 3),
+        }
+        out.json(METRICS_OUT, metrics)
     print(f"[quantize] ONNX fp32 vs torch: max |diff| {m['onnx_max_abs_diff']:.2e}, agreement "
           f"{m['onnx_agreement']:.2%}")
     print(f"[quantize] ORT int8: {fp32_bytes:,} -> {int8_bytes:,} bytes "
           f"({metrics['quantize_size_ratio']:.2f}x), test acc {m['fp32_test_acc']:.2%} -> "
           f"{m['int8_test_acc']:.2%} (drop {m['acc_drop_points']:.2f} points), agreement "
           f"{m['int8_agreement']:.2%}")
-    print(f"[quantize] torch int8: test acc {m['torch_int8_test_acc']:.2%}, agreement "
+    print(f"[quantize] torch_int8: test acc {m['torch_int8_test_acc']:.2%}, agreement "
           f"{m['torch_int8_agreement']:.2%}, {metrics['quantize_torch_bytes']:,} bytes "
           f"-> {METRICS_OUT}")
 

@@ -4,7 +4,7 @@ The distill student architecture, trained with the same budget (epochs, optimise
 but no teacher. It reads only distill.student and distill.train, so changing T / alpha / method
 does not rerun it; distill reports kd_gain against it."""
 
-from shrinkflow.artifacts import save_model, write_csv, write_json
+from shrinkflow.artifacts import check_outputs, commit_outputs
 from shrinkflow.data import load_prepared
 from shrinkflow.distributed import finish, is_main_process, launch
 from shrinkflow.errors import run_stage
@@ -20,13 +20,16 @@ HISTORY_OUT = "metrics/history_student_scratch.csv"
 
 def main() -> None:
     p = load_section("distill")
+    check_outputs(MODEL_OUT, HISTORY_OUT, METRICS_OUT)
     data = load_prepared(DATA_DIR)
     launch(p.train.nproc, p.train.device, "distill.train.nproc")
-    model, spec, history, m = train_supervised(p.student, p.train, data, name=NAME)
+    model, spec, history, m = train_supervised(p.student, p.train, data, name=NAME,
+                                               params_key="distill.train")
     if is_main_process():  # every rank holds the same model; other ranks print nothing
-        save_model(MODEL_OUT, model, spec)
-        write_csv(HISTORY_OUT, history)
-        write_json(METRICS_OUT, m)
+        with commit_outputs() as out:
+            out.model(MODEL_OUT, model, spec, role=NAME)
+            out.csv(HISTORY_OUT, history)
+            out.json(METRICS_OUT, m)
     print(summary_line(NAME, spec, m), "->", MODEL_OUT)
     finish()
 

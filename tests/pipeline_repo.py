@@ -12,8 +12,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-COPIED = ["dvc.yaml", "params.yaml", "stages", "src", ".dvc/config", ".dvc/.gitignore",
-          ".dvcignore", ".gitignore"]
+COPIED = ["dvc.yaml", "params.yaml", "models.yaml", "stages", "src", ".dvc/config",
+          ".dvc/.gitignore", ".dvcignore", ".gitignore"]
 
 TINY = {
     "teacher": {"model": {"widths": [8, 16]}, "train": {"epochs": 2}},
@@ -70,6 +70,12 @@ def make_repo(path: Path, changes: dict | None = None) -> Path:
     run(path, "git", "add", "-A")
     run(path, "git", "commit", "-q", "-m", "init")
     return path
+
+
+def shipped_params(changes: dict | None = None) -> dict:
+    """The project's params.yaml with ``changes`` applied: stages refuse a params file with a
+    missing key, so a test writes the whole file, not only the keys it cares about."""
+    return deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), changes or {})
 
 
 def TINY_COPY() -> dict:  # noqa: N802 - reads as the constant it copies

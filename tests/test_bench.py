@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
 from shrinkflow.artifacts import save_model
 from shrinkflow.bench import (
     Job,
+    LoadedModel,
     PeakRss,
-    flat_metrics,
+    add_ratios,
+    headline_metrics,
     latency_stats,
     p50_drift,
     run_interleaved,
-    run_job,
     split_calls,
     time_calls,
     worker_env,
 )
 from shrinkflow.errors import ShrinkflowError
 from shrinkflow.models import build_model, count_macs, count_params
+from shrinkflow.onnx_export import export_onnx
+from shrinkflow.quantize import save_torch_int8
 
 SHAPE = [1, 8, 8]
 
@@ -38,8 +43,9 @@ def tiny_pt(tmp_path):
 def test_latency_stats_ordered_and_throughput_consistent():
     times = [float(t) for t in range(1, 101)]  # 1..100 ms
     s = latency_stats(times, batch_size=10)
-    assert 0 < s["p50_ms"] <= s["p90_ms"] <= s["p99_ms"] <= 100
-    assert s["p50_ms"] == pytest.approx(50.5)
+    # numpy's linear interpolation between order statistics: p = 1 + q * 99
+    assert (s["p50_ms"], s["p90_ms"], s["p99_ms"]) == pytest.approx((50.5, 90.1, 99.01))
+    assert (s["min_ms"], s["mean_ms"], s["calls"]) == (1.0, 50.5, 100)
     # 100 calls x 10 images in 5.05 s
     assert s["ips"] == pytest.approx(1000 / 5.05, rel=1e-3)
     with pytest.raises(ValueError):
@@ -51,7 +57,14 @@ def test_time_calls_counts_warmup_and_syncs():
     times = time_calls(lambda: calls.append(1), warmup=3, repeats=5, sync=lambda: syncs.append(1))
     assert len(times) == 5 and len(calls) == 8
     assert len(syncs) == 6  # once after warm-up, once per timed call
-    assert all(t >= 0 for t in times)
+
+
+def test_time_calls_times_the_call_and_its_sync_in_milliseconds():
+    # the call sleeps 4 ms and the sync 3 ms: each timing must cover both (sleep never returns
+    # early), so a clock started after the call or stopped before the sync would fail this
+    times = time_calls(lambda: time.sleep(0.004), warmup=0, repeats=3,
+                       sync=lambda: time.sleep(0.003))
+    assert all(t >= 7.0 for t in times), times
 
 
 def test_peak_rss_sees_an_allocation():
@@ -64,32 +77,51 @@ def test_peak_rss_sees_an_allocation():
     assert extra > 50
 
 
-def test_run_job_torch_rows_per_batch_size(tiny_pt):
+def test_loaded_model_torch_describes_the_file_and_times_each_batch_size(tiny_pt):
     path, model = tiny_pt
-    job = Job("tiny", str(path), "torch", SHAPE, [4, 1], repeats=5, warmup=1, threads=1)
-    rows = run_job(job)
-    assert [r["batch_size"] for r in rows] == [1, 4]
-    for r in rows:
-        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
-        assert r["ips"] > 0 and r["rss_mb"] >= 0
-        assert r["params"] == count_params(model)
-        assert r["macs"] == count_macs(model, tuple(SHAPE))
-        assert r["file_bytes"] == path.stat().st_size
-        assert (r["runtime"], r["precision"], r["threads"]) == ("torch", "fp32", 1)
+    loaded = LoadedModel(Job("tiny", str(path), SHAPE, [4, 1], repeats=5, warmup=1, threads=1))
+    d = loaded.describe()
+    assert (d["runtime"], d["precision"], d["device"], d["threads"]) == ("torch", "fp32", "cpu", 1)
+    assert d["params"] == count_params(model) and d["macs"] == count_macs(model, tuple(SHAPE))
+    assert d["file_bytes"] == path.stat().st_size
+    assert sorted(d["rss_mb"]) == ["1", "4"] and d["torch_version"] == torch.__version__
+    assert len(loaded.time(4, 3)) == 3
+    assert loaded._inputs[4].shape == (4, *SHAPE) and loaded._inputs[4].dtype == torch.float32
 
 
-def test_run_job_onnx_reads_counts_from_metadata(tiny_pt, tmp_path):
-    from shrinkflow.quantize import export_onnx
-
+def test_loaded_model_onnx_reads_counts_from_metadata(tiny_pt, tmp_path):
     _, model = tiny_pt
     onnx_path = tmp_path / "tiny.onnx"
     export_onnx(model, tuple(SHAPE), onnx_path)
-    job = Job("tiny_onnx", str(onnx_path), "onnxruntime", SHAPE, [2], repeats=3, warmup=1,
-              threads=1, device="cuda")
-    assert job.device == "cpu"  # ORT always runs on the CPU here
-    (row,) = run_job(job)
-    assert row["params"] == count_params(model) and row["macs"] == count_macs(model, (1, 8, 8))
-    assert 0 < row["p50_ms"] <= row["p99_ms"]
+    loaded = LoadedModel(Job("tiny_onnx", str(onnx_path), SHAPE, [2], repeats=3, warmup=1,
+                             threads=1))
+    d = loaded.describe()
+    assert (d["runtime"], d["precision"], d["device"]) == ("onnxruntime", "fp32", "cpu")
+    assert d["params"] == count_params(model) and d["macs"] == count_macs(model, (1, 8, 8))
+    assert type(loaded._inputs[2]).__module__ == "numpy"  # converted once, outside the timing
+
+
+def test_loaded_model_torch_int8_reports_fp32_counts(tiny_pt, tmp_path):
+    _, model = tiny_pt
+    spec = {"arch": "cnn", "widths": [4, 8], "depth": 1, "width_mult": 1.0, "in_channels": 1,
+            "num_classes": 3, "mean": [0.5], "std": [0.25]}
+    calib = torch.randint(0, 256, (16, *SHAPE), dtype=torch.uint8)
+    path = tmp_path / "int8.pt"
+    save_torch_int8(path, model, spec, calib)
+    d = LoadedModel(Job("q", str(path), SHAPE, [2], repeats=3, warmup=1)).describe()
+    assert (d["runtime"], d["precision"], d["device"]) == ("torch_int8", "int8", "cpu")
+    assert d["params"] == count_params(model) and d["macs"] == count_macs(model, (1, 8, 8))
+
+
+def test_loaded_model_cuda_without_gpu_names_the_param(tiny_pt, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ShrinkflowError, match="benchmark.device is 'cuda'"):
+        LoadedModel(Job("tiny", str(tiny_pt[0]), SHAPE, [1], device="cuda"))
+
+
+def test_loaded_model_checks_the_input_shape(tiny_pt):
+    with pytest.raises(ShrinkflowError, match=r"tiny\.pt: the model takes 1x\?x\? images"):
+        LoadedModel(Job("tiny", str(tiny_pt[0]), [3, 8, 8], [1]))
 
 
 def test_split_calls_spreads_repeats_over_rounds():
@@ -100,29 +132,30 @@ def test_split_calls_spreads_repeats_over_rounds():
 
 
 def test_run_interleaved_times_every_model_in_its_own_worker(tiny_pt, tmp_path):
-    from shrinkflow.quantize import export_onnx
-
     path, model = tiny_pt
     onnx_path = tmp_path / "tiny.onnx"
     export_onnx(model, tuple(SHAPE), onnx_path)
-    jobs = [Job("a", str(path), "torch", SHAPE, [1, 2], repeats=7, warmup=1, threads=1),
-            Job("b", str(onnx_path), "onnxruntime", SHAPE, [2], repeats=5, warmup=0, threads=1)]
+    jobs = [Job("a", str(path), SHAPE, [1, 2], repeats=7, warmup=1, threads=1),
+            Job("b", str(onnx_path), SHAPE, [2], repeats=5, warmup=0, threads=1)]
     rounds = []
     rows = run_interleaved(jobs, 3, on_round=lambda done, total: rounds.append((done, total)))
     assert rounds == [(1, 3), (2, 3), (3, 3)]
-    assert [(r["model"], r["batch_size"], r["calls"]) for r in rows] == [
-        ("a", 1, 7), ("a", 2, 7), ("b", 2, 5)]
+    assert [(r["model"], r["runtime"], r["batch_size"], r["calls"]) for r in rows] == [
+        ("a", "torch", 1, 7), ("a", "torch", 2, 7), ("b", "onnxruntime", 2, 5)]
     for r in rows:
-        assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p99_ms"] and r["rss_mb"] >= 0
         assert r["params"] == count_params(model) and r["threads"] == 1
+        assert r["file_bytes"] == {"a": path, "b": onnx_path}[r["model"]].stat().st_size
 
 
-def test_run_interleaved_names_the_model_whose_worker_failed(tiny_pt, tmp_path):
+def test_run_interleaved_reports_a_bad_model_file_in_one_line(tiny_pt, tmp_path):
     path, _ = tiny_pt
-    jobs = [Job("good", str(path), "torch", SHAPE, [1], repeats=2, warmup=0),
-            Job("broken", str(tmp_path / "missing.pt"), "torch", SHAPE, [1], repeats=2)]
-    with pytest.raises(ShrinkflowError, match=r"broken .*missing\.pt"):
+    garbage = tmp_path / "broken.onnx"
+    garbage.write_bytes(b"not a protobuf" * 50)
+    jobs = [Job("good", str(path), SHAPE, [1], repeats=2, warmup=0),
+            Job("broken", str(garbage), SHAPE, [1], repeats=2)]
+    with pytest.raises(ShrinkflowError, match=r"broken\.onnx: not a loadable ONNX model") as err:
         run_interleaved(jobs, 2)
+    assert "\n" not in str(err.value)
 
 
 def test_worker_env_keeps_user_glibc_tunables(monkeypatch):
@@ -132,53 +165,47 @@ def test_worker_env_keeps_user_glibc_tunables(monkeypatch):
     assert any(t.startswith("glibc.malloc.trim_threshold=") for t in tunables)
 
 
-def test_unknown_runtime_rejected():
-    with pytest.raises(ValueError, match="runtime"):
-        Job("x", "x.pt", "tensorrt", SHAPE, [1])
-
-
 def _row(model, b, p50, size, params=None):
     return {"model": model, "batch_size": b, "p50_ms": p50, "p90_ms": p50, "p99_ms": p50,
             "ips": b * 1000 / p50, "rss_mb": 1.0, "file_bytes": size, "params": params,
             "macs": None}
 
 
-def test_flat_metrics_keys_and_ratios():
+def test_headline_metrics_are_p50_and_speedup_vs_teacher_only():
     rows = [
         _row("teacher", 64, 40.0, 4000, params=100),
         _row("student", 64, 10.0, 1000),
-        _row("pruned", 64, 5.0, 500),
-        _row("pruned_onnx", 64, 2.0, 500),
         _row("quantized", 64, 1.0, 125),
         _row("teacher", 1, 4.0, 4000, params=100),
+        _row("quantized", 1, 0.5, 125),
+        _row("pruned", 8, 3.0, 500),  # no teacher at batch 8: no speed-up
     ]
-    m = flat_metrics(rows)
-    assert m["bench_teacher_b64_p50_ms"] == 40.0 and m["bench_teacher_params"] == 100
-    assert "bench_student_macs" not in m  # unknown counts are left out, not zero
-    assert m["bench_pruned_b64_speedup_vs_teacher"] == 8.0
-    assert m["bench_pruned_b64_speedup_vs_student"] == 2.0
-    assert m["bench_quantized_b64_speedup_vs_pruned_onnx"] == 2.0
-    assert m["bench_pruned_onnx_b64_speedup_vs_pruned"] == 2.5
-    assert m["bench_quantized_size_ratio_vs_teacher"] == pytest.approx(125 / 4000)
-    assert "bench_teacher_b64_speedup_vs_teacher" not in m
-    assert "bench_pruned_b1_speedup_vs_teacher" not in m  # pruned b1 was not measured
-    assert "bench_quantized_torch_b64_speedup_vs_pruned" not in m
-    assert all(isinstance(v, (int, float)) for v in m.values())
+    assert headline_metrics(rows) == {
+        "bench_teacher_b64_p50_ms": 40.0, "bench_student_b64_p50_ms": 10.0,
+        "bench_quantized_b64_p50_ms": 1.0, "bench_teacher_b1_p50_ms": 4.0,
+        "bench_quantized_b1_p50_ms": 0.5, "bench_pruned_b8_p50_ms": 3.0,
+        "bench_student_b64_speedup_vs_teacher": 4.0,
+        "bench_quantized_b64_speedup_vs_teacher": 40.0,
+        "bench_quantized_b1_speedup_vs_teacher": 8.0,
+    }
 
 
-def test_run_job_torch_int8_reports_fp32_counts(tiny_pt, tmp_path):
-    from shrinkflow.quantize import save_torch_int8
-
-    _, model = tiny_pt
-    spec = {"arch": "cnn", "widths": [4, 8], "depth": 1, "width_mult": 1.0, "in_channels": 1,
-            "num_classes": 3, "mean": [0.5], "std": [0.25]}
-    calib = torch.randint(0, 256, (16, *SHAPE), dtype=torch.uint8)
-    path = tmp_path / "int8.pt"
-    save_torch_int8(path, model, spec, calib)
-    (row,) = run_job(Job("q", str(path), "torch_int8", SHAPE, [2], repeats=3, warmup=1))
-    assert row["precision"] == "int8" and row["device"] == "cpu"
-    assert row["params"] == count_params(model) and row["macs"] == count_macs(model, (1, 8, 8))
-    assert 0 < row["p50_ms"] <= row["p99_ms"]
+def test_add_ratios_against_teacher_and_baseline():
+    rows = [
+        _row("teacher", 64, 40.0, 4000),
+        _row("pruned_onnx", 64, 2.0, 500),
+        _row("quantized", 64, 1.6, 125),
+        _row("quantized_torch", 64, 2.5, 130),  # its baseline (pruned) was not measured
+    ]
+    out = {r["model"]: r for r in add_ratios(rows, {"quantized": "pruned_onnx",
+                                                    "quantized_torch": "pruned"})}
+    assert out["quantized"]["speedup_vs_teacher"] == 25.0
+    assert (out["quantized"]["baseline"], out["quantized"]["speedup_vs_baseline"]) == (
+        "pruned_onnx", 1.25)
+    assert out["quantized"]["size_ratio_vs_teacher"] == pytest.approx(125 / 4000)
+    assert out["quantized_torch"]["speedup_vs_baseline"] is None
+    assert out["teacher"]["speedup_vs_teacher"] == 1.0 and out["teacher"]["baseline"] is None
+    assert out["pruned_onnx"]["p50_ms"] == 2.0  # the row's own figures are kept
 
 
 def test_p50_drift_percent_per_model_and_batch():

@@ -87,3 +87,13 @@ def test_cli_with_input(tmp_path):
                           str(tmp_path / "missing.json")], capture_output=True, text=True,
                          cwd=REPO, timeout=120)
     assert bad.returncode == 2 and "not found" in bad.stderr
+
+
+def test_latency_is_the_models_own_largest_batch(payload):
+    # keys of another model, or of a field other than p50, must not decide the batch size
+    metrics = payload[1]["experiments"][0]["revs"][0]["data"]["metrics"]["metrics/benchmark.json"]
+    metrics["data"].update({"bench_quantized_b8_p50_ms": 0.5, "bench_teacher_b256_p50_ms": 9.0,
+                            "bench_quantized_b512_speedup_vs_teacher": 2.0})
+    df = experiment_table(parse_exp_show(payload)).set_index("name")
+    assert df.attrs["batch"] == 64
+    assert df.loc["r07", "latency_ms"] == pytest.approx(3.0)

@@ -169,11 +169,13 @@ def test_every_rank_gets_the_same_batches_and_together_one_process_batches(n, wo
 
 
 def test_batch_size_must_split_over_nproc():
-    assert validate_section("teacher", {"train": {"nproc": 4, "batch_size": 64}},
-                            TeacherParams).train.nproc == 4
+    teacher = yaml.safe_load((REPO / "params.yaml").read_text())["teacher"]
+    teacher["train"].update(nproc=4, batch_size=64)
+    assert validate_section("teacher", teacher, TeacherParams).train.nproc == 4
+    teacher["train"].update(batch_size=30)
     with pytest.raises(ShrinkflowError, match=r"teacher\.train: .*batch_size 30 must be "
                                               r"divisible by nproc 4"):
-        validate_section("teacher", {"train": {"nproc": 4, "batch_size": 30}}, TeacherParams)
+        validate_section("teacher", teacher, TeacherParams)
 
 
 @pytest.fixture

@@ -1,8 +1,15 @@
+import copy
+import math
+from pathlib import Path
+
 import pytest
+import torch
 import yaml
 
 from shrinkflow.errors import ShrinkflowError
-from shrinkflow.params import SECTIONS, load_section
+from shrinkflow.params import SECTIONS, TrainConfig, load_section
+
+SHIPPED = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
 
 
 def write(tmp_path, data):
@@ -60,6 +67,113 @@ def test_range_checks(tmp_path):
         load_section("distill", path)
 
 
-def test_defaults_fill_missing_keys(tmp_path):
-    p = load_section("teacher", write(tmp_path, {"teacher": {"train": {"epochs": 2}}}))
-    assert p.train.epochs == 2 and p.model.arch == "cnn"
+def shipped_with(key: str, value=None, delete: bool = False) -> dict:
+    """The shipped params.yaml with one dotted key changed (or deleted)."""
+    data = copy.deepcopy(SHIPPED)
+    *parents, leaf = key.split(".")
+    node = data
+    for part in parents:
+        node = node[part]
+    if delete:
+        del node[leaf]
+    else:
+        node[leaf] = value
+    return data
+
+
+def error_for(tmp_path, key: str, value=None, delete: bool = False) -> str:
+    path = write(tmp_path, shipped_with(key, value, delete))
+    with pytest.raises(ShrinkflowError) as err:
+        load_section(key.split(".")[0], path)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("section", list(SECTIONS))
+def test_schema_defaults_equal_the_shipped_params_yaml(section):
+    """One source of defaults: a key added to a schema must ship with the same value in
+    params.yaml (and the missing-key error quotes the schema default as 'the shipped value')."""
+    assert SECTIONS[section]().model_dump() == SHIPPED[section]
+
+
+@pytest.mark.parametrize("key, shipped", [
+    ("distill.alpha", "0.5"), ("prune.ratio", "0.35"), ("prune.iterative_steps", "2"),
+    ("prune.train.lr", "0.02"), ("teacher.train.epochs", "10"),
+    ("benchmark.batch_sizes", "[1, 64]"),
+])
+def test_missing_key_is_an_error_naming_the_shipped_value(tmp_path, key, shipped):
+    msg = error_for(tmp_path, key, delete=True)
+    assert msg == (f"invalid params: {key}: missing from params.yaml "
+                   f"(the shipped value is {shipped})")
+
+
+def float_keys(node, prefix: str):
+    """Every dotted key of params.yaml holding a float (or a list of floats)."""
+    for name, value in node.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if isinstance(value, dict):
+            yield from float_keys(value, key)
+        elif isinstance(value, float) or (
+                isinstance(value, list) and value and all(isinstance(v, float) for v in value)):
+            yield key
+
+
+FLOAT_KEYS = list(float_keys(SHIPPED, ""))
+
+
+def test_float_keys_cover_the_ones_that_broke_training():
+    assert {"distill.T", "prune.kd.T", "teacher.train.lr", "distill.alpha"} <= set(FLOAT_KEYS)
+
+
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
+def test_every_float_param_must_be_finite(tmp_path, key, bad):
+    value = [bad] if isinstance(_get(SHIPPED, key), list) else bad
+    msg = error_for(tmp_path, key, value)
+    assert msg.startswith(f"invalid params: {key}:") and "\n" not in msg
+
+
+def _get(data: dict, key: str):
+    for part in key.split("."):
+        data = data[part]
+    return data
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("teacher.train.epochs", 0, "greater than or equal to 1"),
+    ("distill.train.epochs", 0, "greater than or equal to 1"),
+    ("prune.train.epochs", 0, "greater than or equal to 1"),
+    ("teacher.train.epochs", 10_001, "less than or equal to 10000"),
+    ("teacher.train.batch_size", 0, "greater than or equal to 1"),
+    ("distill.train.batch_size", 70_000, "less than or equal to 65536"),
+    ("teacher.train.lr", "1e9", "less than or equal to 10"),
+    ("distill.T", 1000.0, "less than or equal to 100"),
+    ("prune.kd.T", 0.0, "greater than 0"),
+    ("teacher.train.label_smoothing", 1.0, "less than 1"),
+    ("teacher.train.seed", -1, "greater than or equal to 0"),
+    ("quantize.calibration_samples", 0, "greater than or equal to 1"),
+    ("evaluate.batch_size", 0, "greater than or equal to 1"),
+    ("benchmark.repeats", 0, "greater than or equal to 1"),
+    ("benchmark.rounds", 0, "greater than or equal to 1"),
+    ("benchmark.batch_sizes", [0, -5], "item 0: Input should be greater than or equal to 1"),
+    ("teacher.model.widths", [8, 0], "item 1: Input should be greater than or equal to 1"),
+    ("prune.sensitivity_ratios", [0.5, 1.0], "item 1: Input should be less than 1"),
+])
+def test_counts_and_bounds(tmp_path, key, value, expected):
+    msg = error_for(tmp_path, key, value)
+    assert msg.startswith(f"invalid params: {key}: ") and expected in msg, msg
+    assert "\n" not in msg  # one line per bad key, even with two bad list items
+
+
+@pytest.mark.parametrize("key", ["teacher.train.device", "distill.train.device",
+                                 "prune.train.device", "benchmark.device"])
+def test_cuda_without_a_gpu_names_the_key(tmp_path, monkeypatch, key):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    msg = error_for(tmp_path, key, "cuda")
+    assert msg.startswith(f"invalid params: {key}: no CUDA GPU is visible"), msg
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    load_section(key.split(".")[0], write(tmp_path, shipped_with(key, "cuda")))  # a GPU: fine
+
+
+def test_library_callers_may_still_build_partial_sections():
+    cfg = TrainConfig(epochs=1)
+    assert cfg.epochs == 1 and cfg.lr == SHIPPED["teacher"]["train"]["lr"]

@@ -49,9 +49,12 @@ def quiet(_: str) -> None:
 
 
 def params(**kw) -> PruneParams:
-    """Exact ratios (round_to=1): the tiny test models have fewer channels than 8."""
+    """Exact ratios (round_to=1): the tiny test models have fewer channels than 8. One step at
+    ratio 0.5 unless a test says otherwise (no fine-tune: these tests pass no callback)."""
     kw.setdefault("round_to", 1)
-    return PruneParams(sensitivity=False, train=TrainConfig(epochs=0), **kw)
+    kw.setdefault("ratio", 0.5)
+    kw.setdefault("iterative_steps", 1)
+    return PruneParams(sensitivity=False, **kw)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

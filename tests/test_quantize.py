@@ -1,4 +1,6 @@
-"""Quantize: ONNX export parity, ORT static/dynamic int8, safe PyTorch int8 storage, the stage."""
+"""Quantize: ONNX export parity, ORT static/dynamic int8, safe PyTorch int8 storage, the stage.
+
+Files are opened and run through ``runtime.open_model``, as evaluate and benchmark do."""
 
 from __future__ import annotations
 
@@ -6,34 +8,30 @@ import importlib.util
 import json
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 import torch
 import yaml
+from pipeline_repo import shipped_params
+from prepared_files import write_prepared_dir
 
 from shrinkflow.artifacts import save_model
+from shrinkflow.data import load_prepared
 from shrinkflow.errors import ShrinkflowError
 from shrinkflow.models import build_model, count_macs, count_params, make_spec
+from shrinkflow.onnx_export import export_onnx, read_metadata
 from shrinkflow.params import ModelSpec, TrainConfig
 from shrinkflow.quantize import (
-    accuracy,
     compare_logits,
-    export_onnx,
-    is_torch_int8_file,
-    load_torch_int8,
-    onnx_metadata,
-    onnx_model_info,
-    ort_session,
     parity_metrics,
-    predict_onnx,
     quantize_onnx_dynamic,
     quantize_onnx_static,
     quantize_torch_fx,
     save_torch_int8,
     select_calibration,
 )
-from shrinkflow.train import fit, predict, seed_everything
+from shrinkflow.runtime import Runtime, open_model, ort_session
+from shrinkflow.train import accuracy, fit, predict, seed_everything
 
 CPU = torch.device("cpu")
 STAGE = Path(__file__).resolve().parents[1] / "stages" / "quantize.py"
@@ -66,14 +64,15 @@ def test_export_onnx_matches_torch_and_carries_metadata(tiny_data, model_and_spe
     model, _ = model_and_spec
     x = tiny_data.test[0]
     ref = predict(model, x)
+    onnx = open_model(fp32_onnx)
     for batch_size in (7, 64):  # dynamic batch axis: odd sizes and a short last batch
-        out = predict_onnx(fp32_onnx, x, batch_size=batch_size)
+        out = onnx.predict(x, batch_size=batch_size)
         diff = compare_logits(ref, out)
         assert diff["max_abs_diff"] < 1e-4
         assert diff["agreement"] == 1.0
-    info = onnx_model_info(fp32_onnx)
-    assert info == {"params": count_params(model), "macs": count_macs(model, (1, 8, 8)),
-                    "num_classes": 4}
+    assert (onnx.params, onnx.macs, onnx.num_classes) == (
+        count_params(model), count_macs(model, (1, 8, 8)), 4)
+    assert (onnx.runtime, onnx.precision) == (Runtime.ONNXRUNTIME, "fp32")
     session = ort_session(fp32_onnx, threads=1)
     assert [i.name for i in session.get_inputs()] == ["input"]
     assert [o.name for o in session.get_outputs()] == ["logits"]
@@ -91,7 +90,9 @@ def test_static_int8_agrees_and_is_smaller(tmp_path, tiny_data, model_and_spec, 
     quantize_onnx_static(fp32_onnx, out, select_calibration(tiny_data.train[0], 64, 0),
                          per_channel=True, reduce_range=True, method=method)
     x, y = tiny_data.test
-    ref, int8 = predict(model, x), predict_onnx(out, x)
+    opened = open_model(out)
+    ref, int8 = predict(model, x), opened.predict(x)
+    assert opened.precision == "int8" and opened.macs == count_macs(model, (1, 8, 8))
     assert compare_logits(ref, int8)["agreement"] >= 0.9
     assert accuracy(int8, y) >= accuracy(ref, y) - 0.1
     assert out.stat().st_size < 0.6 * fp32_onnx.stat().st_size
@@ -99,7 +100,7 @@ def test_static_int8_agrees_and_is_smaller(tmp_path, tiny_data, model_and_spec, 
     ops = {n.op_type for n in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert any(i.data_type == onnx.TensorProto.INT8 for i in proto.graph.initializer)
-    assert onnx_metadata(out)["shrinkflow.macs"] == onnx_metadata(fp32_onnx)["shrinkflow.macs"]
+    assert read_metadata(out)["shrinkflow.macs"] == read_metadata(fp32_onnx)["shrinkflow.macs"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32.onnx", "int8.onnx"]  # no scratch
 
 
@@ -116,7 +117,7 @@ def test_dynamic_int8_runs_with_integer_convs(tmp_path, tiny_data, model_and_spe
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert "ConvInteger" in ops and "DynamicQuantizeLinear" in ops
     x = tiny_data.test[0]
-    assert compare_logits(predict(model, x), predict_onnx(out, x))["agreement"] >= 0.9
+    assert compare_logits(predict(model, x), open_model(out).predict(x))["agreement"] >= 0.9
     assert out.stat().st_size < fp32_onnx.stat().st_size
 
 
@@ -131,13 +132,14 @@ def test_torch_int8_round_trip_is_exact_and_safe(tmp_path, tiny_data):
     assert raw["spec"] == base_spec and raw["meta"]["note"] == "test"
     assert raw["meta"]["params"] == count_params(model)  # fp32 counts: int8 cannot be counted
     assert raw["meta"]["macs"] == count_macs(model, (1, 8, 8))
-    assert is_torch_int8_file(path) and not is_torch_int8_file(tmp_path / "missing.pt")
-    reloaded = load_torch_int8(path)
+    reloaded = open_model(path)
+    assert (reloaded.runtime, reloaded.precision) == (Runtime.TORCH_INT8, "int8")
+    assert (reloaded.params, reloaded.macs) == (count_params(model), count_macs(model, (1, 8, 8)))
     x = tiny_data.test[0]
-    before, after = predict(quantized, x, device=CPU), predict(reloaded, x, device=CPU)
+    before, after = predict(quantized, x, device=CPU), reloaded.predict(x)
     assert torch.equal(before, after)
     assert compare_logits(predict(model, x), after)["agreement"] >= 0.9
-    assert any(p.dtype == torch.qint8 for p in reloaded.state_dict().values()
+    assert any(p.dtype == torch.qint8 for p in reloaded.module.state_dict().values()
                if isinstance(p, torch.Tensor))
 
 
@@ -149,8 +151,8 @@ def test_torch_int8_round_trip_torchvision_archs(tmp_path, arch):
     model = build_model(spec).eval()
     x = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8)
     quantized = save_torch_int8(tmp_path / "q.pt", model, spec, x)
-    reloaded = load_torch_int8(tmp_path / "q.pt")
-    assert torch.equal(predict(quantized, x, device=CPU), predict(reloaded, x, device=CPU))
+    reloaded = open_model(tmp_path / "q.pt", (3, 8, 8), 5)
+    assert torch.equal(predict(quantized, x, device=CPU), reloaded.predict(x))
 
 
 def test_torch_int8_file_bytes_are_reproducible(tmp_path, tiny_data, model_and_spec):
@@ -167,13 +169,14 @@ def test_quantize_torch_fx_leaves_fp32_model_untouched(tiny_data, model_and_spec
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_load_torch_int8_rejects_other_files(tmp_path, tiny_data, model_and_spec):
-    model, spec = model_and_spec
-    save_model(tmp_path / "fp32.pt", model, spec)
-    with pytest.raises(ShrinkflowError, match="not a PyTorch int8 model"):
-        load_torch_int8(tmp_path / "fp32.pt")
-    with pytest.raises(ShrinkflowError, match="not found"):
-        load_torch_int8(tmp_path / "missing.pt")
+def test_torch_int8_of_another_recipe_is_refused(tmp_path, tiny_data, model_and_spec):
+    path = tmp_path / "q.pt"
+    save_torch_int8(path, *model_and_spec, tiny_data.train[0][:16])
+    payload = torch.load(path, weights_only=True)
+    payload["meta"]["quantized"] = "pt2e-x86/1"
+    torch.save(payload, path)
+    with pytest.raises(ShrinkflowError, match=r"q\.pt: int8 recipe 'pt2e-x86/1'"):
+        open_model(path)
 
 
 def test_select_calibration_is_seeded_and_checked(tiny_data):
@@ -187,16 +190,27 @@ def test_select_calibration_is_seeded_and_checked(tiny_data):
         select_calibration(x, 999, seed=0)
 
 
-def test_parity_metrics(tmp_path, tiny_data, model_and_spec, fp32_onnx):
-    model, _ = model_and_spec
-    int8 = tmp_path / "int8.onnx"
-    cal = tiny_data.train[0][:64]
-    quantize_onnx_static(fp32_onnx, int8, cal)
-    m = parity_metrics(model, fp32_onnx, int8, quantize_torch_fx(model, cal), tiny_data.test)
-    assert m["onnx_agreement"] == 1.0 and m["onnx_max_abs_diff"] < 1e-4
-    assert m["acc_drop_points"] == pytest.approx(100 * (m["fp32_test_acc"] - m["int8_test_acc"]))
-    assert all(0 <= m[k] <= 1 for k in ("int8_agreement", "torch_int8_agreement",
-                                         "torch_int8_test_acc"))
+def test_compare_logits_known_values():
+    ref = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 0.0]])
+    other = torch.tensor([[1.5, 0.0], [0.0, 2.0], [0.0, 1.0]])  # last row flips class
+    m = compare_logits(ref, other)
+    assert m["max_abs_diff"] == pytest.approx(1.0) and m["agreement"] == pytest.approx(2 / 3)
+
+
+def test_parity_metrics_on_hand_made_logits():
+    labels = torch.tensor([0, 1, 2, 3])
+    fp32 = torch.eye(4) * 5  # predicts 0, 1, 2, 3: all right
+    onnx_fp32 = fp32.clone()
+    onnx_fp32[2, 2] += 0.001
+    onnx_int8 = fp32.clone()
+    onnx_int8[3] = torch.tensor([6.0, 0, 0, 5])  # predicts 0, 1, 2, 0
+    torch_int8 = torch.tensor([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0]])
+    m = parity_metrics(fp32, onnx_fp32, onnx_int8, torch_int8, labels)
+    assert m["onnx_max_abs_diff"] == pytest.approx(0.001, abs=1e-6)
+    assert m["onnx_agreement"] == 1.0 and m["fp32_test_acc"] == 1.0
+    assert m["int8_test_acc"] == 0.75 and m["acc_drop_points"] == 25.0
+    assert m["int8_agreement"] == 0.75
+    assert m["torch_int8_test_acc"] == 0.5 and m["torch_int8_agreement"] == 0.5
 
 
 # --- the stage script ------------------------------------------------------------------------
@@ -212,13 +226,8 @@ def _run_stage() -> None:
 @pytest.fixture
 def workspace(tmp_path, monkeypatch, tiny_data):
     """A pipeline folder with prepared data and params.yaml, but no input model yet."""
-    prepared = tmp_path / "data" / "prepared"
-    prepared.mkdir(parents=True)
-    for name in ("train", "val", "test"):
-        x, y = getattr(tiny_data, name)
-        np.savez(prepared / f"{name}.npz", x=x.numpy(), y=y.numpy())
-    (prepared / "meta.json").write_text(json.dumps(tiny_data.meta))
-    params = {"quantize": {"input": "pruned", "calibration_samples": 64}}
+    write_prepared_dir(tmp_path / "data" / "prepared", tiny_data)
+    params = shipped_params({"quantize": {"input": "pruned", "calibration_samples": 64}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -229,10 +238,17 @@ def test_stage_missing_input_model_names_file_and_stage(workspace):
         _run_stage()
 
 
+def test_stage_refuses_a_model_saved_as_another_role(workspace, model_and_spec):
+    save_model(workspace / "models" / "pruned.pt", *model_and_spec, role="student")
+    with pytest.raises(ShrinkflowError, match=r"models/pruned\.pt: expected the 'pruned' model"):
+        _run_stage()
+    assert sorted(p.name for p in (workspace / "models").iterdir()) == ["pruned.pt"]
+
+
 def test_stage_bad_calibration_count_fails_before_writing(workspace, model_and_spec):
-    save_model(workspace / "models" / "pruned.pt", *model_and_spec)
+    save_model(workspace / "models" / "pruned.pt", *model_and_spec, role="pruned")
     (workspace / "params.yaml").write_text(
-        yaml.safe_dump({"quantize": {"calibration_samples": 10_000}})
+        yaml.safe_dump(shipped_params({"quantize": {"calibration_samples": 10_000}}))
     )
     with pytest.raises(ShrinkflowError, match="calibration_samples = 10000"):
         _run_stage()
@@ -240,22 +256,26 @@ def test_stage_bad_calibration_count_fails_before_writing(workspace, model_and_s
 
 
 def test_stage_writes_all_outputs_and_flat_metrics(workspace, model_and_spec, capsys):
-    save_model(workspace / "models" / "pruned.pt", *model_and_spec)
+    save_model(workspace / "models" / "pruned.pt", *model_and_spec, role="pruned")
     _run_stage()
     for out in ("pruned.onnx", "quantized.onnx", "quantized_torch.pt"):
         assert (workspace / "models" / out).stat().st_size > 0
     metrics = json.loads((workspace / "metrics" / "quantize.json").read_text())
     assert all(k.startswith(("quantize_", "quantized_")) for k in metrics)
-    assert all(isinstance(v, (int, float, str)) for v in metrics.values())
+    assert all(isinstance(v, (int, float, str)) and not isinstance(v, bool)
+               for v in metrics.values())
     assert metrics["quantize_input"] == "pruned" and metrics["quantize_mode"] == "static"
     assert metrics["quantize_onnx_agreement"] == 1.0
     assert metrics["quantize_int8_agreement"] >= 0.9
     assert metrics["quantize_size_ratio"] < 0.6
-    # evaluate reloads the stored torch int8 file; it must score what the stage reported
-    with np.load(workspace / "data" / "prepared" / "test.npz") as npz:
-        x, y = torch.from_numpy(npz["x"].copy()), torch.from_numpy(npz["y"].copy())
-    torch_int8 = load_torch_int8(workspace / "models" / "quantized_torch.pt")
-    assert accuracy(predict(torch_int8, x, device=CPU), y) == pytest.approx(
+    # evaluate reopens the stored torch_int8 file; it must score what the stage reported
+    x, y = load_prepared(workspace / "data" / "prepared").test
+    torch_int8 = open_model(workspace / "models" / "quantized_torch.pt")
+    assert torch_int8.meta["role"] == "quantized_torch"
+    assert accuracy(torch_int8.predict(x), y) == pytest.approx(
         metrics["quantized_torch_test_acc"], abs=1e-6)
+    model = model_and_spec[0]
+    assert accuracy(predict(model, x), y) == pytest.approx(
+        metrics["quantize_fp32_test_acc"], abs=1e-6)
     assert "quantize" in capsys.readouterr().out
 

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from shrinkflow.errors import ShrinkflowError
+from shrinkflow.metric_keys import read_model_list
 from shrinkflow.report import (
     best_within,
     build_report,
     load_metrics,
     model_table,
     pareto_front,
+    plot_confusion,
 )
+
+MODELS = read_model_list(Path(__file__).resolve().parents[1] / "models.yaml")
+RUNTIME = {"pruned_onnx": ("onnxruntime", "fp32"), "quantized": ("onnxruntime", "int8"),
+           "quantized_torch": ("torch_int8", "int8")}  # the rest: ("torch", "fp32")
 
 ACC = {"teacher": 0.98, "student_scratch": 0.93, "student": 0.96, "pruned": 0.955,
        "quantized": 0.95, "quantized_torch": 0.945}
@@ -33,14 +41,19 @@ def write_metrics(root, with_optional: bool = True):
         data = {f"{name}_acc": acc, f"{name}_params": SIZE[name] // 4,
                 f"{name}_macs": SIZE[name] * 3, f"{name}_file_bytes": SIZE[name]}
         (metrics / f"eval_{name}.json").write_text(json.dumps(data))
-    bench = {"bench_cpu": "Test CPU", "bench_threads": 2}
+    bench, rows = {}, []
     for name, ms in B64_MS.items():
         bench[f"bench_{name}_b64_p50_ms"] = ms
         bench[f"bench_{name}_b1_p50_ms"] = ms / 20
         bench[f"bench_{name}_b64_speedup_vs_teacher"] = B64_MS["teacher"] / ms
-        bench[f"bench_{name}_file_bytes"] = SIZE[name]
-    bench["bench_pruned_onnx_macs"] = SIZE["pruned"] * 3
+        runtime, precision = RUNTIME.get(name, ("torch", "fp32"))
+        for b in (1, 64):
+            rows.append({"model": name, "runtime": runtime, "precision": precision,
+                         "device": "cpu", "threads": 2, "batch_size": b, "file_bytes": SIZE[name],
+                         "params": SIZE[name] // 4, "macs": SIZE[name] * 3, "cpu": "Test CPU",
+                         "torch_version": "9.9", "onnxruntime_version": "8.8"})
     (metrics / "benchmark.json").write_text(json.dumps(bench))
+    pd.DataFrame(rows).to_csv(metrics / "benchmark.csv", index=False)
     if with_optional:
         (metrics / "distill.json").write_text(json.dumps({"kd_gain_points": 3.0}))
         for i, name in enumerate(["teacher", "student_scratch", "distill", "prune"]):
@@ -71,19 +84,26 @@ def test_pareto_front_ties_are_both_kept():
 
 
 def test_model_table_values(tmp_path):
-    metrics = load_metrics(write_metrics(tmp_path))
-    df = model_table(metrics).set_index("model")
+    metrics_dir = write_metrics(tmp_path)
+    bench = pd.read_csv(metrics_dir / "benchmark.csv")
+    df = model_table(load_metrics(metrics_dir), MODELS, bench).set_index("model")
     assert list(df.index) == ["teacher", "student_scratch", "student", "pruned", "pruned_onnx",
                               "quantized", "quantized_torch"]
     assert df.loc["quantized", "drop_points"] == pytest.approx(3.0)
     assert df.loc["pruned_onnx", "accuracy"] == ACC["pruned"]  # same weights as pruned
-    assert df.loc["pruned_onnx", "file_bytes"] == SIZE["pruned_onnx"]  # from benchmark keys
+    assert df.loc["pruned_onnx", "file_bytes"] == SIZE["pruned_onnx"]  # from the benchmark CSV
+    assert df.loc["pruned_onnx", "macs"] == SIZE["pruned_onnx"] * 3
+    assert df.loc["quantized", "file_bytes"] == SIZE["quantized"]  # evaluate's figure
+    assert df.loc["quantized", "runtime"] == "onnxruntime int8"
+    assert df.loc["quantized_torch", "runtime"] == "torch_int8"
+    assert df.loc["teacher", "runtime"] == "torch fp32"
     assert df.loc["quantized", "b64_ms"] == 1.0 and df.loc["teacher", "speedup_b64"] == 1.0
     assert df.loc["quantized", "speedup_b64"] == 40.0
 
 
 def test_best_within_budget(tmp_path):
-    df = model_table(load_metrics(write_metrics(tmp_path)))
+    metrics_dir = write_metrics(tmp_path)
+    df = model_table(load_metrics(metrics_dir), MODELS, pd.read_csv(metrics_dir / "benchmark.csv"))
     # quantized is 3 pts down, pruned(_onnx) 2.5 (the tolerance absorbs float error)
     assert best_within(df, 2.5, "file_bytes")["model"] == "pruned_onnx"
     assert best_within(df, 2.0, "file_bytes")["model"] == "student"
@@ -93,7 +113,7 @@ def test_best_within_budget(tmp_path):
 
 def test_build_report_writes_page_and_charts(tmp_path):
     metrics = write_metrics(tmp_path)
-    page, charts, notes = build_report(metrics, tmp_path / "reports", max_drop=1.0)
+    page, charts, notes = build_report(metrics, tmp_path / "reports", max_drop=1.0, models=MODELS)
     text = page.read_text()
     table_rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert len(table_rows) == 1 + 7  # header + one row per model
@@ -107,14 +127,17 @@ def test_build_report_writes_page_and_charts(tmp_path):
         assert f"]({chart.name})" in text
     assert "**outside**" in text  # quantized drops 3 pts, budget 1
     assert "drop 3.00 pts" in text and "+3.00 pts" in text and notes == []
+    assert "- cpu: Test CPU" in text and "- onnxruntime_version: 8.8" in text
+    assert "`pruned_onnx` shares the pruned model's weights and accuracy" in text
     assert not list((tmp_path / "reports").glob(".*tmp"))  # no temp files left behind
 
 
 def test_build_report_tolerates_missing_optional_inputs(tmp_path):
     metrics = write_metrics(tmp_path, with_optional=False)
     (metrics / "benchmark.json").unlink()
+    (metrics / "benchmark.csv").unlink()
     (metrics / "eval_quantized_torch.json").unlink()
-    page, charts, notes = build_report(metrics, tmp_path / "reports", max_drop=5.0)
+    page, charts, notes = build_report(metrics, tmp_path / "reports", max_drop=5.0, models=MODELS)
     text = page.read_text()
     assert "quantized_torch" not in text.split("## Models")[1].split("\n\n")[1]
     assert {c.name for c in charts} == {"accuracy_vs_size.png"}
@@ -128,14 +151,10 @@ def test_build_report_requires_teacher_accuracy(tmp_path):
     metrics.mkdir()
     (metrics / "eval_student.json").write_text(json.dumps({"student_acc": 0.9}))
     with pytest.raises(ShrinkflowError, match="teacher"):
-        build_report(metrics, tmp_path / "reports", max_drop=1.0)
+        build_report(metrics, tmp_path / "reports", max_drop=1.0, models=MODELS)
 
 
 def test_confusion_chart_stays_reasonable_for_many_classes(tmp_path):
-    from PIL import Image
-
-    from shrinkflow.report import plot_confusion
-
     labels = np.arange(1000) % 100
     pairs = pd.DataFrame({"actual": labels, "predicted": np.roll(labels, 1)})
     path = plot_confusion(pairs, "100 classes", tmp_path / "c.png")

@@ -55,7 +55,8 @@ def test_init_replaces_head_and_stem_and_copies_the_body(tmp_path, imagenet_resn
     path = save(tmp_path, imagenet_resnet18)
     weights = read_weights(path)
     lines: list[str] = []
-    cfg = TrainConfig(epochs=0, seed=3)
+    # no training, only the init (params.yaml refuses 0 epochs; the loop accepts them)
+    cfg = TrainConfig(seed=3).model_copy(update={"epochs": 0})
     model, spec, history, metrics = train_supervised(
         RESNET, cfg, tiny_data, "teacher",
         init=lambda m, s: load_into(m, s, weights, log=lines.append))
@@ -209,7 +210,8 @@ def test_import_refuses_a_state_dict_that_does_not_fit(tmp_path, imagenet_resnet
 
 
 def test_params_mode_and_init():
-    assert validate_section("teacher", {}, TeacherParams).mode == "train"
+    shipped = yaml.safe_load((REPO / "params.yaml").read_text())["teacher"]
+    assert validate_section("teacher", shipped, TeacherParams).mode == "train"
     with pytest.raises(ShrinkflowError, match="mode 'import' needs teacher.init"):
         validate_section("teacher", {"mode": "import"}, TeacherParams)
     for outside in ("/tmp/w.pt", "../w.pt"):
@@ -243,7 +245,7 @@ def test_stage_imports_a_model(tmp_path, tiny_data):
     assert run.returncode == 0, run.stderr
 
     teacher, payload = load_model(tmp_path / "models" / "teacher.pt")
-    assert payload["spec"] == spec and payload["meta"] == {"mode": "import",
+    assert payload["spec"] == spec and payload["meta"] == {"role": "teacher", "mode": "import",
                                                            "init": "data/raw/teacher.pt"}
     assert torch.equal(predict(teacher, data.test[0]), predict(source, data.test[0]))
     metrics = json.loads((tmp_path / "metrics" / "teacher.json").read_text())

@@ -1,8 +1,18 @@
+import pytest
 import torch
 
+from shrinkflow.errors import ShrinkflowError
 from shrinkflow.models import build_model, make_spec
 from shrinkflow.params import ModelSpec, TrainConfig
-from shrinkflow.train import CrossEntropy, fit, iterate_batches, predict, train_supervised
+from shrinkflow.train import (
+    CrossEntropy,
+    NonFiniteLossGuard,
+    fit,
+    iterate_batches,
+    predict,
+    resolve_device,
+    train_supervised,
+)
 
 
 def tiny_model(data, widths=(8, 16)):
@@ -71,3 +81,51 @@ def test_loss_module_parameters_are_trained(tiny_data):
     fit(tiny_model(tiny_data), tiny_data.train, tiny_data.val,
         TrainConfig(epochs=1, max_batches=2), loss_fn=loss_fn, log=lambda s: None)
     assert loss_fn.scale.item() != 1.0
+
+
+class NaNAtStep(CrossEntropy):
+    """Cross-entropy that turns NaN from its ``bad``-th call on (counting from 1)."""
+
+    def __init__(self, bad: int) -> None:
+        super().__init__()
+        self.calls, self.bad = 0, bad
+
+    def forward(self, logits, targets, inputs):
+        self.calls += 1
+        loss, parts = super().forward(logits, targets, inputs)
+        return (loss * float("nan") if self.calls >= self.bad else loss), parts
+
+
+def test_a_nan_loss_stops_training_at_its_batch_before_the_weights_change(tiny_data):
+    torch.manual_seed(0)
+    model = tiny_model(tiny_data)
+    # 256 train images / batch 64 = 4 batches per epoch: call 6 is epoch 2, batch 2
+    loss_fn = NaNAtStep(bad=6)
+    with pytest.raises(ShrinkflowError) as err:
+        fit(model, tiny_data.train, tiny_data.val, TrainConfig(epochs=3, batch_size=64),
+            loss_fn=loss_fn, log=lambda s: None, name="distill", params_key="distill.train",
+            loss_params={"distill.T": 4.0, "distill.alpha": 0.5})
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("[distill] the training loss is not finite")
+    assert "epoch 2, batch 2" in msg and "nothing was written" in msg
+    assert "distill.train.lr = 0.05" in msg and "distill.T = 4.0, distill.alpha = 0.5" in msg
+    assert loss_fn.calls == 6  # stopped at once (CPU checks every batch)
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # NaN never applied
+
+
+def test_the_gpu_guard_reads_late_but_names_the_first_bad_batch():
+    guard = NonFiniteLossGuard(torch.device("cpu"), steps_per_epoch=3, what="e{epoch} b{batch}")
+    guard.every = 4  # as on a GPU: only every 4th step reads the device flag
+    nan, ok = torch.tensor(float("nan")), torch.tensor(1.0)
+    guard.update(ok, 0)
+    guard.update(ok, 1)
+    guard.update(nan, 2)  # the first bad one: epoch 1, batch 3
+    with pytest.raises(ShrinkflowError, match="^e1 b3$"):
+        guard.update(ok, 3)  # a finite loss later does not clear it
+
+
+def test_cuda_without_a_gpu_names_the_key(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ShrinkflowError, match=r"^teacher\.train\.device = 'cuda': no CUDA GPU"):
+        resolve_device("cuda", "teacher.train.device")
+    assert resolve_device("auto").type == "cpu"

@@ -1,8 +1,17 @@
-"""Atomic, safe saving and loading of models, JSON metrics and CSV plot files.
+"""Safe saving and loading of models, JSON metrics and CSV plot files, committed together.
 
-Every write goes to a temporary file beside the target and is renamed into place only when
-complete, so an interrupted stage leaves the previous artifact intact rather than a half-written
-one. Model files hold tensors and plain data only and load with ``weights_only=True``.
+A stage's outputs appear together or not at all. ``commit_outputs`` writes every output to a
+temporary file (or directory) beside its target and renames them all into place only when the
+block succeeds; on an exception it removes the temporaries and the previous complete set stays.
+The renames of one commit are listed first in a small journal (one copy in every folder
+involved), so a kill between two renames is rolled forward by the next stage that writes into
+one of those folders (``check_outputs`` / ``commit_outputs``); the stage's outputs then no longer
+match dvc.lock, so ``dvc repro`` also reruns it. Temporaries a killed run left behind carry the
+dead writer's pid in their name (``.teacher.pt.<pid>-<hex>.tmp``) and are removed at the next
+start. This protects against interruptions and failing writes, not against power loss (no
+fsync). Files are written 0644 and directories 0755, so others on a shared machine can read them.
+
+Model files hold tensors and plain data only and load with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -10,8 +19,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,47 +35,255 @@ from shrinkflow.models import build_model, resize_to_state_dict
 
 MODEL_FORMAT = "shrinkflow-model/1"
 
+# .<target name>.<writer pid>-<8 hex>.tmp<target suffix> : a temporary file or directory beside
+# its target; it keeps the target's suffix so readers that go by suffix (.onnx, .pt) can open it
+TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp(\.[^.]+)?$")
+JOURNAL_NAME = re.compile(r"^\.shrinkflow-commit\.(?P<pid>\d+)-[0-9a-f]{8}\.json$")
+
+
+def _temp_beside(target: Path) -> Path:
+    name = f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{target.suffix}"
+    return target.with_name(name)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _replace_dir(tmp: Path, target: Path, old: Path) -> None:
+    """Move directory ``tmp`` onto ``target``; any previous ``target`` goes to ``old`` first.
+
+    Each step is safe to repeat, so a journal can roll an interrupted swap forward.
+    """
+    if tmp.exists():
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+    _remove(old)
+
+
+def _roll_forward(journal: Path) -> None:
+    """Finish the renames an interrupted commit listed in ``journal``, then drop its copies."""
+    folder = journal.parent
+    try:
+        plan = json.loads(journal.read_text())
+        for tmp, target, old in plan["renames"]:
+            tmp, target = folder / tmp, folder / target
+            if old is not None:
+                _replace_dir(tmp, target, folder / old)
+            elif tmp.exists():
+                os.replace(tmp, target)
+        copies = [folder / c for c in plan["journals"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        copies = []  # unreadable or half-done: its temporaries are cleaned up below
+    for copy in [journal, *copies]:
+        copy.unlink(missing_ok=True)
+
+
+def recover_folder(folder: str | Path) -> None:
+    """Clean up after a killed writer in ``folder``: roll its journals forward, then remove its
+    temporaries. Only entries whose writer process is gone are touched."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    entries = list(folder.iterdir())
+    for entry in entries:
+        match = JOURNAL_NAME.match(entry.name)
+        if match and not _alive(int(match["pid"])):
+            _roll_forward(entry)
+    for entry in folder.iterdir():
+        match = TEMP_NAME.match(entry.name)
+        if match and not _alive(int(match["pid"])):
+            _remove(entry)
+
+
+def _unwritable(folder: Path, exc: OSError) -> ShrinkflowError:
+    return ShrinkflowError(
+        f"{folder}/: output folder cannot be written ({exc.strerror or exc}); nothing was replaced"
+    )
+
+
+def _ready_folder(target: Path, is_dir: bool) -> None:
+    """Create ``target``'s folder, recover it, and refuse a target of the wrong kind."""
+    folder = target.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _unwritable(folder, exc) from None
+    recover_folder(folder)
+    legacy = folder / f".{target.name}.old"  # left by atomic_dir before it had a journal
+    if is_dir and legacy.is_dir():
+        if target.exists():
+            _remove(legacy)
+        else:
+            os.replace(legacy, target)
+    if target.exists() and target.is_dir() != is_dir:
+        found, wanted = ("a directory", "file") if target.is_dir() else ("a file", "directory")
+        raise ShrinkflowError(f"{target}: is {found} where the output {wanted} goes; move it away")
+
+
+def check_outputs(*targets: str | Path) -> None:
+    """Call at a stage's start: fail with one line, before any work, if an output cannot be
+    written (folder missing and not creatable, not a folder, read-only), and clean up what a
+    killed run left in those folders. ``commit_outputs`` checks again at the end."""
+    for target in map(Path, targets):
+        _ready_folder(target, is_dir=False)
+        probe = _temp_beside(target)
+        try:
+            probe.touch()
+        except OSError as exc:
+            raise _unwritable(target.parent, exc) from None
+        probe.unlink()
+
+
+class Outputs:
+    """The outputs of one stage, staged as temporaries; see ``commit_outputs``."""
+
+    def __init__(self) -> None:
+        self.staged: dict[Path, tuple[Path, bool]] = {}  # target -> (temporary, is a directory)
+
+    def _stage(self, target: str | Path, is_dir: bool) -> Path:
+        target = Path(target)
+        if target in self.staged:
+            raise ValueError(f"{target} is already an output of this commit")
+        _ready_folder(target, is_dir)
+        tmp = _temp_beside(target)
+        try:
+            if is_dir:
+                tmp.mkdir()
+                os.chmod(tmp, 0o755)  # readable by others, like a plain mkdir
+            else:
+                tmp.touch()
+                os.chmod(tmp, 0o644)
+        except OSError as exc:
+            raise _unwritable(target.parent, exc) from None
+        self.staged[target] = (tmp, is_dir)
+        return tmp
+
+    def file(self, target: str | Path) -> Path:
+        """A temporary path to write ``target``'s content to (e.g. an ONNX export)."""
+        return self._stage(target, is_dir=False)
+
+    def directory(self, target: str | Path) -> Path:
+        """An empty temporary directory that replaces directory ``target`` on commit."""
+        return self._stage(target, is_dir=True)
+
+    def json(self, target: str | Path, data: dict[str, Any]) -> None:
+        self.file(target).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+    def csv(self, target: str | Path, rows: list[dict[str, Any]],
+            fieldnames: list[str] | None = None) -> None:
+        """Rows (all with the same keys) as CSV; pass ``fieldnames`` when ``rows`` may be empty,
+        so a declared plots file still has a header."""
+        fieldnames = fieldnames or (list(rows[0]) if rows else [])
+        with self.file(target).open("w", newline="") as fh:
+            if fieldnames:
+                writer = csv.DictWriter(fh, fieldnames=fieldnames)
+                writer.writeheader()
+                writer.writerows(rows)
+
+    def model(self, target: str | Path, model: nn.Module, spec: dict[str, Any],
+              **meta: Any) -> None:
+        """A model as {format, spec, state_dict, meta}: plain tensors and JSON-like data only."""
+        state = {k: _plain(v) for k, v in model.state_dict().items()}
+        payload = {"format": MODEL_FORMAT, "spec": spec, "state_dict": state, "meta": meta}
+        # Save through a file handle: given a path, torch.save names the zip's root folder after
+        # the (random) temp file, so identical models would get different bytes and DVC hashes.
+        with self.file(target).open("wb") as fh:
+            torch.save(payload, fh)
+
+    def commit(self) -> None:
+        """Journal the renames in every folder involved, rename, drop the journals."""
+        if not self.staged:
+            return
+        renames = [(tmp, target, _temp_beside(target) if is_dir else None)
+                   for target, (tmp, is_dir) in self.staged.items()]
+        folders = sorted({target.parent.resolve() for _, target, _ in renames})
+        token = f"{os.getpid()}-{secrets.token_hex(4)}"
+        journals = [folder / f".shrinkflow-commit.{token}.json" for folder in folders]
+        for journal in journals:
+            def rel(path: Path | None, here: Path = journal.parent) -> str | None:
+                return None if path is None else os.path.relpath(path.resolve(), here)
+
+            plan = {"renames": [(rel(t), rel(g), rel(o)) for t, g, o in renames],
+                    "journals": [rel(j) for j in journals]}
+            scratch = _temp_beside(journal)
+            scratch.write_text(json.dumps(plan))
+            os.replace(scratch, journal)  # a journal exists whole or not at all
+        try:
+            for tmp, target, old in renames:
+                if old is not None:
+                    _replace_dir(tmp, target, old)
+                else:
+                    os.replace(tmp, target)
+        except OSError as exc:  # after the checks in _ready_folder: a race or a broken disk
+            raise ShrinkflowError(f"{exc.filename}: could not put the outputs in place "
+                                  f"({exc.strerror}); run the stage again") from exc
+        for journal in journals:
+            journal.unlink()
+        self.staged.clear()
+
+    def discard(self) -> None:
+        for tmp, _ in self.staged.values():
+            _remove(tmp)
+        self.staged.clear()
+
+
+@contextmanager
+def commit_outputs() -> Iterator[Outputs]:
+    """Stage every output of a stage, then put them all in place together::
+
+        with commit_outputs() as out:
+            out.model(MODEL_OUT, model, spec)
+            out.csv(HISTORY_OUT, history)
+            out.json(METRICS_OUT, metrics)
+
+    If the block raises (or a folder cannot be written, which is one ShrinkflowError line naming
+    it), no output is replaced and the temporaries are removed.
+    """
+    out = Outputs()
+    try:
+        yield out
+        out.commit()
+    finally:
+        out.discard()
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the body succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; artifacts are meant to be shared
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the body succeeds.
+
+    A one-file ``commit_outputs``, for package code that writes a single file.
+    """
+    with commit_outputs() as out:
+        yield out.file(path)
 
 
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a fresh temporary directory; swap it in for ``path`` only if the body succeeds.
-
-    The previous directory is kept until the new one is complete, then removed.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    old = path.with_name(f".{path.name}.old")
-    try:
-        yield tmp
-        shutil.rmtree(old, ignore_errors=True)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    """Yield a fresh temporary directory; swap it in for ``path`` only if the body succeeds."""
+    with commit_outputs() as out:
+        yield out.directory(path)
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    with commit_outputs() as out:
+        out.json(path, data)
 
 
 def read_json(path: str | Path) -> dict[str, Any]:
@@ -78,26 +296,31 @@ def read_json(path: str | Path) -> dict[str, Any]:
 def write_csv(
     path: str | Path, rows: list[dict[str, Any]], fieldnames: list[str] | None = None
 ) -> None:
-    """Write rows (all with the same keys) as CSV.
+    with commit_outputs() as out:
+        out.csv(path, rows, fieldnames)
 
-    Pass ``fieldnames`` when ``rows`` may be empty, so a declared plots file still has a header.
-    """
-    fieldnames = fieldnames or (list(rows[0]) if rows else [])
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
-        if fieldnames:
-            writer = csv.DictWriter(fh, fieldnames=fieldnames)
-            writer.writeheader()
-            writer.writerows(rows)
+
+def _plain(value: Any) -> Any:
+    """A state_dict entry as plain data: tensors detached on the CPU, tuples of tensors kept, and
+    a ``torch.dtype`` (which quantized linear layers store) as its name."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().contiguous()
+    if isinstance(value, torch.dtype):
+        return str(value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_plain(v) for v in value)
+    return value
 
 
 def save_model(path: str | Path, model: nn.Module, spec: dict[str, Any], **meta: Any) -> None:
-    """Save a model as {spec, state_dict, meta}: plain tensors and JSON-like data only."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    payload = {"format": MODEL_FORMAT, "spec": spec, "state_dict": state, "meta": meta}
-    # Save through a file handle: given a path, torch.save names the zip's root folder after the
-    # (random) temp file, so identical models would get different bytes and DVC hashes.
-    with atomic_path(path) as tmp, tmp.open("wb") as fh:
-        torch.save(payload, fh)
+    """Save a model as {spec, state_dict, meta}: plain tensors and JSON-like data only.
+
+    The one save path for fp32 and int8 models. Stages pass ``role`` (the model's name in the
+    pipeline, e.g. ``role="teacher"``) in ``meta``, so a later stage can refuse a file that holds
+    another model (``load_model(path, role=...)``).
+    """
+    with commit_outputs() as out:
+        out.model(path, model, spec, **meta)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -108,8 +331,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or unsafe files
+        reason = " ".join(str(exc).split()).split(". ")[0]  # torch adds paragraphs of advice
         raise ShrinkflowError(
-            f"{path}: not a loadable shrinkflow model file ({type(exc).__name__}: {exc})"
+            f"{path}: not a loadable shrinkflow model file ({type(exc).__name__}: {reason})"
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise ShrinkflowError(f"{path}: not a shrinkflow model file (expected {MODEL_FORMAT})")
@@ -128,19 +352,73 @@ def require_inputs(stage: str, inputs: dict[str, str]) -> None:
                               + f". Run `dvc repro {stage}` to build them first.")
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a saved model (pruned shapes included) in eval mode; returns (model, payload)."""
+def load_model(path: str | Path, role: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a saved fp32 model (pruned shapes included) in eval mode; returns (model, payload).
+
+    With ``role``, the file must have been saved as that model (``meta.role``): a student file
+    copied over ``models/teacher.pt`` is refused instead of silently used as the teacher.
+    """
     payload = load_checkpoint(path)
+    if role is not None:
+        check_role(payload["meta"], role, path)
     return model_from_checkpoint(payload, path), payload
+
+
+def check_role(meta: dict[str, Any], role: str, path: str | Path) -> None:
+    """Fail unless a model file's ``meta`` says it was saved as the ``role`` model."""
+    found = meta.get("role")
+    if found != role:
+        held = f"the {found!r} model" if found else "a model with no role recorded"
+        raise ShrinkflowError(
+            f"{path}: expected the {role!r} model (meta.role) but the file holds {held}; "
+            "rerun the stage that writes it"
+        )
 
 
 def model_from_checkpoint(payload: dict[str, Any], path: str | Path) -> nn.Module:
     """The fp32 model held by an already-read checkpoint (``path`` is for error messages)."""
     if payload["meta"].get("quantized"):
+        raise ShrinkflowError(f"{path}: an int8 model; open it with shrinkflow.runtime.open_model")
+    spec, state = payload["spec"], payload["state_dict"]
+    try:
+        model = build_model(spec)
+    except (KeyError, TypeError, ValueError) as exc:
         raise ShrinkflowError(
-            f"{path}: an int8 model; load it with shrinkflow.quantize.load_torch_int8"
-        )
-    model = build_model(payload["spec"])
-    resize_to_state_dict(model, payload["state_dict"])
-    model.load_state_dict(payload["state_dict"])
+            f"{path}: its spec cannot be built ({type(exc).__name__}: {exc})"
+        ) from exc
+    check_weights_match(model, state, path, spec, pruned=bool(payload["meta"].get("pruned")))
+    resize_to_state_dict(model, state)
+    model.load_state_dict(state)
     return model.eval()
+
+
+def check_weights_match(
+    model: nn.Module, state: dict[str, Any], path: str | Path, spec: dict[str, Any],
+    pruned: bool = False,
+) -> None:
+    """One line naming the first tensor of ``state`` that does not fit ``model``, freshly built
+    from ``spec`` (instead of load_state_dict's multi-kilobyte report).
+
+    Names must match exactly, and shapes too, except that a pruned model's tensors may be smaller
+    along any axis (structured pruning only removes channels; its layers are resized to them).
+    """
+    expected = model.state_dict()
+    arch = spec["arch"]
+    built = f"its spec ({arch}, widths {spec.get('widths')})" if arch == "cnn" else \
+        f"its spec ({arch})"
+    for key in expected:
+        if key not in state:
+            raise ShrinkflowError(f"{path}: weights do not match {built}: tensor {key!r} is "
+                                  "missing")
+    for key, tensor in state.items():
+        if key not in expected:
+            raise ShrinkflowError(f"{path}: weights do not match {built}: unexpected tensor "
+                                  f"{key!r}")
+        got, want = tuple(tensor.shape), tuple(expected[key].shape)
+        fits = got == want or (pruned and len(got) == len(want)
+                               and all(g <= w for g, w in zip(got, want, strict=True)))
+        if not fits:
+            raise ShrinkflowError(
+                f"{path}: weights do not match {built}: tensor {key!r} has shape {list(got)} "
+                f"but the spec builds {list(want)}" + (" (or smaller: pruned)" if pruned else "")
+            )

@@ -22,8 +22,15 @@ afterwards: the extra resident memory inference needed beyond the loaded model a
 Where that reset is not available, it falls back to ``getrusage`` max-RSS growth, which misses
 memory that was already at its peak before the run (the ``rss_method`` field says which).
 
-Runtimes: ``torch`` (fp32 eager ``.pt``), ``torch_int8`` (``quantize.load_torch_int8``) and
-``onnxruntime`` (``.onnx``). int8 and ONNX Runtime always run on the CPU.
+Each worker opens its file with ``runtime.open_model``, which decides the runtime (``torch``,
+``torch_int8`` or ``onnxruntime``) from the file, exactly as evaluate does; the timed call is the
+model's bare ``run`` on an input already converted by its ``prepare``. int8 and ONNX Runtime
+always run on the CPU.
+
+Results: one row per model and batch size (``metrics/benchmark.csv``: every statistic, memory,
+size, counts, ratios and the software versions), and a few headline figures as flat metrics
+(``headline_metrics``: median latency and speed-up against the teacher, keys from
+``metric_keys``).
 """
 
 from __future__ import annotations
@@ -32,21 +39,23 @@ import json
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime
+import torch
 
 from shrinkflow.errors import ShrinkflowError
-
-RUNTIMES = ("torch", "torch_int8", "onnxruntime")
-PRECISION = {"torch": "fp32", "torch_int8": "int8", "onnxruntime": "fp32"}
+from shrinkflow.metric_keys import TEACHER, bench_key
+from shrinkflow.runtime import open_model
 
 
 @dataclass
@@ -55,22 +64,13 @@ class Job:
 
     name: str
     path: str
-    runtime: str  # one of RUNTIMES
     input_shape: list[int]  # C, H, W
     batch_sizes: list[int]
     repeats: int = 50
     warmup: int = 10
     threads: int = 1
-    device: str = "cpu"
+    device: str = "cpu"  # for fp32 PyTorch models; the others always run on the CPU
     seed: int = 0
-    precision: str = field(default="")
-
-    def __post_init__(self) -> None:
-        if self.runtime not in RUNTIMES:
-            raise ValueError(f"unknown runtime {self.runtime!r}; expected one of {RUNTIMES}")
-        self.precision = self.precision or PRECISION[self.runtime]
-        if self.runtime != "torch":
-            self.device = "cpu"  # int8 kernels and our ORT session are CPU-only
 
 
 def resolve_threads(threads: int) -> int:
@@ -156,8 +156,6 @@ class PeakRss:
             Path("/proc/self/clear_refs").write_text("5")
             self._base_kb = _proc_status_kb("VmRSS")
         except OSError:
-            import resource
-
             self.method = "maxrss_growth"
             self._base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
@@ -165,80 +163,23 @@ class PeakRss:
         if self.method == "vmhwm_reset":
             peak_kb = _proc_status_kb("VmHWM")
         else:
-            import resource
-
             peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return round(max(peak_kb - self._base_kb, 0) / 1024.0, 3)
 
 
-# --- loading one model into a callable --------------------------------------------------------
+# --- one model, loaded and ready to time -------------------------------------------------------
 
 
-def _load(job: Job, threads: int) -> tuple[Callable[[Any], Any], str, dict[str, Any]]:
-    """(run(batch), kind of input it takes, {params, macs}) for one job's model file."""
-    import torch
-
-    from shrinkflow.models import count_macs, count_params
-
-    shape = tuple(job.input_shape)
-    if job.runtime == "onnxruntime":
-        from shrinkflow.quantize import META_MACS, META_PARAMS, onnx_metadata, ort_session
-
-        session = ort_session(job.path, threads=threads)
-        input_name = session.get_inputs()[0].name
-        meta = onnx_metadata(job.path)
-        info = {
-            "params": _int_or_none(meta.get(META_PARAMS)),
-            "macs": _int_or_none(meta.get(META_MACS)),
-        }
-        return (lambda x: session.run(None, {input_name: x})), "numpy", info
-    if job.runtime == "torch_int8":
-        from shrinkflow.quantize import load_torch_int8
-
-        model = load_torch_int8(job.path)
-        return model.eval(), "torch", _fp32_counts_of_int8(job.path)
-    from shrinkflow.artifacts import load_model
-
-    model, _ = load_model(job.path)
-    info = {"params": count_params(model), "macs": count_macs(model, shape)}
-    device = torch.device(job.device)
-    return model.to(device).eval(), "torch", info
-
-
-def _fp32_counts_of_int8(path: str) -> dict[str, Any]:
-    """Params/MACs of the fp32 model an int8 file was made from, as stored in its ``meta``.
-
-    Why: FlopCounterMode counts 0 for quantized modules, and every flavour of one model should
-    report the same MACs (ONNX files carry them as metadata for the same reason).
-    """
-    from shrinkflow.artifacts import load_checkpoint
-
-    meta = load_checkpoint(path).get("meta") or {}
-    return {"params": meta.get("params"), "macs": meta.get("macs")}
-
-
-def _int_or_none(value: str | None) -> int | None:
-    try:
-        return int(float(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
-def make_input(shape: list[int], batch_size: int, seed: int, device: str = "cpu") -> Any:
-    """A seeded random image batch scaled like ``train.to_input`` (uint8 / 255), float32 NCHW."""
-    import torch
-
+def make_input(shape: list[int], batch_size: int, seed: int) -> torch.Tensor:
+    """A seeded random uint8 image batch (N, C, H, W); the model's ``prepare`` scales it."""
     generator = torch.Generator().manual_seed(seed + batch_size)
-    x = torch.randint(0, 256, (batch_size, *shape), generator=generator, dtype=torch.uint8)
-    return x.float().div_(255).to(device)
+    return torch.randint(0, 256, (batch_size, *shape), generator=generator, dtype=torch.uint8)
 
 
 class LoadedModel:
     """One job's model and inputs, loaded and warmed up in this process, ready to time calls."""
 
     def __init__(self, job: Job) -> None:
-        import torch
-
         self.job = job
         self.threads = resolve_threads(job.threads)
         torch.set_num_threads(self.threads)
@@ -246,14 +187,16 @@ class LoadedModel:
             raise ShrinkflowError(
                 "benchmark.device is 'cuda' but torch.cuda.is_available() is False"
             )
-        self._run, kind, self.info = _load(job, self.threads)
-        self._sync = torch.cuda.synchronize if job.device == "cuda" else None
+        self.model = open_model(job.path, job.input_shape, threads=self.threads,
+                                device=job.device)
+        on_cuda = self.model.device.type == "cuda"
+        self._sync = torch.cuda.synchronize if on_cuda else None
         self._inputs: dict[int, Any] = {}
         self.rss_mb: dict[int, float] = {}
         memory = PeakRss()
         for batch_size in sorted(job.batch_sizes):
-            x = make_input(job.input_shape, batch_size, job.seed, job.device)
-            self._inputs[batch_size] = x.cpu().numpy() if kind == "numpy" else x
+            x = make_input(job.input_shape, batch_size, job.seed)
+            self._inputs[batch_size] = self.model.prepare(x)
             with torch.inference_mode():
                 memory.start()  # at least one call, so the peak is never of an empty run
                 time_calls(self._call(batch_size), max(job.warmup, 1), 0, self._sync)
@@ -261,47 +204,51 @@ class LoadedModel:
         self.rss_method = memory.method
 
     def _call(self, batch_size: int) -> Callable[[], Any]:
-        x = self._inputs[batch_size]
-        return lambda: self._run(x)
+        x, run = self._inputs[batch_size], self.model.run
+        return lambda: run(x)
 
     def time(self, batch_size: int, calls: int) -> list[float]:
         """Milliseconds of ``calls`` timed calls, after one untimed call to re-warm the caches."""
-        import torch
-
         with torch.inference_mode():
             return time_calls(self._call(batch_size), 1, calls, self._sync)
 
     def describe(self) -> dict[str, Any]:
         """What a result row needs besides the timings, in JSON-able form."""
-        return {"threads": self.threads, "info": self.info, "rss_method": self.rss_method,
-                "rss_mb": {str(b): mb for b, mb in self.rss_mb.items()}}
+        m = self.model
+        return {"runtime": m.runtime.value, "precision": m.precision, "device": m.device.type,
+                "threads": self.threads, "params": m.params, "macs": m.macs,
+                "file_bytes": m.file_bytes, "rss_method": self.rss_method,
+                "rss_mb": {str(b): mb for b, mb in self.rss_mb.items()},
+                "cpu": cpu_name(), "torch_version": torch.__version__,
+                "onnxruntime_version": onnxruntime.__version__}
 
 
 def result_row(
     job: Job, described: dict[str, Any], batch_size: int, times_ms: list[float]
 ) -> dict[str, Any]:
-    """One CSV row: a model at one batch size, its latency statistics, memory, size and counts."""
+    """One CSV row: a model at one batch size, its latency statistics, memory, size, counts and
+    the software it ran on."""
+    d = described
     return {
         "model": job.name,
-        "runtime": job.runtime,
-        "precision": job.precision,
-        "device": job.device,
-        "threads": described["threads"],
+        "runtime": d["runtime"],
+        "precision": d["precision"],
+        "device": d["device"],
+        "threads": d["threads"],
         "batch_size": batch_size,
         **latency_stats(times_ms, batch_size),
-        "rss_mb": described["rss_mb"][str(batch_size)],
-        "rss_method": described["rss_method"],
-        "file_bytes": Path(job.path).stat().st_size,
-        **described["info"],
+        "rss_mb": d["rss_mb"][str(batch_size)],
+        "rss_method": d["rss_method"],
+        "file_bytes": d["file_bytes"],
+        "params": d["params"],
+        "macs": d["macs"],
+        "cpu": d["cpu"],
+        "torch_version": d["torch_version"],
+        "onnxruntime_version": d["onnxruntime_version"],
     }
 
 
-def run_job(job: Job) -> list[dict[str, Any]]:
-    """Benchmark one model in this process, all its calls in one go: one row per batch size."""
-    model = LoadedModel(job)
-    described = model.describe()
-    return [result_row(job, described, b, model.time(b, job.repeats))
-            for b in sorted(job.batch_sizes)]
+ERROR_PREFIX = "shrinkflow-error: "  # how a worker reports bad input to the parent, on stderr
 
 
 class Worker:
@@ -327,7 +274,11 @@ class Worker:
         if not line:
             self._proc.wait()
             self._stderr.seek(0)
-            tail = "\n".join(self._stderr.read().strip().splitlines()[-15:])
+            lines = self._stderr.read().strip().splitlines()
+            errors = [line for line in lines if line.startswith(ERROR_PREFIX)]
+            if errors:  # bad input (a ShrinkflowError in the worker): its one line says it all
+                raise ShrinkflowError(errors[-1].removeprefix(ERROR_PREFIX))
+            tail = "\n".join(lines[-15:])
             raise ShrinkflowError(f"benchmark of {self.job.name} ({self.job.path}) failed:\n{tail}")
         return json.loads(line)
 
@@ -414,45 +365,53 @@ def run_interleaved(
             for i, job in enumerate(jobs) for b in sorted(job.batch_sizes)]
 
 
-# --- from rows to flat metrics --------------------------------------------------------------
-
-# (model, baseline, suffix): speed-up = baseline p50 / model p50, for every batch size present.
-COMPARISONS_VS = ("teacher", "student")
-EXTRA_COMPARISONS = (
-    ("quantized", "pruned_onnx"),  # int8 ORT against fp32 ORT of the same weights
-    ("pruned_onnx", "pruned"),  # ORT against PyTorch eager, same weights
-    ("quantized_torch", "pruned"),  # torch int8 against torch fp32 (if quantize.input=pruned)
-)
+# --- from rows to ratios and headline metrics ----------------------------------------------------
 
 
-def flat_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Flat ``bench_*`` keys from result rows, plus speed-up and size ratios between models.
+def _ratio(numerator: float | None, denominator: float | None, digits: int) -> float | None:
+    if not numerator or not denominator:
+        return None
+    return round(numerator / denominator, digits)
 
-    ``speedup_vs_X`` = X's median latency / this model's (>1 = faster); ``size_ratio_vs_X`` =
-    this model's file bytes / X's (<1 = smaller). Ratios whose baseline was not measured are left
-    out rather than guessed.
+
+def add_ratios(
+    rows: list[dict[str, Any]], baselines: dict[str, str | None]
+) -> list[dict[str, Any]]:
+    """Rows with speed-up and size columns: ``speedup_vs_teacher`` (the teacher's median latency
+    at the same batch size / this model's, >1 = faster), ``speedup_vs_baseline`` against the
+    model ``baselines`` names for it (e.g. int8 against the fp32 of the same weights), and
+    ``size_ratio_vs_teacher`` (file bytes, <1 = smaller). Ratios whose reference was not measured
+    are left empty rather than guessed.
     """
-    out: dict[str, Any] = {}
-    p50: dict[tuple[str, int], float] = {}
-    size: dict[str, int] = {}
-    for row in rows:
-        name, b = row["model"], row["batch_size"]
-        for key in ("p50_ms", "p90_ms", "p99_ms", "ips", "rss_mb"):
-            out[f"bench_{name}_b{b}_{key}"] = row[key]
-        p50[(name, b)] = row["p50_ms"]
-        size[name] = row["file_bytes"]
-        out[f"bench_{name}_file_bytes"] = row["file_bytes"]
-        for key in ("params", "macs"):
-            if row.get(key) is not None:
-                out[f"bench_{name}_{key}"] = row[key]
-    pairs = [(m, base) for (m, _) in p50 for base in COMPARISONS_VS if m != base]
-    pairs += [pair for pair in EXTRA_COMPARISONS if pair[0] in size]
-    for model, base in dict.fromkeys(pairs):
-        for (name, b), ms in p50.items():
-            if name == model and (base, b) in p50 and ms > 0:
-                out[f"bench_{model}_b{b}_speedup_vs_{base}"] = round(p50[(base, b)] / ms, 3)
-        if model in size and size.get(base):
-            out[f"bench_{model}_size_ratio_vs_{base}"] = round(size[model] / size[base], 6)
+    p50 = {(r["model"], r["batch_size"]): r["p50_ms"] for r in rows}
+    size = {r["model"]: r["file_bytes"] for r in rows}
+    out = []
+    for r in rows:
+        base, b = baselines.get(r["model"]), r["batch_size"]
+        out.append({
+            **r,
+            "speedup_vs_teacher": _ratio(p50.get((TEACHER, b)), r["p50_ms"], 3),
+            "baseline": base,
+            "speedup_vs_baseline": _ratio(p50.get((base, b)), r["p50_ms"], 3) if base else None,
+            "size_ratio_vs_teacher": _ratio(r["file_bytes"], size.get(TEACHER), 6),
+        })
+    return out
+
+
+def headline_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The benchmark's flat metrics: each model's median latency per batch size, and its speed-up
+    against the teacher at that batch size (measured in the same run: same threads, same
+    stretch of machine time). Everything else stays in the CSV: 140+ keys made ``dvc exp show``
+    unreadable.
+    """
+    p50 = {(r["model"], r["batch_size"]): r["p50_ms"] for r in rows}
+    out: dict[str, float] = {}
+    for (model, b), ms in p50.items():
+        out[bench_key(model, b, "p50_ms")] = ms
+    for (model, b), ms in p50.items():
+        teacher = p50.get((TEACHER, b))
+        if model != TEACHER and teacher and ms > 0:
+            out[bench_key(model, b, "speedup_vs_teacher")] = round(teacher / ms, 3)
     return out
 
 
@@ -483,25 +442,6 @@ def p50_drift(
     return drift
 
 
-def environment(
-    threads: int, device: str, repeats: int, warmup: int, rounds: int
-) -> dict[str, Any]:
-    """Where and how the numbers were taken: they mean little without this."""
-    import onnxruntime
-    import torch
-
-    return {
-        "bench_threads": resolve_threads(threads),
-        "bench_device": device,
-        "bench_repeats": repeats,
-        "bench_rounds": rounds,
-        "bench_warmup": warmup,
-        "bench_cpu": cpu_name(),
-        "bench_torch_version": torch.__version__,
-        "bench_onnxruntime_version": onnxruntime.__version__,
-    }
-
-
 def _worker_main(argv: list[str]) -> None:
     """Entry of a worker process: see ``Worker`` for the protocol."""
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
@@ -511,7 +451,11 @@ def _worker_main(argv: list[str]) -> None:
         replies.write(json.dumps(obj) + "\n")
         replies.flush()
 
-    model = LoadedModel(Job(**json.loads(argv[1])))
+    try:
+        model = LoadedModel(Job(**json.loads(argv[1])))
+    except ShrinkflowError as exc:
+        print(f"{ERROR_PREFIX}{exc}", file=sys.stderr)
+        sys.exit(2)
     reply(model.describe())
     for line in sys.stdin:
         request = json.loads(line)

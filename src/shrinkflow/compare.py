@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from shrinkflow.artifacts import atomic_path
+from shrinkflow.metric_keys import TEACHER, bench_batch_sizes, bench_key, model_key
 from shrinkflow.report import first_number, fmt_value, markdown_table, pareto_front, plot_tradeoff
 
 
@@ -95,21 +96,15 @@ def changed_params(base: dict[str, Any], exp: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in exp.items() if k not in base or base[k] != v}
 
 
-def largest_batch(metrics_keys: list[str], model: str) -> int | None:
-    sizes = [int(m.group(1)) for k in metrics_keys
-             if (m := re.fullmatch(rf"bench_{re.escape(model)}_b(\d+)_p50_ms", k))]
-    return max(sizes) if sizes else None
-
-
 def experiment_table(records: list[dict[str, Any]], model: str = "quantized") -> pd.DataFrame:
     """One row per experiment: its ``model``'s accuracy, drop vs its own teacher, size, speed."""
-    all_keys = sorted({k for r in records for k in r["metrics"]})
-    batch = largest_batch(all_keys, model) or 64
+    sizes = bench_batch_sizes({k for r in records for k in r["metrics"]}, model)
+    batch = sizes[-1] if sizes else 64
     rows = []
     for r in records:
         m = r["metrics"]
-        teacher = first_number(m, "teacher_acc", "teacher_test_acc")
-        acc = first_number(m, f"{model}_acc", f"{model}_test_acc")
+        teacher = first_number(m, model_key(TEACHER, "acc"), model_key(TEACHER, "test_acc"))
+        acc = first_number(m, model_key(model, "acc"), model_key(model, "test_acc"))
         rows.append({
             "name": r["name"],
             "baseline": r["baseline"],
@@ -117,9 +112,9 @@ def experiment_table(records: list[dict[str, Any]], model: str = "quantized") ->
             "changed": ", ".join(f"{k}={v}" for k, v in sorted(r.get("changed", {}).items())),
             "accuracy": acc,
             "drop_points": (teacher - acc) * 100,
-            "macs": first_number(m, f"{model}_macs", f"bench_{model}_macs"),
-            "file_bytes": first_number(m, f"{model}_file_bytes", f"bench_{model}_file_bytes"),
-            "latency_ms": first_number(m, f"bench_{model}_b{batch}_p50_ms"),
+            "macs": first_number(m, model_key(model, "macs")),
+            "file_bytes": first_number(m, model_key(model, "file_bytes")),
+            "latency_ms": first_number(m, bench_key(model, batch, "p50_ms")),
             "error": r.get("error") or "",
         })
     df = pd.DataFrame(rows)

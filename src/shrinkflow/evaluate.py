@@ -1,32 +1,18 @@
-"""Test-set metrics for any model of the pipeline, PyTorch or ONNX, computed the same way.
+"""Test-set metrics from logits, the same for every model of the pipeline.
 
-``load_predictor`` hides the runtime: a ``.pt`` fp32 model runs in PyTorch, a ``.pt`` int8 model
-through torch.ao, an ``.onnx`` file through ONNX Runtime. All give float logits for uint8 images,
-so every model lands in the same table with the same metrics.
+``runtime.open_model`` gives float32 logits for any model file (PyTorch fp32 or int8, ONNX
+Runtime), so every model lands in the same table with the same metrics.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shrinkflow.errors import ShrinkflowError
-
-Predict = Callable[[torch.Tensor], torch.Tensor]  # uint8 images -> float32 logits
-
-
-@dataclass
-class Predictor:
-    predict: Predict
-    params: int | None
-    macs: int | None  # of the fp32 graph: int8 kernels are not counted by FLOP counters
-    runtime: str
+from shrinkflow.train import accuracy
 
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int) -> float:
@@ -73,7 +59,7 @@ def classification_metrics(
     support = matrix.sum(1)
     per_class = np.divide(matrix.diagonal(), support, out=np.zeros(num_classes), where=support > 0)
     return {
-        "acc": float((predicted == labels).float().mean()),
+        "acc": accuracy(logits, labels),
         "macro_f1": macro_f1(matrix),
         "loss": float(F.cross_entropy(logits, labels)),
         "ece": expected_calibration_error(logits.softmax(1), labels, ece_bins),
@@ -81,52 +67,3 @@ def classification_metrics(
         "support": support.tolist(),
         "confusion": matrix,
     }
-
-
-def _batched(fn: Predict, batch_size: int) -> Predict:
-    def predict(x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-
-    return predict
-
-
-def load_predictor(
-    path: str | Path, input_shape: tuple[int, ...], batch_size: int = 256
-) -> Predictor:
-    """Open any model artifact of the pipeline for inference on CPU.
-
-    ``input_shape`` (C, H, W) is needed to count MACs of fp32 PyTorch models.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ShrinkflowError(f"{path}: model file not found (has the stage that writes it run?)")
-    if path.suffix == ".onnx":
-        from shrinkflow.quantize import onnx_model_info, ort_session, predict_onnx
-
-        session = ort_session(path)
-        info = onnx_model_info(path)
-        return Predictor(
-            lambda x: predict_onnx(session, x, batch_size), info.get("params"),
-            info.get("macs"), "onnxruntime",
-        )
-    from shrinkflow.artifacts import load_checkpoint, model_from_checkpoint
-    from shrinkflow.models import count_macs, count_params
-    from shrinkflow.train import to_input
-
-    payload = load_checkpoint(path)
-    if payload["meta"].get("quantized"):
-        from shrinkflow.quantize import load_torch_int8
-
-        module = load_torch_int8(path)
-        params, macs = payload["meta"].get("params"), payload["meta"].get("macs")
-        runtime = "torch-int8"
-    else:
-        module = model_from_checkpoint(payload, path)
-        params, macs = count_params(module), count_macs(module, tuple(input_shape))
-        runtime = "torch"
-
-    @torch.inference_mode()
-    def run(x: torch.Tensor) -> torch.Tensor:
-        return module(to_input(x, torch.device("cpu"))).float()
-
-    return Predictor(_batched(run, batch_size), params, macs, runtime)

@@ -3,15 +3,28 @@
 Validation happens when a stage starts, before it reads data or touches an output, so a typo in
 params.yaml costs a second and destroys nothing. Each error names the full key
 (``teacher.train.epochs``) and what is allowed there.
+
+What is rejected, and why:
+- every float must be finite (``allow_inf_nan=False`` on every section): ``T: .inf`` trained a
+  NaN student that replaced the good one;
+- every count that must be positive is (epochs, batch sizes, calibration samples, repeats...),
+  and values have an upper bound where larger ones mean nothing (``lr <= 10``, ``T <= 100``,
+  ``epochs <= 10000``, batch sizes ``<= 65536``);
+- ``device: cuda`` on a machine without a visible CUDA GPU;
+- a key missing from params.yaml. The schema defaults equal the shipped params.yaml (a test
+  compares them) and serve library callers and tests; a stage never falls back on them, because
+  DVC tracks the file, not our defaults. The error names the key and the shipped value.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
+import torch
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -19,52 +32,63 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError, PydanticUndefined
 
 from shrinkflow.errors import ShrinkflowError
 
 
 class Section(BaseModel):
-    """Base for every params section: unknown keys are errors, not silently ignored."""
+    """Base for every params section: unknown keys are errors, not silently ignored, and no
+    float may be inf or NaN (a new section or key inherits both)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-Device = Literal["auto", "cpu", "cuda"]
+def _cuda_visible(device: str) -> str:
+    """Refuse ``cuda`` when no GPU is visible, at load time, so the error names the key."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PydanticCustomError(
+            "no_cuda", "no CUDA GPU is visible (torch.cuda.is_available() is False)"
+        )
+    return device
+
+
+Device = Annotated[Literal["auto", "cpu", "cuda"], AfterValidator(_cuda_visible)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # numpy refuses negative seeds
+Epochs = Annotated[int, Field(ge=1, le=10_000)]
+BatchSize = Annotated[int, Field(ge=1, le=65_536)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
 
 
 class ModelSpec(Section):
     """Architecture choice; see ``shrinkflow.models`` for what each field means per arch."""
 
     arch: Literal["cnn", "resnet18", "mobilenet_v2"] = "cnn"
-    widths: list[int] = Field(default=[32, 64, 128], min_length=1)
-    depth: int = Field(default=2, ge=1)
-    width_mult: float = Field(default=1.0, gt=0)
-
-    @model_validator(mode="after")
-    def _positive_widths(self) -> ModelSpec:
-        if any(w < 1 for w in self.widths):
-            raise ValueError(f"widths must all be >= 1, got {self.widths}")
-        return self
+    widths: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default=[32, 64, 128], min_length=1, max_length=16
+    )
+    depth: int = Field(default=2, ge=1, le=16)
+    width_mult: float = Field(default=1.0, gt=0, le=8)
 
 
 class TrainConfig(Section):
     """Hyper-parameters of the one training loop (``shrinkflow.train.fit``)."""
 
-    epochs: int = Field(default=10, ge=0)
-    batch_size: int = Field(default=64, ge=1)
+    epochs: Epochs = 10
+    batch_size: BatchSize = 64
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(default=0.05, gt=0)
+    lr: float = Field(default=0.05, gt=0, le=10)
     momentum: float = Field(default=0.9, ge=0, lt=1)
-    weight_decay: float = Field(default=5e-4, ge=0)
+    weight_decay: float = Field(default=5e-4, ge=0, le=1)
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
-    seed: int = 0
+    seed: Seed = 0
     device: Device = "auto"
     max_batches: int = Field(default=0, ge=0, description="cap batches per epoch; 0 = no cap")
     augment: Literal["none", "crop", "crop_flip"] = "none"
     crop_padding: int = Field(default=4, ge=1, le=64, description="pixels of zero padding")
-    nproc: int = Field(default=1, ge=1, description="processes (GPUs) on this machine; > 1 runs "
-                       "the stage under torchrun, batch_size split over them")
+    nproc: int = Field(default=1, ge=1, le=1024, description="processes (GPUs) on this machine; "
+                       "> 1 runs the stage under torchrun, batch_size split over them")
 
     @model_validator(mode="after")
     def _batch_splits_over_processes(self) -> TrainConfig:
@@ -78,11 +102,11 @@ class PrepareParams(Section):
     source: Literal["digits", "idx", "imagefolder", "cifar"] = "digits"
     path: str = ""
     split: Literal["source", "pooled"] = "pooled"
-    image_size: int = Field(default=32, ge=4)
+    image_size: int = Field(default=32, ge=4, le=1024)
     channels: Literal[1, 3] = 3
-    val_fraction: float = Field(default=0.15, gt=0, lt=1)
-    test_fraction: float = Field(default=0.15, gt=0, lt=1)
-    seed: int = 0
+    val_fraction: Fraction = 0.15
+    test_fraction: Fraction = 0.15
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> PrepareParams:
@@ -101,8 +125,8 @@ class TeacherParams(Section):
 
     mode: Literal["train", "import"] = "train"
     init: str = Field(default="", description="weights file inside the repo (dvc add it)")
-    model: ModelSpec = ModelSpec()
-    train: TrainConfig = TrainConfig()
+    model: ModelSpec = ModelSpec(widths=[96, 192, 384])
+    train: TrainConfig = TrainConfig(epochs=10)
 
     @field_validator("init")
     @classmethod
@@ -123,11 +147,11 @@ class TeacherParams(Section):
 
 class DistillParams(Section):
     student: ModelSpec = ModelSpec(widths=[32, 64, 128])
-    train: TrainConfig = TrainConfig()
+    train: TrainConfig = TrainConfig(epochs=15)
     method: Literal["kd", "hint", "attention"] = "kd"
-    T: float = Field(default=4.0, gt=0)
-    alpha: float = Field(default=0.9, ge=0, le=1)
-    feature_weight: float = Field(default=1.0, ge=0)
+    T: float = Field(default=4.0, gt=0, le=100)
+    alpha: float = Field(default=0.5, ge=0, le=1)
+    feature_weight: float = Field(default=1.0, ge=0, le=1000)
     teacher_layer: str = ""
     student_layer: str = ""
 
@@ -135,7 +159,7 @@ class DistillParams(Section):
 class KDSettings(Section):
     """Distillation from the teacher during a fine-tune; alpha 0 turns it off."""
 
-    T: float = Field(default=4.0, gt=0)
+    T: float = Field(default=4.0, gt=0, le=100)
     alpha: float = Field(default=0.9, ge=0, le=1)
 
 
@@ -143,54 +167,49 @@ class PruneParams(Section):
     """Pruning; ``train.epochs`` is the TOTAL fine-tune budget, split over ``iterative_steps``."""
 
     mode: Literal["structured", "unstructured"] = "structured"
-    ratio: float = Field(default=0.5, gt=0, lt=1)
+    ratio: Fraction = 0.35
     importance: Literal["l1", "l2", "taylor", "random"] = "l2"
-    iterative_steps: int = Field(default=1, ge=1)
-    round_to: int = Field(default=8, ge=1, description="keep channel counts multiples of this")
+    iterative_steps: int = Field(default=2, ge=1, le=100)
+    round_to: int = Field(default=8, ge=1, le=1024,
+                          description="keep channel counts multiples of this")
     ignore_layers: list[str] = []
     sensitivity: bool = True
-    sensitivity_ratios: list[float] = [0.25, 0.5, 0.75]
+    sensitivity_ratios: list[Fraction] = [0.25, 0.5, 0.75]
     sensitivity_max_layers: int = Field(default=16, ge=0, description="0 = scan every group")
-    seed: int = 0
+    seed: Seed = 0
     kd: KDSettings = KDSettings()
-    train: TrainConfig = TrainConfig()
-
-    @model_validator(mode="after")
-    def _ratios_are_fractions(self) -> PruneParams:
-        if any(not 0 < r < 1 for r in self.sensitivity_ratios):
-            raise ValueError(
-                f"sensitivity_ratios must all be in (0, 1), got {self.sensitivity_ratios}"
-            )
-        return self
+    train: TrainConfig = TrainConfig(epochs=8, lr=0.02)
 
 
 class QuantizeParams(Section):
     input: Literal["pruned", "student"] = "pruned"
     mode: Literal["static", "dynamic"] = "static"
-    calibration_samples: int = Field(default=256, ge=1)
+    calibration_samples: int = Field(default=256, ge=1, le=100_000)
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     per_channel: bool = True
     reduce_range: bool = True
     opset: int = Field(default=17, ge=13)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class EvaluateParams(Section):
-    batch_size: int = Field(default=256, ge=1)
-    ece_bins: int = Field(default=15, ge=1)
+    batch_size: BatchSize = 256
+    ece_bins: int = Field(default=15, ge=1, le=1000)
 
 
 class BenchmarkParams(Section):
-    batch_sizes: list[int] = Field(default=[1, 64], min_length=1)
-    repeats: int = Field(default=200, ge=1, description="timed calls per model and batch size")
-    rounds: int = Field(default=20, ge=1, description="interleaved rounds spreading the calls")
-    warmup: int = Field(default=10, ge=0)
-    threads: int = Field(default=0, ge=0, description="per model; 0 = all cores")
-    device: Literal["cpu", "cuda"] = "cpu"
+    batch_sizes: list[BatchSize] = Field(default=[1, 64], min_length=1)
+    repeats: int = Field(default=200, ge=1, le=1_000_000,
+                         description="timed calls per model and batch size")
+    rounds: int = Field(default=20, ge=1, le=10_000,
+                        description="interleaved rounds spreading the calls")
+    warmup: int = Field(default=10, ge=0, le=100_000)
+    threads: int = Field(default=0, ge=0, le=1024, description="per model; 0 = all cores")
+    device: Annotated[Literal["cpu", "cuda"], AfterValidator(_cuda_visible)] = "cpu"
 
 
 class ReportParams(Section):
-    max_drop_points: float = Field(default=1.0, ge=0)
+    max_drop_points: float = Field(default=1.0, ge=0, le=100)
 
 
 SECTIONS: dict[str, type[Section]] = {
@@ -223,8 +242,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _describe(section: str, schema: type[BaseModel], err: dict[str, Any]) -> str:
-    key = ".".join([section, *(str(p) for p in err["loc"])])
+def _describe(section: str, schema: type[BaseModel], err: dict[str, Any]) -> tuple[str, str]:
+    """(full key, what is wrong) for one pydantic error; list items are named by index."""
+    names = [str(p) for p in err["loc"] if not isinstance(p, int)]
+    items = [str(p) for p in err["loc"] if isinstance(p, int)]
+    key = ".".join([section, *names])
     if err["type"] == "extra_forbidden":
         parent: Any = schema
         for part in err["loc"][:-1]:
@@ -233,17 +255,73 @@ def _describe(section: str, schema: type[BaseModel], err: dict[str, Any]) -> str
             if parent is None:
                 break
         allowed = ", ".join(parent.model_fields) if parent is not None else "?"
-        return f"{key}: unknown key (allowed here: {allowed})"
-    return f"{key}: {err['msg']} (got {err.get('input')!r})"
+        return key, f"unknown key (allowed here: {allowed})"
+    where = f"item {', '.join(items)}: " if items else ""
+    return key, f"{where}{err['msg']} (got {err.get('input')!r})"
 
 
-def validate_section(section: str, raw: Any, schema: type[S]) -> S:
-    """Validate one section's raw mapping against its schema, with errors that name full keys."""
+def _one_line_per_key(described: list[tuple[str, str]]) -> list[str]:
+    """Join the problems of one key (e.g. two bad list items) into that key's one line."""
+    by_key: dict[str, list[str]] = {}
+    for key, problem in described:
+        by_key.setdefault(key, []).append(problem)
+    return [f"{key}: {'; '.join(problems)}" for key, problems in by_key.items()]
+
+
+def missing_keys(prefix: str, value: Section, shipped: Section | None, source: str) -> list[str]:
+    """One line per key of ``value``'s schema that the file did not set, naming the shipped value.
+
+    ``shipped`` is the schema's default for this (sub)section, which a test keeps equal to the
+    shipped params.yaml; a sub-section's shipped values come from its parent's default (e.g.
+    ``prune.train.lr`` is 0.02 while ``teacher.train.lr`` is 0.05), not from its class.
+    """
+    lines = []
+    for name, field in type(value).model_fields.items():
+        key = f"{prefix}.{name}"
+        default = getattr(shipped, name) if shipped is not None else field.get_default(
+            call_default_factory=True)
+        if name not in value.model_fields_set:
+            if default is PydanticUndefined:  # a required key: pydantic has already said so
+                continue
+            if isinstance(default, BaseModel):
+                default = default.model_dump()
+            lines.append(f"{key}: missing from {source} (the shipped value is {default!r})")
+            continue
+        child = getattr(value, name)
+        if isinstance(child, Section):
+            same_kind = isinstance(default, type(child))
+            lines += missing_keys(key, child, default if same_kind else None, source)
+    return lines
+
+
+def _params_error(lines: list[str]) -> ShrinkflowError:
+    """One line for one problem (what a stage prints), one line per key for several."""
+    if len(lines) == 1:
+        return ShrinkflowError(f"invalid params: {lines[0]}")
+    return ShrinkflowError("invalid params:\n  " + "\n  ".join(lines))
+
+
+def validate_section(
+    section: str, raw: Any, schema: type[S], source: str = "params.yaml"
+) -> S:
+    """Validate one section's raw mapping against its schema, with errors that name full keys.
+
+    Every key must be present: a missing one is an error naming the shipped value, never a
+    silent fallback on the schema default (DVC could not see the value that ran).
+    """
     try:
-        return schema.model_validate(raw if raw is not None else {})
+        value = schema.model_validate(raw if raw is not None else {})
     except ValidationError as exc:
-        lines = [_describe(section, schema, e) for e in exc.errors()]
-        raise ShrinkflowError("invalid params:\n  " + "\n  ".join(lines)) from None
+        described = [_describe(section, schema, e) for e in exc.errors()]
+        raise _params_error(_one_line_per_key(described)) from None
+    try:
+        shipped = schema()
+    except ValidationError:  # a schema with required keys has no shipped instance
+        shipped = None
+    lines = missing_keys(section, value, shipped, source)
+    if lines:
+        raise _params_error(lines)
+    return value
 
 
 def load_section(section: str, path: str | Path = "params.yaml") -> Section:
@@ -253,4 +331,4 @@ def load_section(section: str, path: str | Path = "params.yaml") -> Section:
     data = read_yaml(path)
     if section not in data:
         raise ShrinkflowError(f"{path}: missing section {section!r}")
-    return validate_section(section, data[section], SECTIONS[section])
+    return validate_section(section, data[section], SECTIONS[section], Path(path).name)

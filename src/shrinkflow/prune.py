@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -275,14 +275,19 @@ def prune_unstructured(
 
 def make_finetune(
     train: Split, val: Split, cfg: TrainConfig, loss_fn: LossFn | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print, params_key: str = "train",
+    loss_params: Mapping[str, Any] | None = None,
 ) -> FineTune:
-    """A fine-tune callback around the one training loop; rows get a global epoch and step."""
+    """A fine-tune callback around the one training loop; rows get a global epoch and step.
+
+    ``params_key`` / ``loss_params`` name the params behind ``cfg`` and the loss in errors.
+    """
     done: list[int] = [0]
 
     def finetune(model: nn.Module, step: int, epochs: int) -> list[dict[str, Any]]:
         step_cfg = cfg.model_copy(update={"epochs": epochs, "seed": cfg.seed + step - 1})
-        rows = fit(model, train, val, step_cfg, loss_fn=loss_fn, log=log, name=f"prune{step}")
+        rows = fit(model, train, val, step_cfg, loss_fn=loss_fn, log=log, name=f"prune{step}",
+                   params_key=params_key, loss_params=loss_params)
         for row in rows:
             row["epoch"] = done[0] + row["epoch"]
             row["prune_step"] = step

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,19 +21,11 @@ from matplotlib.ticker import MaxNLocator
 
 from shrinkflow.artifacts import atomic_path
 from shrinkflow.errors import ShrinkflowError
+from shrinkflow.metric_keys import TEACHER, ModelEntry, bench_batch_sizes, bench_key, model_key
 
-# Report rows, in pipeline order: name -> (runtime, where its accuracy comes from).
-MODELS: dict[str, tuple[str, str]] = {
-    "teacher": ("torch fp32", "teacher"),
-    "student_scratch": ("torch fp32", "student_scratch"),
-    "student": ("torch fp32", "student"),
-    "pruned": ("torch fp32", "pruned"),
-    # Same fp32 weights as "pruned" exported to ONNX: not evaluated separately.
-    "pruned_onnx": ("onnxruntime fp32", "pruned"),
-    "quantized": ("onnxruntime int8", "quantized"),
-    "quantized_torch": ("torch int8", "quantized_torch"),
-}
 FINAL_MODEL = "quantized"
+BENCH_CSV = "benchmark.csv"  # one row per model and batch size: runtime, sizes, environment
+ENVIRONMENT = ("cpu", "threads", "device", "torch_version", "onnxruntime_version")
 HISTORIES = ("teacher", "student_scratch", "distill", "prune")
 MARKERS = ("o", "s", "^", "D", "v")
 
@@ -57,19 +48,14 @@ def load_metrics(metrics_dir: str | Path) -> dict[str, Any]:
 
 def teacher_accuracy(metrics: dict[str, Any]) -> float:
     """The reference every drop is measured from; the one input the report cannot do without."""
-    for key in ("teacher_acc", "teacher_test_acc"):
-        if isinstance(metrics.get(key), (int, float)):
-            return float(metrics[key])
-    raise ShrinkflowError(
-        "no teacher accuracy found (teacher_acc in metrics/eval_teacher.json or teacher_test_acc "
-        "in metrics/teacher.json): run the pipeline up to evaluate@teacher first"
-    )
-
-
-def bench_batch_sizes(metrics: dict[str, Any]) -> list[int]:
-    """Batch sizes present in the flat benchmark keys (``bench_<model>_b<N>_p50_ms``)."""
-    found = {int(m.group(1)) for k in metrics if (m := re.search(r"_b(\d+)_p50_ms$", k))}
-    return sorted(found)
+    keys = (model_key(TEACHER, "acc"), model_key(TEACHER, "test_acc"))
+    value = first_number(metrics, *keys)
+    if math.isnan(value):
+        raise ShrinkflowError(
+            f"no teacher accuracy found ({keys[0]} in metrics/eval_{TEACHER}.json or {keys[1]} "
+            f"in metrics/{TEACHER}.json): run the pipeline up to evaluate@{TEACHER} first"
+        )
+    return value
 
 
 def first_number(metrics: dict[str, Any], *keys: str) -> float:
@@ -81,33 +67,59 @@ def first_number(metrics: dict[str, Any], *keys: str) -> float:
     return math.nan
 
 
-def model_table(metrics: dict[str, Any]) -> pd.DataFrame:
+def bench_facts(bench: pd.DataFrame | None) -> dict[str, dict[str, Any]]:
+    """Per model, what the benchmark CSV knows besides latency: runtime, precision, size, counts.
+
+    The report's source for models that are benchmarked but not evaluated, and for the runtime
+    each model ran in (decided by ``runtime.open_model`` from the file).
+    """
+    if bench is None or "model" not in bench.columns:
+        return {}
+    return {str(r["model"]): r for r in bench.drop_duplicates("model").to_dict("records")}
+
+
+def model_table(
+    metrics: dict[str, Any], models: list[ModelEntry], bench: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """One row per model found in the metrics: accuracy, drop, size, cost and speed columns.
 
-    Accuracy is a fraction; ``drop_points`` = (teacher - model) x 100, positive = worse.
-    Models with neither an accuracy nor a latency are left out (their stages did not run).
+    ``models`` (``metric_keys.read_model_list``) gives the rows and their order; ``bench`` is
+    metrics/benchmark.csv when present. Accuracy is a fraction; ``drop_points`` = (teacher -
+    model) x 100, positive = worse. Models with neither an accuracy nor a latency are left out
+    (their stages did not run).
     """
     teacher = teacher_accuracy(metrics)
+    facts = bench_facts(bench)
     sizes = bench_batch_sizes(metrics)
     small, large = (sizes[0], sizes[-1]) if sizes else (1, 64)
     rows = []
-    for name, (runtime, acc_from) in MODELS.items():
-        acc = first_number(metrics, f"{acc_from}_acc")
-        if name == "teacher" and math.isnan(acc):
-            acc = teacher
+    for entry in models:
+        name, fact = entry.name, facts.get(entry.name, {})
+        acc = teacher if name == TEACHER else first_number(
+            metrics, model_key(entry.accuracy_of, "acc"))
+
+        def known(field: str, name: str = name, fact: dict = fact) -> float:
+            value = first_number(metrics, model_key(name, field))
+            return first_number(fact, field) if math.isnan(value) else value
+
+        runtime = fact.get("runtime")
+        precision = fact.get("precision")
+        label = "-" if runtime is None else (
+            runtime if str(precision) in str(runtime) else f"{runtime} {precision}")
         row = {
             "model": name,
-            "runtime": runtime,
+            "runtime": label,
             "accuracy": acc,
             "drop_points": (teacher - acc) * 100,
-            "params": first_number(metrics, f"{name}_params", f"bench_{name}_params"),
-            "macs": first_number(metrics, f"{name}_macs", f"bench_{name}_macs"),
-            "file_bytes": first_number(metrics, f"{name}_file_bytes", f"bench_{name}_file_bytes"),
-            f"b{small}_ms": first_number(metrics, f"bench_{name}_b{small}_p50_ms"),
-            f"b{large}_ms": first_number(metrics, f"bench_{name}_b{large}_p50_ms"),
-            f"speedup_b{large}": first_number(metrics, f"bench_{name}_b{large}_speedup_vs_teacher"),
+            "params": known("params"),
+            "macs": known("macs"),
+            "file_bytes": known("file_bytes"),
+            f"b{small}_ms": first_number(metrics, bench_key(name, small, "p50_ms")),
+            f"b{large}_ms": first_number(metrics, bench_key(name, large, "p50_ms")),
+            f"speedup_b{large}": first_number(
+                metrics, bench_key(name, large, "speedup_vs_teacher")),
         }
-        if name == "teacher" and not math.isnan(row[f"b{large}_ms"]):
+        if name == TEACHER and not math.isnan(row[f"b{large}_ms"]):
             row[f"speedup_b{large}"] = 1.0
         if math.isnan(row["accuracy"]) and math.isnan(row[f"b{large}_ms"]):
             continue
@@ -358,14 +370,19 @@ def _headline(df: pd.DataFrame, metrics: dict[str, Any], max_drop: float, large:
 
 
 def build_report(
-    metrics_dir: str | Path, out_dir: str | Path, max_drop: float
+    metrics_dir: str | Path, out_dir: str | Path, max_drop: float, models: list[ModelEntry]
 ) -> tuple[Path, list[Path], list[str]]:
-    """Write ``summary.md`` and the PNG charts into ``out_dir``; returns (page, charts, notes)."""
+    """Write ``summary.md`` and the PNG charts into ``out_dir``; returns (page, charts, notes).
+
+    ``models`` is the pipeline's model list (``metric_keys.read_model_list``): the table's rows.
+    """
     metrics_dir, out_dir = Path(metrics_dir), Path(out_dir)
     metrics = load_metrics(metrics_dir)
-    df = model_table(metrics)
-    teacher_pct = teacher_accuracy(metrics) * 100
     notes: list[str] = []
+    bench = _read_csv(metrics_dir / BENCH_CSV, notes) if (metrics_dir / BENCH_CSV).is_file() \
+        else None
+    df = model_table(metrics, models, bench)
+    teacher_pct = teacher_accuracy(metrics) * 100
     sizes = bench_batch_sizes(metrics)
     large = f"b{sizes[-1]}" if sizes else "b64"
     if not sizes:
@@ -399,20 +416,21 @@ def build_report(
         if written is None:
             notes.append(f"{title}: no usable data, chart skipped.")
 
+    shared = "; ".join(f"`{e.name}` shares the {e.accuracy_of} model's weights and accuracy "
+                       "(not evaluated separately)" for e in models if not e.evaluated)
     lines = ["# shrinkflow report", "", *_headline(df, metrics, max_drop, large), "",
              "## Models", "", models_markdown(df), "",
              "Accuracy is on the test split; drop = teacher minus model, in percentage points. "
-             "Latency is the median of the benchmark's timed runs; `pruned_onnx` shares the "
-             "pruned model's weights and accuracy (not evaluated separately).", ""]
+             "Latency is the median of the benchmark's timed runs; speed-up = the teacher's "
+             "median / the model's, both measured in the same benchmark run"
+             + (f"; {shared}" if shared else "") + ".", ""]
     for title, written in charts:
         if written is not None:
             lines += [f"## {title}", "", f"![{title}]({written.name})", ""]
-    env = {k: metrics[k] for k in ("bench_cpu", "bench_threads", "bench_device",
-                                   "bench_torch_version", "bench_onnxruntime_version")
-           if k in metrics}
-    if env:
-        lines += ["## Benchmark environment", ""]
-        lines += [f"- {k.removeprefix('bench_')}: {v}" for k, v in env.items()] + [""]
+    env = bench.iloc[0].to_dict() if bench is not None and len(bench) else {}
+    env_lines = [f"- {k}: {env[k]}" for k in ENVIRONMENT if k in env]
+    if env_lines:
+        lines += ["## Benchmark environment", "", *env_lines, ""]
     if notes:
         lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
     page = out_dir / "summary.md"

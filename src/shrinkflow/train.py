@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -71,12 +71,19 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` / ``cpu`` / ``cuda`` as a device; CUDA with its index (this rank's GPU)."""
+def resolve_device(name: str, key: str = "device") -> torch.device:
+    """``auto`` -> cuda when visible; ``cuda`` without a GPU is an error naming ``key``. CUDA
+    comes with its index: this process's GPU (``shrinkflow.distributed`` sets it per rank).
+
+    params.py already refuses ``cuda`` at load time; this catches callers that built a config
+    by hand (and a GPU that disappeared between loading params and training).
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but torch.cuda.is_available() is False")
+        raise ShrinkflowError(
+            f"{key} = 'cuda': no CUDA GPU is visible (torch.cuda.is_available() is False)"
+        )
     if name == "cuda":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device(name)
@@ -207,6 +214,59 @@ def _make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+# How often fit reads the non-finite-loss flag on a GPU (on a CPU it checks every batch).
+NONFINITE_CHECK_EVERY = 50
+
+
+class NonFiniteLossGuard:
+    """Stops training at the first batch whose loss is inf or NaN.
+
+    Once the loss is NaN the weights are NaN after the next optimizer step and every later
+    epoch only hides it (measured: ``distill.T: .inf`` gave NaN from epoch 1 and a saved
+    10 %-accuracy student). Raising inside ``fit`` means the stage never reaches its writes.
+
+    On a CPU, reading the loss costs nothing, so every batch is checked before its backward
+    pass. On a GPU, reading a value forces a host sync; there the global step of the first bad
+    batch is kept in a device tensor and read every ``NONFINITE_CHECK_EVERY`` steps and at the
+    end of each epoch: the run stops at most that many steps late, still names the first bad
+    batch, and still writes nothing.
+    """
+
+    def __init__(self, device: torch.device, steps_per_epoch: int, what: str) -> None:
+        self.every = NONFINITE_CHECK_EVERY if device.type == "cuda" else 1
+        self.steps_per_epoch = max(steps_per_epoch, 1)
+        self.what = what  # "[name] ... most likely responsible: ..."
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        """Record ``step`` if its loss is the first non-finite one; check when it is time."""
+        bad = ~torch.isfinite(loss.detach()) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, step, self.first_bad)
+        if (step + 1) % self.every == 0:
+            self.check()
+
+    def check(self) -> None:
+        first = int(self.first_bad)
+        if first >= 0:
+            epoch, batch = divmod(first, self.steps_per_epoch)
+            raise ShrinkflowError(self.what.format(epoch=epoch + 1, batch=batch + 1))
+
+
+def _nonfinite_message(
+    name: str, cfg: TrainConfig, params_key: str, loss_params: Mapping[str, Any] | None
+) -> str:
+    """The guard's message, with ``{epoch}`` / ``{batch}`` left to fill in."""
+    suspects = f"{params_key}.lr = {cfg.lr:g} (too high a learning rate diverges)"
+    if cfg.lr * cfg.weight_decay >= 1:  # each step scales the weights by (1 - lr * wd)
+        suspects += f" with {params_key}.weight_decay = {cfg.weight_decay:g}"
+    if loss_params:
+        suspects += ", or the loss's own params (" + ", ".join(
+            f"{key} = {value}" for key, value in loss_params.items()) + ")"
+    return (f"[{name}] the training loss is not finite (inf or NaN) at epoch {{epoch}}, batch "
+            f"{{batch}}: training stopped and nothing was written. Most likely responsible: "
+            f"{suspects}")
+
+
 def _lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
     if cfg.schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
@@ -223,19 +283,25 @@ def fit(
     loss_fn: LossFn | None = None,
     log: Callable[[str], None] = print,
     name: str = "train",
+    params_key: str = "train",
+    loss_params: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place for ``cfg.epochs``; returns one history row per epoch.
 
     Rows hold train loss/accuracy (and each loss part), val loss/accuracy and the learning rate.
+    ``params_key`` is where ``cfg`` lives in params.yaml (``distill.train``) and ``loss_params``
+    the loss's own params with their keys (``{"distill.T": 4.0}``): a loss that turns inf or NaN
+    raises a ShrinkflowError that names them (see ``NonFiniteLossGuard``).
+
     Under torchrun the model trains wrapped in DistributedDataParallel (trainable loss
     parameters, e.g. a hint adapter, have their gradients averaged alongside; a teacher inside
     the loss is frozen and stays unwrapped), and every rank returns the same rows.
     """
     rank, world = rank_and_world()
     if cfg.batch_size % world:
-        raise ShrinkflowError(f"train.batch_size = {cfg.batch_size} must be divisible by the "
-                              f"number of processes ({world}): the batch is split over them")
-    device = resolve_device(cfg.device)
+        raise ShrinkflowError(f"{params_key}.batch_size = {cfg.batch_size} must be divisible by "
+                              f"the number of processes ({world}): the batch is split over them")
+    device = resolve_device(cfg.device, f"{params_key}.device")
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
@@ -243,18 +309,20 @@ def fit(
     net = wrap_ddp(model, device)  # trains; ``model`` itself is evaluated (same parameters)
     loss_fn = loss_fn if loss_fn is not None else CrossEntropy(cfg.label_smoothing)
     params = list(model.parameters())
-    loss_params: list[nn.Parameter] = []
+    trained_in_loss: list[nn.Parameter] = []
     if isinstance(loss_fn, nn.Module):
         loss_fn.to(device)
-        loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
-        broadcast_from_main(p.data for p in loss_params)
-        params += loss_params
+        trained_in_loss = [p for p in loss_fn.parameters() if p.requires_grad]
+        broadcast_from_main(p.data for p in trained_in_loss)
+        params += trained_in_loss
     optimizer = _make_optimizer(params, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)  # the same order on every rank
     augment = make_augment(cfg.augment, cfg.crop_padding, cfg.seed + rank)
     n_batches = math.ceil((len(train[1]) + (-len(train[1])) % world) / cfg.batch_size)
     steps_per_epoch = min(n_batches, cfg.max_batches) if cfg.max_batches else n_batches
     total_steps, step = cfg.epochs * steps_per_epoch, 0
+    guard = NonFiniteLossGuard(device, steps_per_epoch,
+                               _nonfinite_message(name, cfg, params_key, loss_params))
     history: list[dict[str, Any]] = []
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
@@ -271,15 +339,17 @@ def fit(
             with _autocast(device):
                 logits = net(xb)
                 loss, parts = loss_fn(logits.float(), yb, xb)
+            guard.update(loss, step)  # before backward: a NaN never reaches the weights on CPU
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            average_gradients(loss_params)
+            average_gradients(trained_in_loss)
             optimizer.step()
             step += 1
             for key, value in {"loss": loss.detach(), **parts}.items():
                 sums[key] = sums.get(key, 0) + value.float() * len(yb)
             correct += (logits.argmax(1) == yb).sum()
             seen += len(yb)
+        guard.check()
         # One host sync per epoch: every rank's sums in one all-reduce, then read back.
         totals = torch.stack([*sums.values(), correct, torch.tensor(float(seen), device=device)])
         *part_sums, correct_all, seen_all = all_reduce_sum(totals.double()).tolist()
@@ -312,6 +382,7 @@ def train_supervised(
     data: Any,
     name: str,
     init: Callable[[nn.Module, dict[str, Any]], None] | None = None,
+    params_key: str = "train",
 ) -> tuple[nn.Module, dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     """Seed, build and train a model with plain cross-entropy; summarise it as flat metrics.
 
@@ -320,7 +391,7 @@ def train_supervised(
     Seeding happens right before building, so the same student spec and seed give the same
     initial weights in every stage. ``init(model, spec)``, when given, runs between building and
     training (fine-tuning from a user's weights). Returns (model, spec, history rows,
-    ``<name>_*`` metrics).
+    ``<name>_*`` metrics). ``params_key`` is where ``cfg`` lives in params.yaml, for errors.
     """
     meta = data.meta
     spec = make_spec(model_params, meta["shape"][0], meta["num_classes"], meta["mean"], meta["std"])
@@ -329,7 +400,7 @@ def train_supervised(
     if init is not None:
         init(model, spec)
     start = time.perf_counter()
-    history = fit(model, data.train, data.val, cfg, name=name)
+    history = fit(model, data.train, data.val, cfg, name=name, params_key=params_key)
     seconds = time.perf_counter() - start
     return model, spec, history, supervised_metrics(model, data, name, history, seconds)
 

@@ -1,0 +1,179 @@
+"""Bad input never costs a good artifact: every case runs a REAL stage script on a copy of one
+reproduced tiny project and checks that the stage
+
+- exits non-zero,
+- prints ONE line on stderr (``error: ...``, no traceback) naming the key, file or folder,
+- leaves every artifact (models/, metrics/, data/, reports/, dvc.lock) byte-identical, with no
+  temporary file left behind.
+
+To add a case, add one line to ``CASES``: the stage command, a regex the error line must match,
+and what to break (``params`` to change, ``DELETE`` to remove a key, and/or a ``setup`` function
+that damages files in the project copy).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pipeline_repo import dvc, env, make_repo
+
+DELETE = object()  # a params value meaning "remove this key"
+ARTIFACTS = ["models", "metrics", "data", "reports", "dvc.lock"]
+
+# Tiny and quick: one epoch of at most 4 batches per training stage, no sensitivity scan.
+QUICK = {
+    "teacher": {"train": {"epochs": 1, "max_batches": 4}},
+    "distill": {"train": {"max_batches": 4}},
+    "prune": {"sensitivity": False, "train": {"max_batches": 4}},
+}
+# What the cases need on disk (the rest of the pipeline would only cost CI time).
+REPRODUCED = ["prune", "evaluate@teacher"]
+
+
+def metrics_is_a_file(root: Path) -> None:
+    """An output folder that cannot be written. Tests run as root here, and chmod does not stop
+    root, so the folder is replaced by a file: creating anything inside it fails for everyone."""
+    shutil.rmtree(root / "metrics")
+    (root / "metrics").write_text("not a folder\n")
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    stage: str  # stages/<first word>.py, then its arguments
+    expect: str  # regex searched in the one stderr line
+    params: dict[str, Any] = field(default_factory=dict)  # dotted key -> value or DELETE
+    setup: Callable[[Path], None] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+# (1 - lr * weight_decay) = -9 per step: the weights overflow float32 within about 13 steps on
+# any machine, so the loss turns inf/NaN in the first epoch.
+DIVERGING = {
+    "teacher.train.lr": 10.0, "teacher.train.weight_decay": 1.0, "teacher.train.momentum": 0.99,
+    "teacher.train.schedule": "constant", "teacher.train.epochs": 2,
+    "teacher.train.max_batches": 16,
+}
+
+CASES = [
+    Case("distill.T=inf", "distill", r"distill\.T: Input should be a finite number",
+         {"distill.T": math.inf}),
+    Case("lr=inf", "train_teacher", r"teacher\.train\.lr: Input should be a finite number",
+         {"teacher.train.lr": math.inf}),
+    Case("lr=1e9", "distill", r"distill\.train\.lr: Input should be less than or equal to 10",
+         {"distill.train.lr": 1e9}),
+    Case("prune.kd.T=inf", "prune", r"prune\.kd\.T: Input should be a finite number",
+         {"prune.kd.T": math.inf}),
+    Case("teacher.epochs=0", "train_teacher",
+         r"teacher\.train\.epochs: Input should be greater than or equal to 1",
+         {"teacher.train.epochs": 0}),
+    Case("distill.alpha deleted", "distill",
+         r"distill\.alpha: missing from params\.yaml \(the shipped value is 0\.5\)",
+         {"distill.alpha": DELETE}),
+    Case("batch_sizes=[0,-5]", "benchmark",
+         r"benchmark\.batch_sizes: item 0: .*\(got 0\); item 1: .*\(got -5\)",
+         {"benchmark.batch_sizes": [0, -5]}),
+    Case("cuda without a GPU", "train_teacher",
+         r"teacher\.train\.device: no CUDA GPU is visible", {"teacher.train.device": "cuda"},
+         env={"CUDA_VISIBLE_DEVICES": ""}),  # hidden, so the case holds on a GPU machine too
+    Case("metrics not writable (train)", "train_teacher",
+         r"metrics/: output folder cannot be written", setup=metrics_is_a_file),
+    Case("metrics not writable (evaluate)", "evaluate teacher models/teacher.pt",
+         r"metrics/: output folder cannot be written", setup=metrics_is_a_file),
+    Case("NaN loss", "train_teacher",
+         r"\[teacher\] the training loss is not finite .* epoch \d+, batch \d+: training stopped "
+         r"and nothing was written\. Most likely responsible: teacher\.train\.lr = 10",
+         DIVERGING),
+]
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory) -> Path:
+    path = make_repo(tmp_path_factory.mktemp("reproduced"), QUICK)
+    dvc(path, "repro", *REPRODUCED)
+    return path
+
+
+@pytest.fixture
+def project(reproduced, tmp_path) -> Path:
+    """A private copy of the reproduced project: a case may break anything in it."""
+    return Path(shutil.copytree(reproduced, tmp_path / "project", symlinks=True))
+
+
+def change_params(root: Path, changes: dict[str, Any]) -> None:
+    path = root / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for key, value in changes.items():
+        *parents, leaf = key.split(".")
+        node = params
+        for part in parents:
+            node = node[part]
+        if value is DELETE:
+            del node[leaf]
+        else:
+            node[leaf] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """sha256 of every file under the artifact paths, hidden ones included."""
+    files = []
+    for name in ARTIFACTS:
+        path = root / name
+        files += [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(files)}
+
+
+def run_stage(root: Path, command: str, extra_env: dict[str, str]) -> subprocess.CompletedProcess:
+    script, *args = command.split()
+    return subprocess.run(
+        [sys.executable, f"stages/{script}.py", *args], cwd=root, capture_output=True, text=True,
+        env={**env(), "PYTHONPATH": str(root / "src"), **extra_env}, timeout=300,
+    )
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_fails_in_one_line_and_keeps_every_artifact(project, case):
+    change_params(project, case.params)
+    if case.setup is not None:
+        case.setup(project)
+    before = snapshot(project)
+    assert any(name.startswith("models/") for name in before)  # there is something to lose
+
+    result = run_stage(project, case.stage, case.env)
+
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0, result.stdout
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert re.search(case.expect, lines[0]), lines[0]
+    assert snapshot(project) == before
+
+
+def test_dvc_repro_fails_cleanly_and_recovers(project):
+    """Through DVC: the bad value fails the stage, dvc.lock and every artifact stay as they were,
+    and with the value put back the pipeline is up to date again without rerunning anything."""
+    before = snapshot(project)
+    change_params(project, {"distill.T": math.inf})
+    failed = dvc(project, "repro", "distill", check=False)
+    assert failed.returncode != 0
+    assert "distill.T: Input should be a finite number" in failed.stdout + failed.stderr
+    assert "Traceback" not in failed.stdout + failed.stderr
+    assert snapshot(project) == before
+
+    subprocess.run(["git", "checkout", "params.yaml"], cwd=project, check=True, env=env())
+    assert "Running stage" not in dvc(project, "repro", "distill").stdout
+    assert "up to date" in dvc(project, "status", "--with-deps", "distill").stdout
+    assert snapshot(project) == before
+
