@@ -20,6 +20,7 @@ from shrinkflow.distill import (
     check_teacher_fits_data,
     distill_metrics,
 )
+from shrinkflow.distributed import finish, is_main_process, launch
 from shrinkflow.errors import ShrinkflowError, run_stage
 from shrinkflow.models import build_model, make_spec
 from shrinkflow.params import load_section
@@ -60,6 +61,7 @@ def main() -> None:
     meta, shape = data.meta, data.input_shape
     teacher, payload = load_model(TEACHER, role="teacher")  # not a student copied over it
     check_teacher_fits_data(payload["spec"], meta, TEACHER)
+    launch(p.train.nproc, p.train.device, "distill.train.nproc")
 
     spec = make_spec(p.student, meta["shape"][0], meta["num_classes"], meta["mean"], meta["std"])
     seed_everything(p.train.seed)  # same order as train_student_scratch: seed, then build
@@ -79,11 +81,12 @@ def main() -> None:
         loss_fn.remove_hooks()
 
     m = distill_metrics(teacher, student, data.test, shape, scratch_acc, seconds)
-    with commit_outputs() as out:
-        out.model(MODEL_OUT, student, spec, role="student", method=p.method, T=p.T,
-                  alpha=p.alpha)
-        out.csv(HISTORY_OUT, history)
-        out.json(METRICS_OUT, m)
+    if is_main_process():  # every rank holds the same model; other ranks print nothing
+        with commit_outputs() as out:
+            out.model(MODEL_OUT, student, spec, role="student", method=p.method, T=p.T,
+                      alpha=p.alpha)
+            out.csv(HISTORY_OUT, history)
+            out.json(METRICS_OUT, m)
     print(f"[distill] student {m['distill_student_params']:,} params "
           f"({m['distill_params_ratio']:.1f}x fewer), {m['distill_student_macs']:,} MACs "
           f"({m['distill_macs_ratio']:.1f}x fewer)")
@@ -92,6 +95,7 @@ def main() -> None:
           f"kd gain {m['kd_gain_points']:+.2f} points")
     print(f"[distill] teacher/student agreement {m['teacher_student_agreement']:.2%}; "
           f"trained in {seconds:.1f}s -> {MODEL_OUT}")
+    finish()
 
 
 if __name__ == "__main__":

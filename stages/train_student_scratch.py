@@ -6,6 +6,7 @@ does not rerun it; distill reports kd_gain against it."""
 
 from shrinkflow.artifacts import check_outputs, commit_outputs
 from shrinkflow.data import load_prepared
+from shrinkflow.distributed import finish, is_main_process, launch
 from shrinkflow.errors import run_stage
 from shrinkflow.params import load_section
 from shrinkflow.train import summary_line, train_supervised
@@ -21,13 +22,16 @@ def main() -> None:
     p = load_section("distill")
     check_outputs(MODEL_OUT, HISTORY_OUT, METRICS_OUT)
     data = load_prepared(DATA_DIR)
+    launch(p.train.nproc, p.train.device, "distill.train.nproc")
     model, spec, history, m = train_supervised(p.student, p.train, data, name=NAME,
                                                params_key="distill.train")
-    with commit_outputs() as out:
-        out.model(MODEL_OUT, model, spec, role=NAME)
-        out.csv(HISTORY_OUT, history)
-        out.json(METRICS_OUT, m)
+    if is_main_process():  # every rank holds the same model; other ranks print nothing
+        with commit_outputs() as out:
+            out.model(MODEL_OUT, model, spec, role=NAME)
+            out.csv(HISTORY_OUT, history)
+            out.json(METRICS_OUT, m)
     print(summary_line(NAME, spec, m), "->", MODEL_OUT)
+    finish()
 
 
 if __name__ == "__main__":
