@@ -22,6 +22,7 @@ from shrinkflow.distill import (
     distill_metrics,
 )
 from shrinkflow.errors import ShrinkflowError, run_stage
+from shrinkflow.live import live_progress
 from shrinkflow.models import build_model, make_spec
 from shrinkflow.params import load_section
 from shrinkflow.train import fit, seed_everything
@@ -34,6 +35,7 @@ SCRATCH_KEY = "student_scratch_test_acc"
 MODEL_OUT = "models/student.pt"
 METRICS_OUT = "metrics/distill.json"
 HISTORY_OUT = "metrics/history_distill.csv"
+LIVE_DIR = "dvclive/distill"  # per-epoch progress while it runs
 
 # input -> the stage that writes it, for the error message
 INPUTS = {
@@ -69,7 +71,9 @@ def main() -> None:
           + (f", feature_weight {p.feature_weight}" if p.method != "kd" else ""))
 
     start = time.perf_counter()
-    history = fit(student, data.train, data.val, p.train, loss_fn=loss_fn, name="distill")
+    with live_progress(LIVE_DIR, "distill") as on_epoch:
+        history = fit(student, data.train, data.val, p.train, loss_fn=loss_fn, name="distill",
+                      on_epoch=on_epoch)
     seconds = time.perf_counter() - start
     if isinstance(loss_fn, FeatureKDLoss):
         loss_fn.remove_hooks()

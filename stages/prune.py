@@ -11,6 +11,7 @@ import time
 from shrinkflow.artifacts import load_model, require_inputs, save_model, write_csv, write_json
 from shrinkflow.data import load_prepared
 from shrinkflow.errors import ShrinkflowError, run_stage
+from shrinkflow.live import live_progress
 from shrinkflow.params import load_section
 from shrinkflow.prune import (
     make_finetune,
@@ -30,6 +31,7 @@ MODEL_OUT = "models/pruned.pt"
 METRICS_OUT = "metrics/prune.json"
 HISTORY_OUT = "metrics/history_prune.csv"
 SENSITIVITY_OUT = "metrics/prune_sensitivity.csv"
+LIVE_DIR = "dvclive/prune"  # per-epoch progress of the fine-tunes while it runs
 SENSITIVITY_FIELDS = ["layer", "ratio", "accuracy", "macs"]
 
 
@@ -74,11 +76,12 @@ def main() -> None:
     from shrinkflow.distill import KDLoss
 
     loss = KDLoss(teacher, p.kd.T, p.kd.alpha, p.train.label_smoothing)
-    finetune = make_finetune(data.train, data.val, p.train, loss_fn=loss)
-    outcome = run_pruning(
-        student, shape, p, finetune=finetune,
-        evaluate=lambda m: model_accuracy(m, data.test), train=data.train,
-    )
+    with live_progress(LIVE_DIR, "prune") as on_epoch:
+        finetune = make_finetune(data.train, data.val, p.train, loss_fn=loss, on_epoch=on_epoch)
+        outcome = run_pruning(
+            student, shape, p, finetune=finetune,
+            evaluate=lambda m: model_accuracy(m, data.test), train=data.train,
+        )
     pruned = outcome.model
     after = size_summary(pruned, shape)
     pruned_acc = model_accuracy(pruned, data.test)

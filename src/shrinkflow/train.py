@@ -145,10 +145,12 @@ def fit(
     loss_fn: LossFn | None = None,
     log: Callable[[str], None] = print,
     name: str = "train",
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place for ``cfg.epochs``; returns one history row per epoch.
 
     Rows hold train loss/accuracy (and each loss part), val loss/accuracy and the learning rate.
+    ``on_epoch(row)`` (rank 0 only) sees each row as soon as its epoch ends: live progress.
     """
     device = resolve_device(cfg.device)
     model.to(device)
@@ -200,6 +202,8 @@ def fit(
                 f"train_acc {row['train_acc']:.2%}  val_loss {row['val_loss']:.4f}  "
                 f"val_acc {row['val_acc']:.2%}  lr {lr:.4g}  ({time.perf_counter() - start:.1f}s)"
             )
+            if on_epoch is not None:
+                on_epoch(row)
     return history
 
 
@@ -208,7 +212,8 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def train_supervised(
-    model_params: Any, cfg: TrainConfig, data: Any, name: str
+    model_params: Any, cfg: TrainConfig, data: Any, name: str,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[nn.Module, dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     """Seed, build and train a model with plain cross-entropy; summarise it as flat metrics.
 
@@ -224,7 +229,7 @@ def train_supervised(
     seed_everything(cfg.seed)
     model = build_model(spec)
     start = time.perf_counter()
-    history = fit(model, data.train, data.val, cfg, name=name)
+    history = fit(model, data.train, data.val, cfg, name=name, on_epoch=on_epoch)
     seconds = time.perf_counter() - start
     metrics = {
         f"{name}_params": count_params(model),
