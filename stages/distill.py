@@ -22,6 +22,7 @@ from shrinkflow.distill import (
 )
 from shrinkflow.distributed import finish, is_main_process, launch
 from shrinkflow.errors import ShrinkflowError, run_stage
+from shrinkflow.live import live_progress
 from shrinkflow.models import build_model, make_spec
 from shrinkflow.params import load_section
 from shrinkflow.train import fit, seed_everything
@@ -34,6 +35,7 @@ SCRATCH_KEY = "student_scratch_test_acc"
 MODEL_OUT = "models/student.pt"
 METRICS_OUT = "metrics/distill.json"
 HISTORY_OUT = "metrics/history_distill.csv"
+LIVE_DIR = "dvclive/distill"  # per-epoch progress while it runs
 
 # input -> the stage that writes it, for the error message
 INPUTS = {
@@ -74,8 +76,9 @@ def main() -> None:
     loss_params = {"distill.T": p.T, "distill.alpha": p.alpha}
     if p.method != "kd":
         loss_params["distill.feature_weight"] = p.feature_weight
-    history = fit(student, data.train, data.val, p.train, loss_fn=loss_fn, name="distill",
-                  params_key="distill.train", loss_params=loss_params)
+    with live_progress(LIVE_DIR, "distill") as on_epoch:
+        history = fit(student, data.train, data.val, p.train, loss_fn=loss_fn, name="distill",
+                      params_key="distill.train", loss_params=loss_params, on_epoch=on_epoch)
     seconds = time.perf_counter() - start
     if isinstance(loss_fn, FeatureKDLoss):
         loss_fn.remove_hooks()

@@ -13,6 +13,7 @@ from shrinkflow.data import load_prepared
 from shrinkflow.distill import KDLoss
 from shrinkflow.distributed import finish, is_main_process, launch
 from shrinkflow.errors import ShrinkflowError, run_stage
+from shrinkflow.live import live_progress
 from shrinkflow.params import load_section
 from shrinkflow.prune import (
     make_finetune,
@@ -32,6 +33,7 @@ MODEL_OUT = "models/pruned.pt"
 METRICS_OUT = "metrics/prune.json"
 HISTORY_OUT = "metrics/history_prune.csv"
 SENSITIVITY_OUT = "metrics/prune_sensitivity.csv"
+LIVE_DIR = "dvclive/prune"  # per-epoch progress of the fine-tunes while it runs
 SENSITIVITY_FIELDS = ["layer", "ratio", "accuracy", "macs"]
 
 
@@ -76,12 +78,14 @@ def main() -> None:
               f"{time.perf_counter() - start:.1f}s")
 
     loss = KDLoss(teacher, p.kd.T, p.kd.alpha, p.train.label_smoothing)
-    finetune = make_finetune(data.train, data.val, p.train, loss_fn=loss, params_key="prune.train",
-                             loss_params={"prune.kd.T": p.kd.T, "prune.kd.alpha": p.kd.alpha})
-    outcome = run_pruning(
-        student, shape, p, finetune=finetune,
-        evaluate=lambda m: model_accuracy(m, data.test), train=data.train,
-    )
+    with live_progress(LIVE_DIR, "prune") as on_epoch:
+        finetune = make_finetune(
+            data.train, data.val, p.train, loss_fn=loss, params_key="prune.train",
+            loss_params={"prune.kd.T": p.kd.T, "prune.kd.alpha": p.kd.alpha}, on_epoch=on_epoch)
+        outcome = run_pruning(
+            student, shape, p, finetune=finetune,
+            evaluate=lambda m: model_accuracy(m, data.test), train=data.train,
+        )
     pruned = outcome.model
     after = size_summary(pruned, shape)
     pruned_acc = model_accuracy(pruned, data.test)

@@ -8,6 +8,7 @@ from shrinkflow.artifacts import check_outputs, commit_outputs
 from shrinkflow.data import load_prepared
 from shrinkflow.distributed import finish, is_main_process, launch
 from shrinkflow.errors import run_stage
+from shrinkflow.live import live_progress
 from shrinkflow.params import load_section
 from shrinkflow.train import summary_line, train_supervised
 
@@ -16,6 +17,7 @@ DATA_DIR = "data/prepared"
 MODEL_OUT = "models/student_scratch.pt"
 METRICS_OUT = "metrics/student_scratch.json"
 HISTORY_OUT = "metrics/history_student_scratch.csv"
+LIVE_DIR = "dvclive/student_scratch"  # per-epoch progress while it runs
 
 
 def main() -> None:
@@ -23,8 +25,9 @@ def main() -> None:
     check_outputs(MODEL_OUT, HISTORY_OUT, METRICS_OUT)
     data = load_prepared(DATA_DIR)
     launch(p.train.nproc, p.train.device, "distill.train.nproc")
-    model, spec, history, m = train_supervised(p.student, p.train, data, name=NAME,
-                                               params_key="distill.train")
+    with live_progress(LIVE_DIR, NAME) as on_epoch:
+        model, spec, history, m = train_supervised(p.student, p.train, data, name=NAME,
+                                                   params_key="distill.train", on_epoch=on_epoch)
     if is_main_process():  # every rank holds the same model; other ranks print nothing
         with commit_outputs() as out:
             out.model(MODEL_OUT, model, spec, role=NAME)

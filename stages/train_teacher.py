@@ -7,6 +7,7 @@ from shrinkflow.artifacts import check_outputs, commit_outputs
 from shrinkflow.data import load_prepared
 from shrinkflow.distributed import finish, is_main_process, launch
 from shrinkflow.errors import run_stage
+from shrinkflow.live import live_progress
 from shrinkflow.params import load_section
 from shrinkflow.pretrained import HISTORY_COLUMNS, import_model, load_into, read_weights
 from shrinkflow.train import summary_line, supervised_metrics, train_supervised
@@ -16,6 +17,7 @@ DATA_DIR = "data/prepared"
 MODEL_OUT = "models/teacher.pt"
 METRICS_OUT = "metrics/teacher.json"
 HISTORY_OUT = "metrics/history_teacher.csv"
+LIVE_DIR = "dvclive/teacher"  # per-epoch progress while it runs
 
 
 def main() -> None:
@@ -29,8 +31,10 @@ def main() -> None:
         history, m = [], supervised_metrics(model, data, NAME, [], seconds=0.0)
     else:
         init = partial(load_into, weights=weights) if weights else None
-        model, spec, history, m = train_supervised(p.model, p.train, data, name=NAME, init=init,
-                                                   params_key="teacher.train")
+        with live_progress(LIVE_DIR, NAME) as on_epoch:
+            model, spec, history, m = train_supervised(
+                p.model, p.train, data, name=NAME, init=init, params_key="teacher.train",
+                on_epoch=on_epoch)
     provenance = {"mode": p.mode, "init": p.init} if p.init else {}
     if is_main_process():  # every rank holds the same model; other ranks print nothing
         with commit_outputs() as out:

@@ -277,6 +277,7 @@ def make_finetune(
     train: Split, val: Split, cfg: TrainConfig, loss_fn: LossFn | None = None,
     log: Callable[[str], None] = print, params_key: str = "train",
     loss_params: Mapping[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> FineTune:
     """A fine-tune callback around the one training loop; rows get a global epoch and step.
 
@@ -287,7 +288,7 @@ def make_finetune(
     def finetune(model: nn.Module, step: int, epochs: int) -> list[dict[str, Any]]:
         step_cfg = cfg.model_copy(update={"epochs": epochs, "seed": cfg.seed + step - 1})
         rows = fit(model, train, val, step_cfg, loss_fn=loss_fn, log=log, name=f"prune{step}",
-                   params_key=params_key, loss_params=loss_params)
+                   params_key=params_key, loss_params=loss_params, on_epoch=on_epoch)
         for row in rows:
             row["epoch"] = done[0] + row["epoch"]
             row["prune_step"] = step

@@ -285,6 +285,7 @@ def fit(
     name: str = "train",
     params_key: str = "train",
     loss_params: Mapping[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place for ``cfg.epochs``; returns one history row per epoch.
 
@@ -296,6 +297,7 @@ def fit(
     Under torchrun the model trains wrapped in DistributedDataParallel (trainable loss
     parameters, e.g. a hint adapter, have their gradients averaged alongside; a teacher inside
     the loss is frozen and stays unwrapped), and every rank returns the same rows.
+    ``on_epoch(row)`` (rank 0 only) sees each row as soon as its epoch ends: live progress.
     """
     rank, world = rank_and_world()
     if cfg.batch_size % world:
@@ -369,6 +371,8 @@ def fit(
                 f"train_acc {row['train_acc']:.2%}  val_loss {row['val_loss']:.4f}  "
                 f"val_acc {row['val_acc']:.2%}  lr {lr:.4g}  ({time.perf_counter() - start:.1f}s)"
             )
+            if on_epoch is not None:
+                on_epoch(row)
     return history
 
 
@@ -383,6 +387,7 @@ def train_supervised(
     name: str,
     init: Callable[[nn.Module, dict[str, Any]], None] | None = None,
     params_key: str = "train",
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[nn.Module, dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     """Seed, build and train a model with plain cross-entropy; summarise it as flat metrics.
 
@@ -400,7 +405,8 @@ def train_supervised(
     if init is not None:
         init(model, spec)
     start = time.perf_counter()
-    history = fit(model, data.train, data.val, cfg, name=name, params_key=params_key)
+    history = fit(model, data.train, data.val, cfg, name=name, params_key=params_key,
+                  on_epoch=on_epoch)
     seconds = time.perf_counter() - start
     return model, spec, history, supervised_metrics(model, data, name, history, seconds)
 
