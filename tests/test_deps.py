@@ -18,89 +18,16 @@ and dunder constants only), which `test_package_init_holds_no_code` enforces.
 from __future__ import annotations
 
 import ast
-import itertools
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from pipeline_repo import pipeline_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 PACKAGE_INIT = SRC / "shrinkflow" / "__init__.py"
-TEMPLATE = re.compile(r"\$\{\s*([^}\s]+)\s*\}")
-
-
-# --- dvc.yaml, resolved as DVC names its stages -------------------------------------------------
-
-
-def lookup(context: dict[str, Any], dotted: str) -> Any:
-    value: Any = context
-    for part in dotted.split("."):
-        if isinstance(value, dict) and part in value:
-            value = value[part]
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
-            value = value[int(part)]
-        else:
-            raise KeyError(f"dvc.yaml: cannot resolve ${{{dotted}}}")
-    return value
-
-
-def interpolate(value: Any, context: dict[str, Any]) -> Any:
-    """DVC's `${a.b}` templating: a whole-string template keeps the value's type."""
-    if isinstance(value, str):
-        whole = TEMPLATE.fullmatch(value)
-        if whole:
-            return lookup(context, whole.group(1))
-        return TEMPLATE.sub(lambda m: str(lookup(context, m.group(1))), value)
-    if isinstance(value, list):
-        return [interpolate(v, context) for v in value]
-    if isinstance(value, dict):
-        return {k: interpolate(v, context) for k, v in value.items()}
-    return value
-
-
-def load_vars(entries: list[Any], context: dict[str, Any]) -> None:
-    """`vars:` entries are inline dicts or `file.yaml[:key,key]` (DVC also reads params.yaml)."""
-    for entry in entries:
-        if isinstance(entry, dict):
-            context.update(entry)
-            continue
-        name, _, keys = str(entry).partition(":")
-        data = yaml.safe_load((ROOT / name).read_text()) or {}
-        context.update({k: data[k] for k in keys.split(",")} if keys else data)
-
-
-def resolved_stages() -> dict[str, dict[str, Any]]:
-    """Every stage of dvc.yaml by its DVC name (`evaluate@teacher`), templates filled in."""
-    pipeline = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    context: dict[str, Any] = {}
-    if (ROOT / "params.yaml").is_file():
-        load_vars(["params.yaml"], context)
-    load_vars(pipeline.get("vars", []), context)
-
-    stages: dict[str, dict[str, Any]] = {}
-    for name, stage in pipeline["stages"].items():
-        local = dict(context)
-        load_vars(stage.get("vars", []), local)
-        if "foreach" in stage:
-            items = interpolate(stage["foreach"], local)
-            pairs = items.items() if isinstance(items, dict) else enumerate(items)
-            for key, item in pairs:
-                label = key if isinstance(items, dict) else item
-                body = interpolate(stage["do"], {**local, "key": key, "item": item})
-                stages[f"{name}@{label}"] = body
-        elif "matrix" in stage:
-            matrix = {k: interpolate(v, local) for k, v in stage["matrix"].items()}
-            body = {k: v for k, v in stage.items() if k != "matrix"}
-            for combo in itertools.product(*matrix.values()):
-                item = dict(zip(matrix, combo, strict=True))
-                label = "-".join(str(v) for v in combo)
-                stages[f"{name}@{label}"] = interpolate(body, {**local, "item": item})
-        else:
-            stages[name] = interpolate(stage, local)
-    return stages
 
 
 def dep_paths(stage: dict[str, Any]) -> list[str]:
@@ -195,7 +122,7 @@ def rel(path: Path) -> str:
 # --- the tests ----------------------------------------------------------------------------------
 
 
-STAGES = resolved_stages()
+STAGES = pipeline_stages(ROOT)
 
 
 def code_dep_problems(name: str, stage: dict[str, Any]) -> list[str]:
