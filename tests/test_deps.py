@@ -35,11 +35,16 @@ def dep_paths(stage: dict[str, Any]) -> list[str]:
 
 
 def script_of(cmd: str | list[str]) -> Path:
-    """The project script a stage runs: the first `*.py` word of its command."""
+    """The project script a stage runs: the first `*.py` word of its command (also under
+    torchrun), or the module of `python -m pkg.mod`."""
     text = " ".join(cmd) if isinstance(cmd, list) else cmd
     found = re.search(r"(?:^|\s)([^\s;&|]+\.py)(?=\s|$)", text)
-    assert found, f"no python script in cmd {text!r}"
-    return (ROOT / found.group(1)).resolve()
+    if found:
+        return (ROOT / found.group(1)).resolve()
+    module = re.search(r"(?:^|\s)-m\s+([\w.]+)", text)
+    path = module_file(module.group(1), [SRC]) if module else None
+    assert path, f"no project script or module in cmd {text!r}"
+    return path.resolve()
 
 
 # --- the code a script runs ---------------------------------------------------------------------
@@ -199,3 +204,10 @@ def test_package_init_holds_no_code():
         assert docstring or dunder, (
             f"{rel(PACKAGE_INIT)} line {node.lineno} runs code for every stage: move it into a "
             "module, or list __init__.py in every stage's deps and change this test")
+
+
+def test_script_is_found_under_launchers_and_as_a_module():
+    assert script_of("torchrun --nproc_per_node 2 stages/x.py ${item}") == ROOT / "stages/x.py"
+    assert script_of(["python", "-m", "shrinkflow.errors"]) == SRC / "shrinkflow/errors.py"
+    with pytest.raises(AssertionError, match="no project script"):
+        script_of("dvc exp show")

@@ -9,13 +9,17 @@ another's changes or order.
 """
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from pipeline_repo import copy_repo, dvc, ran_stages, run
+from pipeline_repo import copy_repo, dvc, env, ran_stages, run
 
 pytestmark = pytest.mark.slow
 
@@ -24,12 +28,26 @@ UPSTREAM_OF_DISTILL = {"prepare", "train_teacher", "train_student_scratch",
                        "evaluate@teacher", "evaluate@student_scratch"}
 
 
+def start_queue(repo: Path, jobs: int = 2) -> None:
+    """`dvc queue start` (the README's command). It leaves a daemon that keeps the command's
+    stdout and stderr open until its workers exit, so they go to a file: captured through a pipe,
+    the call blocks until the queue is done, and forever when a worker fails to exit (seen here
+    once: a worker's monitor logged "shutting down due to empty queue" while its task still ran,
+    then it slept on after the task; dvc-task issue #77)."""
+    log = repo.parent / "queue-start.log"
+    with log.open("a") as out:
+        result = subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)],
+                                cwd=repo, env=env(), stdout=out, stderr=subprocess.STDOUT)
+    assert result.returncode == 0, log.read_text()
+
+
 def wait_for_queue(repo: Path, expected: int, timeout: float = 900) -> str:
     """Block until no queued experiment is Queued or Running; returns `dvc queue status`.
 
     Finished experiments are counted from their git refs (milliseconds); `dvc queue status`
     costs a second of CPU that the queued runs need, so it is asked only once they all have a
-    ref, or every 30 s to notice a failed one.
+    ref, or every 30 s to notice a failure. Workers that stopped with experiments still queued
+    (dvc issue #10562) are started again, as its maintainers advise.
     """
     deadline, asked, status = time.time() + timeout, 0.0, ""
     while time.time() < deadline:
@@ -39,8 +57,32 @@ def wait_for_queue(repo: Path, expected: int, timeout: float = 900) -> str:
             status, asked = dvc(repo, "queue", "status").stdout, time.time()
             if not re.search(r"\b(Queued|Running)\b", status):
                 return status
+            if "Running" not in status and re.search(r"Worker status: 0 active", status):
+                start_queue(repo)
         time.sleep(1)
     raise AssertionError(f"queued experiments still running after {timeout:.0f} s:\n{status}")
+
+
+def stop_queue(repo: Path, grace: float = 30) -> None:
+    """`dvc queue stop`, then end any worker this test started that is still alive after
+    ``grace`` seconds (by the pid DVC recorded for it), so no daemon outlives the session."""
+    dvc(repo, "queue", "stop", check=False)
+    pids = [json.loads(f.read_text()).get("pid")
+            for f in (repo / ".dvc/tmp/exps/celery").glob("dvc-exp-worker-*.json")]
+    deadline = time.time() + grace
+    for pid in filter(None, pids):
+        while time.time() < deadline and alive(pid):
+            time.sleep(0.5)
+        if alive(pid):
+            os.kill(pid, signal.SIGTERM)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +95,9 @@ def experiments(reproduced_template, tmp_path_factory):
     dvc(repo, "remote", "add", "-d", "storage", str(root / "dvc-storage"))
     run(repo, "git", "commit", "-q", "-m", "DVC remote", ".dvc/config")
     queued = dvc(repo, "exp", "run", "--queue", "-S", README_SWEEP[0])
-    dvc(repo, "queue", "start", "-j", "2")
+    start_queue(repo)
     status = wait_for_queue(repo, queued.stdout.count("Queued experiment"))
-    dvc(repo, "queue", "stop", check=False)
+    stop_queue(repo)
     workspace = dvc(repo, "exp", "run", "-n", "kd-t2", "-S", "distill.T=2", "-S",
                     "distill.alpha=0.9")
     return {"repo": repo, "storage": root / "dvc-storage", "queued": queued.stdout,
