@@ -49,7 +49,7 @@ def wait_for_queue(repo: Path, expected: int, timeout: float = 900) -> str:
     ref, or every 30 s to notice a failure. Workers that stopped with experiments still queued
     (dvc issue #10562) are started again, as its maintainers advise.
     """
-    deadline, asked, status = time.time() + timeout, 0.0, ""
+    deadline, asked, status = time.time() + timeout, time.time(), ""
     while time.time() < deadline:
         refs = run(repo, "git", "for-each-ref", "--format=%(refname)", "refs/exps").stdout
         done = len(re.findall(r"^refs/exps/[0-9a-f]{2}/[0-9a-f]{38}/", refs, re.MULTILINE))
