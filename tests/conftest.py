@@ -1,10 +1,18 @@
-"""Shared tiny synthetic data: separable enough that a few steps of training beat chance."""
+"""Shared test inputs: tiny synthetic data separable enough that a few steps of training beat
+chance, and one tiny-params copy of the project reproduced once per session for the end-to-end
+tests."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from pipeline_repo import copy_repo, env, make_repo, run
 
 from shrinkflow.data import Prepared
 
@@ -44,10 +52,80 @@ def tiny_data() -> Prepared:
     return make_prepared()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Keep unit tests deterministic and light on a 2-core machine."""
+@pytest.fixture(scope="module")
+def tiny_data_shared() -> Prepared:
+    """The same data as ``tiny_data``, for module-scoped fixtures that train once per file.
+    Tests share it: read it, never change it in place."""
+    return make_prepared()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread_session():
+    """One thread from the start, so module-scoped fixtures train like the tests do."""
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Keep unit tests deterministic and light on a 2-core machine; undo a test's own change."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@dataclass(frozen=True)
+class Reproduced:
+    path: Path  # a committed git repo with every stage's outputs; never change it, copy it
+    first_repro: str  # stdout of the `dvc repro` that built it
+
+
+def uses_reproduced_repo(item: pytest.Item) -> bool:
+    return "reproduced_template" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """End-to-end tests last (stable order otherwise), so the shared repo reproduces in the
+    background while the unit tests run; no test depends on the order."""
+    items.sort(key=uses_reproduced_repo)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _reproduce_in_background(request, tmp_path_factory):
+    """Start `dvc repro` of the shared tiny project as the session starts, if a selected test
+    needs it (not under `-m "not slow"`): the unit tests run meanwhile on the other core."""
+    if not any(uses_reproduced_repo(item) for item in request.session.items):
+        yield None
+        return
+    path = make_repo(tmp_path_factory.mktemp("reproduced") / "repo")
+    log = path.parent / "repro.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=path, env=env(),
+                                stdout=out, stderr=subprocess.STDOUT)
+    yield path, proc, log
+    if proc.poll() is None:  # the session ended first (-x, Ctrl-C)
+        proc.terminate()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def reproduced_template(_reproduce_in_background) -> Reproduced:
+    """The project with tiny params (pipeline_repo.TINY), `dvc repro` run once and the result
+    committed (`dvc exp run --queue` only sees committed files). Shared by every end-to-end test
+    of the session: reproducing costs minutes, a copy (`copy_repo`) a tenth of a second.
+    Read it, never change it: use `reproduced_repo` or `copy_repo` for a copy you can change."""
+    path, proc, log = _reproduce_in_background
+    returncode = proc.wait()
+    assert returncode == 0, f"dvc repro of the tiny project failed:\n{log.read_text()}"
+    run(path, "git", "add", "-A")
+    run(path, "git", "commit", "-q", "-m", "reproduced")
+    return Reproduced(path, log.read_text())
+
+
+@pytest.fixture
+def reproduced_repo(reproduced_template, tmp_path) -> Path:
+    """A fresh copy of the reproduced tiny project for this test alone: change it freely."""
+    return copy_repo(reproduced_template.path, tmp_path / "repo")

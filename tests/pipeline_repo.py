@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -15,10 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 COPIED = ["dvc.yaml", "params.yaml", "models.yaml", "stages", "src", ".dvc/config",
           ".dvc/.gitignore", ".dvcignore", ".gitignore"]
 
+TEMPLATE = re.compile(r"\$\{\s*([^}\s]+)\s*\}")
+
+# prune.ratio 0.5 is the middle value of the README's sweep (0.3,0.5,0.7): that experiment
+# reproduces nothing, which saves a third of the sweep and shows an unchanged recipe is free.
 TINY = {
     "teacher": {"model": {"widths": [8, 16]}, "train": {"epochs": 2}},
     "distill": {"student": {"widths": [4, 8]}, "train": {"epochs": 1}},
-    "prune": {"train": {"epochs": 1}, "sensitivity_ratios": [0.5], "round_to": 1},
+    "prune": {"ratio": 0.5, "train": {"epochs": 1}, "sensitivity_ratios": [0.5], "round_to": 1},
     "quantize": {"calibration_samples": 32},
     "benchmark": {"batch_sizes": [1, 8], "repeats": 3, "warmup": 1},
 }
@@ -78,6 +84,19 @@ def shipped_params(changes: dict | None = None) -> dict:
     return deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), changes or {})
 
 
+def copy_repo(src: Path, dst: Path) -> Path:
+    """Copy a reproduced repo (git history, DVC cache and workspace) to ``dst``.
+
+    DVC keeps its hash cache keyed on path, inode and mtime outside the repo, so a copy starts
+    with none and re-hashes the workspace against dvc.lock on its first command: the copy is up to
+    date (test_pipeline checks it with `dvc repro`). ``.dvc/tmp`` (locks, the experiment queue)
+    belongs to one checkout and is left behind.
+    """
+    shutil.copytree(src, dst, symlinks=True,
+                    ignore=lambda d, _: ["tmp"] if Path(d) == src / ".dvc" else [])
+    return dst
+
+
 def TINY_COPY() -> dict:  # noqa: N802 - reads as the constant it copies
     return yaml.safe_load(yaml.safe_dump(TINY))
 
@@ -86,3 +105,75 @@ def set_params(path: Path, changes: dict) -> None:
     params_file = path / "params.yaml"
     params = yaml.safe_load(params_file.read_text())
     params_file.write_text(yaml.safe_dump(deep_update(params, changes), sort_keys=False))
+
+
+# --- dvc.yaml, resolved as DVC names its stages -------------------------------------------------
+
+
+def lookup(context: dict[str, Any], dotted: str) -> Any:
+    value: Any = context
+    for part in dotted.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            raise KeyError(f"dvc.yaml: cannot resolve ${{{dotted}}}")
+    return value
+
+
+def interpolate(value: Any, context: dict[str, Any]) -> Any:
+    """DVC's `${a.b}` templating: a whole-string template keeps the value's type."""
+    if isinstance(value, str):
+        whole = TEMPLATE.fullmatch(value)
+        if whole:
+            return lookup(context, whole.group(1))
+        return TEMPLATE.sub(lambda m: str(lookup(context, m.group(1))), value)
+    if isinstance(value, list):
+        return [interpolate(v, context) for v in value]
+    if isinstance(value, dict):
+        return {k: interpolate(v, context) for k, v in value.items()}
+    return value
+
+
+def load_vars(entries: list[Any], context: dict[str, Any], root: Path) -> None:
+    """`vars:` entries are inline dicts or `file.yaml[:key,key]` (DVC also reads params.yaml)."""
+    for entry in entries:
+        if isinstance(entry, dict):
+            context.update(entry)
+            continue
+        name, _, keys = str(entry).partition(":")
+        data = yaml.safe_load((root / name).read_text()) or {}
+        context.update({k: data[k] for k in keys.split(",")} if keys else data)
+
+
+def pipeline_stages(root: Path = ROOT) -> dict[str, dict[str, Any]]:
+    """Every stage of dvc.yaml by its DVC name (`evaluate@teacher`), templates filled in."""
+    pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
+    context: dict[str, Any] = {}
+    if (root / "params.yaml").is_file():
+        load_vars(["params.yaml"], context, root)
+    load_vars(pipeline.get("vars", []), context, root)
+
+    stages: dict[str, dict[str, Any]] = {}
+    for name, stage in pipeline["stages"].items():
+        local = dict(context)
+        load_vars(stage.get("vars", []), local, root)
+        if "foreach" in stage:
+            items = interpolate(stage["foreach"], local)
+            pairs = items.items() if isinstance(items, dict) else enumerate(items)
+            for key, item in pairs:
+                scalar = isinstance(item, str | int | float | bool)
+                label = key if isinstance(items, dict) or not scalar else item
+                body = interpolate(stage["do"], {**local, "key": key, "item": item})
+                stages[f"{name}@{label}"] = body
+        elif "matrix" in stage:
+            matrix = {k: interpolate(v, local) for k, v in stage["matrix"].items()}
+            body = {k: v for k, v in stage.items() if k != "matrix"}
+            for combo in itertools.product(*matrix.values()):
+                item = dict(zip(matrix, combo, strict=True))
+                label = "-".join(str(v) for v in combo)
+                stages[f"{name}@{label}"] = interpolate(body, {**local, "item": item})
+        else:
+            stages[name] = interpolate(stage, local)
+    return stages

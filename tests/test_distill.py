@@ -167,6 +167,7 @@ def test_hint_adapter_maps_student_features_to_teacher_shape(teacher_widths, stu
     assert torch.isfinite(loss_fn.feature_loss(s_feat, t_feat))
 
 
+@pytest.mark.slow  # torchvision models: seconds of import and tracing
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
 def test_hint_on_torchvision_students(arch):
     torch.manual_seed(0)
@@ -244,13 +245,21 @@ def test_teacher_must_match_the_data():
 # --- end to end ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["kd", "hint", "attention"])
-def test_tiny_distillation_beats_chance_and_keeps_teacher_fixed(tiny_data, method):
-    chance = 1 / tiny_data.meta["num_classes"]
+@pytest.fixture(scope="module")
+def trained_teacher(tiny_data_shared) -> nn.Module:
+    """One teacher for the module's distillation runs (tests distil from a copy of it)."""
     seed_everything(0)
     teacher = cnn([8, 16])
-    fit(teacher, tiny_data.train, tiny_data.val, TrainConfig(epochs=4, batch_size=32,
-                                                              device="cpu"), log=lambda _: None)
+    fit(teacher, tiny_data_shared.train, tiny_data_shared.val,
+        TrainConfig(epochs=4, batch_size=32, device="cpu"), log=lambda _: None)
+    return teacher.eval()
+
+
+@pytest.mark.parametrize("method", ["kd", "hint", "attention"])
+def test_tiny_distillation_beats_chance_and_keeps_teacher_fixed(tiny_data, trained_teacher,
+                                                                method):
+    chance = 1 / tiny_data.meta["num_classes"]
+    teacher = copy.deepcopy(trained_teacher)
     frozen = copy.deepcopy(teacher.state_dict())
 
     params = distill_params(method, T=4.0, alpha=0.9)
@@ -266,17 +275,23 @@ def test_tiny_distillation_beats_chance_and_keeps_teacher_fixed(tiny_data, metho
     assert {"train_kd", "train_ce", "val_acc"} <= set(history[-1])
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert all(torch.equal(frozen[k], v) for k, v in teacher.state_dict().items())
-    student_acc = accuracy(predict(student, tiny_data.test[0]), tiny_data.test[1])
+    student_logits = predict(student, tiny_data.test[0])
+    student_acc = accuracy(student_logits, tiny_data.test[1])
     assert student_acc > chance + 0.3
 
     m = distill_metrics(teacher, student, tiny_data.test, (1, 8, 8), 0.5, 1.0)
     assert m["student_test_acc"] == pytest.approx(student_acc, abs=1e-6)
     assert m["kd_gain_points"] == pytest.approx(100 * (student_acc - 0.5), abs=1e-3)
-    assert m["distill_params_ratio"] > 3
+    assert m["distill_params_ratio"] == pytest.approx(
+        count_params(teacher) / count_params(student), abs=1e-3)
+    assert m["distill_teacher_test_acc"] == pytest.approx(
+        accuracy(predict(teacher, tiny_data.test[0]), tiny_data.test[1]), abs=1e-6)
     assert m["distill_student_macs"] < m["distill_teacher_macs"]
-    assert 0 <= m["teacher_student_agreement"] <= 1
+    same = predict(teacher, tiny_data.test[0]).argmax(1) == student_logits.argmax(1)
+    assert m["teacher_student_agreement"] == pytest.approx(same.float().mean().item(), abs=1e-4)
 
 
+@pytest.mark.slow  # a stage process: seconds of imports
 def test_stage_fails_clearly_without_teacher(tmp_path):
     params = Path(__file__).resolve().parents[1] / "params.yaml"
     (tmp_path / "params.yaml").write_text(params.read_text())
