@@ -203,6 +203,18 @@ class ReportParams(Section):
     max_drop_points: float = Field(default=1.0, ge=0, le=100)
 
 
+class SelectParams(Section):
+    """The final model: fastest at ``batch_size`` among candidates within the accuracy budget."""
+
+    max_drop_points: float = Field(default=1.0, ge=0, le=100,
+                                   description="accuracy budget, points below the teacher")
+    batch_size: int = Field(default=0, ge=0, le=65_536,
+                            description="latency at this benchmarked batch size; 0 = largest")
+    max_file_bytes: int = Field(default=0, ge=0, description="0 = no size limit")
+    exclude: list[str] = Field(default=["student_scratch"],
+                               description="models of models.yaml that never ship")
+
+
 SECTIONS: dict[str, type[Section]] = {
     "prepare": PrepareParams,
     "teacher": TeacherParams,
@@ -211,6 +223,7 @@ SECTIONS: dict[str, type[Section]] = {
     "quantize": QuantizeParams,
     "evaluate": EvaluateParams,
     "benchmark": BenchmarkParams,
+    "select": SelectParams,
     "report": ReportParams,
 }
 
