@@ -67,7 +67,8 @@ def write_metrics(root, with_optional: bool = True):
             "final_max_drop_points": 3.0, "final_smaller_than_teacher": 133.3,
             "final_batch_size": 64, "final_speedup_vs_teacher_same_runtime": 10.0,
             "final_speedup_vs_teacher": 40.0, "final_reason": "fastest at batch 64"}))
-        (metrics / "distill.json").write_text(json.dumps({"kd_gain_points": 3.0}))
+        (metrics / "distill.json").write_text(json.dumps({"kd_gain_points": 3.0,
+                                                          "distill_input_size": "6x6"}))
         for i, name in enumerate(["teacher", "student_scratch", "distill", "prune"]):
             pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.0, 0.5, 0.3 + i / 10],
                           "val_acc": [0.5, 0.8, 0.9 - i / 50]}).to_csv(
@@ -144,6 +145,7 @@ def test_build_report_writes_page_and_charts(tmp_path):
     assert "10.00x faster than the teacher in the same runtime at batch 64" in lead
     assert "`teacher_onnx` runs 4.00x faster than the PyTorch `teacher` at batch 64" in lead
     assert "drop 3.00 pts" in text and "+3.00 pts" in text and notes == []
+    assert "- Student input size: 6x6 (downsampled inside the model" in text
     assert "- cpu: Test CPU" in text and "- onnxruntime_version: 8.8" in text
     assert "`pruned_onnx` shares the pruned model's weights and accuracy" in text
     assert not list((tmp_path / "reports").glob(".*tmp"))  # no temp files left behind

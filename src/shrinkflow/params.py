@@ -138,6 +138,8 @@ class TeacherParams(Section):
 
 class DistillParams(Section):
     student: ModelSpec = ModelSpec(widths=[32, 64, 128])
+    input_size: int = Field(default=0, ge=0, le=4096,
+                            description="student input side after downsampling; 0 = the data's")
     train: TrainConfig = TrainConfig(epochs=15)
     method: Literal["kd", "hint", "attention"] = "kd"
     T: float = Field(default=4.0, gt=0, le=100)
