@@ -179,15 +179,16 @@ def test_headline_metrics_are_p50_and_same_runtime_speedups_only():
         _row("quantized", 64, 1.0, 125, runtime="onnxruntime"),
         _row("quantized_torch", 64, 5.0, 125, runtime="torch_int8"),
         _row("teacher", 1, 4.0, 4000, params=100),
-        _row("quantized", 1, 0.5, 125, runtime="onnxruntime"),  # no ORT teacher at batch 1
-        _row("pruned", 8, 3.0, 500),  # no teacher at batch 8: no speed-up
+        _row("quantized", 1, 0.5, 125, runtime="onnxruntime"),
+        _row("student", 1, 1.0, 1000),  # speed-ups only at the largest batch size (64)
+        _row("pruned", 8, 3.0, 500),
     ]
     assert headline_metrics(rows, ("teacher", "teacher_onnx")) == {
         "bench_teacher_b64_p50_ms": 40.0, "bench_teacher_onnx_b64_p50_ms": 8.0,
         "bench_student_b64_p50_ms": 10.0, "bench_quantized_b64_p50_ms": 1.0,
         "bench_quantized_torch_b64_p50_ms": 5.0,
         "bench_teacher_b1_p50_ms": 4.0, "bench_quantized_b1_p50_ms": 0.5,
-        "bench_pruned_b8_p50_ms": 3.0,
+        "bench_student_b1_p50_ms": 1.0, "bench_pruned_b8_p50_ms": 3.0,
         "bench_teacher_onnx_b64_speedup_vs_teacher": 5.0,  # the runtime's gain alone
         "bench_student_b64_speedup_vs_teacher_same_runtime": 4.0,
         "bench_quantized_b64_speedup_vs_teacher_same_runtime": 8.0,  # vs teacher_onnx, not 40x

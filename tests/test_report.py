@@ -23,17 +23,19 @@ from shrinkflow.report import (
 )
 
 MODELS = read_model_list(Path(__file__).resolve().parents[1] / "models.yaml")
-RUNTIME = {"teacher_onnx": ("onnxruntime", "fp32"), "pruned_onnx": ("onnxruntime", "fp32"),
+RUNTIME = {"teacher_onnx": ("onnxruntime", "fp32"), "student_onnx": ("onnxruntime", "fp32"),
+           "pruned_onnx": ("onnxruntime", "fp32"),
            "quantized": ("onnxruntime", "int8"),
            "quantized_torch": ("torch_int8", "int8")}  # the rest: ("torch", "fp32")
 
 ACC = {"teacher": 0.98, "student_scratch": 0.93, "student": 0.96, "pruned": 0.955,
        "quantized": 0.95, "quantized_torch": 0.945}
 SIZE = {"teacher": 4_000_000, "teacher_onnx": 3_900_000, "student_scratch": 400_000,
-        "student": 400_000, "pruned": 100_000, "pruned_onnx": 98_000, "quantized": 30_000,
-        "quantized_torch": 40_000}
+        "student": 400_000, "student_onnx": 390_000, "pruned": 100_000, "pruned_onnx": 98_000,
+        "quantized": 30_000, "quantized_torch": 40_000}
 B64_MS = {"teacher": 40.0, "teacher_onnx": 10.0, "student_scratch": 8.0, "student": 8.0,
-          "pruned": 4.0, "pruned_onnx": 2.0, "quantized": 1.0, "quantized_torch": 2.5}
+          "student_onnx": 2.5, "pruned": 4.0, "pruned_onnx": 2.0, "quantized": 1.0,
+          "quantized_torch": 2.5}
 
 
 def write_metrics(root, with_optional: bool = True):
@@ -100,8 +102,9 @@ def test_model_table_values(tmp_path):
     metrics_dir = write_metrics(tmp_path)
     bench = pd.read_csv(metrics_dir / "benchmark.csv")
     df = model_table(load_metrics(metrics_dir), MODELS, bench).set_index("model")
-    assert list(df.index) == ["teacher", "teacher_onnx", "student_scratch", "student", "pruned",
-                              "pruned_onnx", "quantized", "quantized_torch"]
+    assert list(df.index) == ["teacher", "teacher_onnx", "student_scratch", "student",
+                              "student_onnx", "pruned", "pruned_onnx", "quantized",
+                              "quantized_torch"]
     assert df.loc["quantized", "drop_points"] == pytest.approx(3.0)
     assert df.loc["pruned_onnx", "accuracy"] == ACC["pruned"]  # same weights as pruned
     assert df.loc["pruned_onnx", "file_bytes"] == SIZE["pruned_onnx"]  # from the benchmark CSV
@@ -121,7 +124,7 @@ def test_best_within_budget(tmp_path):
     df = model_table(load_metrics(metrics_dir), MODELS, pd.read_csv(metrics_dir / "benchmark.csv"))
     # quantized is 3 pts down, pruned(_onnx) 2.5 (the tolerance absorbs float error)
     assert best_within(df, 2.5, "file_bytes")["model"] == "pruned_onnx"
-    assert best_within(df, 2.0, "file_bytes")["model"] == "student"
+    assert best_within(df, 2.0, "file_bytes")["model"] == "student_onnx"  # 390 kB < 400 kB
     assert best_within(df, 3.0, "b64_ms")["model"] == "quantized"
     assert best_within(df, -1.0, "b64_ms") is None
 
@@ -131,7 +134,7 @@ def test_build_report_writes_page_and_charts(tmp_path):
     page, charts, notes = build_report(metrics, tmp_path / "reports", max_drop=1.0, models=MODELS)
     text = page.read_text()
     table_rows = [line for line in text.splitlines() if line.startswith("| ")]
-    assert len(table_rows) == 1 + 8  # header + one row per model
+    assert len(table_rows) == 1 + 9  # header + one row per model
     for name in ["teacher", "student_scratch", "pruned_onnx", "quantized_torch"]:
         assert any(row.startswith(f"| {name} |") for row in table_rows)
     names = {c.name for c in charts}

@@ -84,7 +84,7 @@ def test_no_candidates_at_all_is_one_line():
 
 MODELS = [
     ModelEntry("teacher", "models/teacher.pt", "train_teacher", True, "teacher"),
-    ModelEntry("teacher_onnx", "models/teacher.onnx", "export_teacher", False, "teacher",
+    ModelEntry("teacher_onnx", "models/teacher.onnx", "export@teacher", False, "teacher",
                "teacher"),
     ModelEntry("student_scratch", "models/student_scratch.pt", "s", True, "student_scratch"),
     ModelEntry("pruned", "models/pruned.pt", "prune", True, "pruned"),

@@ -1,4 +1,4 @@
-"""End to end on a tiny copy of the project: export_teacher and select in the real dvc.yaml.
+"""End to end on a tiny copy of the project: export@teacher/student and select in dvc.yaml.
 
 Tiny models are far from the teacher, so the budget is opened wide (select.max_drop_points 100)
 to get a choice, then closed with a 1-byte file limit to check the failure path.
@@ -14,7 +14,8 @@ from pipeline_repo import dvc, make_repo, ran_stages, set_params
 def repo(tmp_path_factory):
     path = make_repo(tmp_path_factory.mktemp("project"), {"select": {"max_drop_points": 100}})
     result = dvc(path, "repro")
-    assert {"export_teacher", "select", "report"} <= ran_stages(result.stdout), result.stdout
+    assert {"export@teacher", "export@student", "select", "report"} <= ran_stages(
+        result.stdout), result.stdout
     return path
 
 
@@ -35,7 +36,7 @@ def test_select_ships_one_model_and_names_it(repo):
 def test_quantize_settings_do_not_reexport_the_teacher(repo):
     set_params(repo, {"quantize": {"calibration_method": "percentile"}})
     status = dvc(repo, "status").stdout
-    assert "quantize:" in status and "export_teacher:" not in status, status
+    assert "quantize:" in status and "export@" not in status, status
     set_params(repo, {"quantize": {"calibration_method": "minmax"}})
 
 

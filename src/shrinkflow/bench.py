@@ -430,21 +430,23 @@ def headline_metrics(
     rows: list[dict[str, Any]], teachers: tuple[str, ...] = (TEACHER,)
 ) -> dict[str, float]:
     """The benchmark's flat metrics, measured in one run (same threads, same stretch of machine
-    time): each model's median latency per batch size; for a compressed model its speed-up
+    time): each model's median latency per batch size; at the largest batch size, for a
+    compressed model its speed-up
     against the teacher in the same runtime (``speedup_vs_teacher_same_runtime``: the fair
     figure, the headline); for the teacher's exports (``teachers`` after the first) the runtime's
     gain alone (``speedup_vs_teacher``: teacher in PyTorch / teacher in that runtime).
-    Everything else, the cross-runtime speed-up included, stays in the CSV: 140+ keys made
-    ``dvc exp show`` unreadable.
+    Everything else, speed-ups at other batch sizes and the cross-runtime speed-up included,
+    stays in the CSV: 140+ keys made ``dvc exp show`` unreadable (9 models: 26 keys).
     """
     p50 = {(r["model"], r["batch_size"]): r["p50_ms"] for r in rows}
     same = _same_runtime_teachers(rows, teachers)
     family = {r["model"]: runtime_family(r.get("runtime")) for r in rows}
+    largest = max((b for _, b in p50), default=0)
     out: dict[str, float] = {}
     for (model, b), ms in p50.items():
         out[bench_key(model, b, "p50_ms")] = ms
     for (model, b), ms in p50.items():
-        if model == TEACHER or ms <= 0:
+        if model == TEACHER or ms <= 0 or b != largest:
             continue
         if model in teachers:
             teacher = p50.get((TEACHER, b))

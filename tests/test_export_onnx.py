@@ -1,9 +1,10 @@
-"""export_teacher: the teacher as ONNX, checked against PyTorch on the test split."""
+"""export@NAME: the teacher / student as ONNX, checked against PyTorch on the test split."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,12 @@ from shrinkflow.onnx_export import export_parity
 from shrinkflow.params import ModelSpec
 from shrinkflow.runtime import open_model
 
-STAGE = Path(__file__).resolve().parents[1] / "stages" / "export_teacher.py"
+STAGE = Path(__file__).resolve().parents[1] / "stages" / "export_onnx.py"
 
 
-def _run_stage() -> None:
-    spec = importlib.util.spec_from_file_location("export_teacher_stage", STAGE)
+def _run_stage(monkeypatch, name: str = "teacher") -> None:
+    monkeypatch.setattr(sys, "argv", ["export_onnx.py", name])
+    spec = importlib.util.spec_from_file_location("export_onnx_stage", STAGE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.main()
@@ -45,22 +47,28 @@ def test_export_parity_measures_difference_and_agreement():
     assert out["max_abs_diff"] == 1.5 and out["agreement"] == pytest.approx(2 / 3)
 
 
-def test_stage_writes_teacher_onnx_matching_torch(workspace, tiny_data):
+@pytest.mark.parametrize("name", ["teacher", "student"])
+def test_stage_writes_onnx_matching_torch(workspace, tiny_data, monkeypatch, name):
     root, model, spec = workspace
-    save_model(root / "models" / "teacher.pt", model, spec, role="teacher")
-    _run_stage()
-    metrics = json.loads((root / "metrics" / "export_teacher.json").read_text())
-    assert metrics["teacher_onnx_agreement"] == 1.0
-    assert metrics["teacher_onnx_max_abs_diff"] < 1e-4
-    onnx_model = open_model(root / "models" / "teacher.onnx", (1, 8, 8), 4)
+    save_model(root / "models" / f"{name}.pt", model, spec, role=name)
+    _run_stage(monkeypatch, name)
+    metrics = json.loads((root / "metrics" / f"export_{name}.json").read_text())
+    assert metrics[f"{name}_onnx_agreement"] == 1.0
+    assert metrics[f"{name}_onnx_max_abs_diff"] < 1e-4
+    onnx_model = open_model(root / "models" / f"{name}.onnx", (1, 8, 8), 4)
     x = tiny_data.test[0]
     torch.testing.assert_close(onnx_model.predict(x), model(x.float() / 255).detach(),
                                atol=1e-4, rtol=0)
 
 
-def test_stage_refuses_a_student_saved_as_the_teacher(workspace):
+def test_stage_refuses_a_student_saved_as_the_teacher(workspace, monkeypatch):
     root, model, spec = workspace
     save_model(root / "models" / "teacher.pt", model, spec, role="student")
     with pytest.raises(ShrinkflowError, match=r"models/teacher\.pt: expected the 'teacher'"):
-        _run_stage()
+        _run_stage(monkeypatch)
     assert not (root / "models" / "teacher.onnx").exists()
+
+
+def test_stage_refuses_an_unknown_name(workspace, monkeypatch):
+    with pytest.raises(ShrinkflowError, match="NAME: one of teacher, student"):
+        _run_stage(monkeypatch, "pruned")
