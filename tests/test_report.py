@@ -148,7 +148,7 @@ def test_build_report_writes_page_and_charts(tmp_path):
     assert "10.00x faster than the teacher in the same runtime at batch 64" in lead
     assert "`teacher_onnx` runs 4.00x faster than the PyTorch `teacher` at batch 64" in lead
     assert "drop 3.00 pts" in text and "+3.00 pts" in text and notes == []
-    assert "- Student input size: 6x6 (downsampled inside the model" in text
+    assert "- Student input size: 6x6 (what its network sees" in text
     assert "- cpu: Test CPU" in text and "- onnxruntime_version: 8.8" in text
     assert "`pruned_onnx` shares the pruned model's weights and accuracy" in text
     assert not list((tmp_path / "reports").glob(".*tmp"))  # no temp files left behind

@@ -384,9 +384,9 @@ def _final_lines(metrics: dict[str, Any], large: str) -> list[str]:
 def _headline(df: pd.DataFrame, metrics: dict[str, Any], max_drop: float, large: str) -> list[str]:
     lines = _final_lines(metrics, large)
     if isinstance(metrics.get("distill_input_size"), str):
-        lines.append(f"- Student input size: {metrics['distill_input_size']} (downsampled inside "
-                     "the model, which still takes the data's full-size images; MACs at this "
-                     "size).")
+        lines.append(f"- Student input size: {metrics['distill_input_size']} (what its network "
+                     "sees: `distill.input_size` downsamples inside the model, whose files still "
+                     "take full-size images; MACs at this size).")
     if isinstance(metrics.get("kd_gain_points"), (int, float)):
         lines.append(f"- Distillation vs the same student trained from scratch: "
                      f"{metrics['kd_gain_points']:+.2f} pts.")
