@@ -20,6 +20,7 @@ from shrinkflow.distill import (
     check_teacher_fits_data,
     distill_metrics,
 )
+from shrinkflow.distributed import finish, is_main_process, launch
 from shrinkflow.errors import ShrinkflowError, run_stage
 from shrinkflow.models import build_model, make_spec
 from shrinkflow.params import load_section
@@ -60,6 +61,7 @@ def main() -> None:
     meta, shape = data.meta, data.input_shape
     teacher, payload = load_model(TEACHER, role="teacher")  # not a student copied over it
     check_teacher_fits_data(payload["spec"], meta, TEACHER)
+    launch(p.train.nproc, p.train.device, "distill.train.nproc")
 
     check_input_size(p.input_size, meta["shape"], "distill.input_size")
     # the resize is part of the student: the teacher (and every later stage) sees full-size images
@@ -83,11 +85,12 @@ def main() -> None:
 
     m = distill_metrics(teacher, student, data.test, shape, scratch_acc, seconds)
     m["distill_input_size"] = effective_input_size(spec, meta["shape"])  # MACs are at this size
-    with commit_outputs() as out:
-        out.model(MODEL_OUT, student, spec, role="student", method=p.method, T=p.T,
-                  alpha=p.alpha)
-        out.csv(HISTORY_OUT, history)
-        out.json(METRICS_OUT, m)
+    if is_main_process():  # every rank holds the same model; other ranks print nothing
+        with commit_outputs() as out:
+            out.model(MODEL_OUT, student, spec, role="student", method=p.method, T=p.T,
+                      alpha=p.alpha)
+            out.csv(HISTORY_OUT, history)
+            out.json(METRICS_OUT, m)
     print(f"[distill] student input {m['distill_input_size']} (data "
           f"{meta['shape'][1]}x{meta['shape'][2]}), {m['distill_student_params']:,} params "
           f"({m['distill_params_ratio']:.1f}x fewer), {m['distill_student_macs']:,} MACs "
@@ -97,6 +100,7 @@ def main() -> None:
           f"kd gain {m['kd_gain_points']:+.2f} points")
     print(f"[distill] teacher/student agreement {m['teacher_student_agreement']:.2%}; "
           f"trained in {seconds:.1f}s -> {MODEL_OUT}")
+    finish()
 
 
 if __name__ == "__main__":

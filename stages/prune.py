@@ -11,6 +11,7 @@ import time
 from shrinkflow.artifacts import check_outputs, commit_outputs, load_model, require_inputs
 from shrinkflow.data import load_prepared
 from shrinkflow.distill import KDLoss
+from shrinkflow.distributed import finish, is_main_process, launch
 from shrinkflow.errors import ShrinkflowError, run_stage
 from shrinkflow.params import load_section
 from shrinkflow.prune import (
@@ -56,6 +57,7 @@ def main() -> None:
     spec, shape = payload["spec"], tuple(data.meta["shape"])
     check_shapes(spec, teacher_payload["spec"], data.meta)
     resolve_ignored(student, list(p.ignore_layers))  # an unknown layer name fails here
+    launch(p.train.nproc, p.train.device, "prune.train.nproc")
     seed_everything(p.seed)
 
     before = size_summary(student, shape)
@@ -99,12 +101,13 @@ def main() -> None:
         "prune_acc_drop_points": round(100 * (student_acc - pruned_acc), 4),
         "prune_seconds": round(outcome.seconds, 2),
     }
-    with commit_outputs() as out:
-        out.model(MODEL_OUT, pruned, spec, role="pruned", pruned=True, prune_mode=p.mode,
-                  prune_ratio=p.ratio, prune_importance=p.importance)
-        out.csv(HISTORY_OUT, outcome.history)
-        out.csv(SENSITIVITY_OUT, rows, SENSITIVITY_FIELDS)  # header even with the scan off
-        out.json(METRICS_OUT, metrics)
+    if is_main_process():  # every rank holds the same model; other ranks print nothing
+        with commit_outputs() as out:
+            out.model(MODEL_OUT, pruned, spec, role="pruned", pruned=True, prune_mode=p.mode,
+                      prune_ratio=p.ratio, prune_importance=p.importance)
+            out.csv(HISTORY_OUT, outcome.history)
+            out.csv(SENSITIVITY_OUT, rows, SENSITIVITY_FIELDS)  # header even with the scan off
+            out.json(METRICS_OUT, metrics)
     method = "global L1 magnitude" if p.mode == "unstructured" else f"{p.importance} importance"
     kind = "sparsity (not speed)" if p.mode == "unstructured" else "channels removed"
     share = metrics["prune_sparsity"] if p.mode == "unstructured" else metrics[
@@ -119,6 +122,7 @@ def main() -> None:
         f"(drop {metrics['prune_acc_drop_points']:.2f} points) in {outcome.seconds:.1f}s "
         f"-> {MODEL_OUT}"
     )
+    finish()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ it."""
 
 from shrinkflow.artifacts import check_outputs, commit_outputs
 from shrinkflow.data import load_prepared
+from shrinkflow.distributed import finish, is_main_process, launch
 from shrinkflow.errors import run_stage
 from shrinkflow.params import load_section
 from shrinkflow.train import check_input_size, summary_line, train_supervised
@@ -23,14 +24,17 @@ def main() -> None:
     check_outputs(MODEL_OUT, HISTORY_OUT, METRICS_OUT)
     data = load_prepared(DATA_DIR)
     check_input_size(p.input_size, data.meta["shape"], "distill.input_size")
+    launch(p.train.nproc, p.train.device, "distill.train.nproc")
     model, spec, history, m = train_supervised(p.student, p.train, data, name=NAME,
                                                params_key="distill.train",
                                                input_size=p.input_size)
-    with commit_outputs() as out:
-        out.model(MODEL_OUT, model, spec, role=NAME)
-        out.csv(HISTORY_OUT, history)
-        out.json(METRICS_OUT, m)
+    if is_main_process():  # every rank holds the same model; other ranks print nothing
+        with commit_outputs() as out:
+            out.model(MODEL_OUT, model, spec, role=NAME)
+            out.csv(HISTORY_OUT, history)
+            out.json(METRICS_OUT, m)
     print(summary_line(NAME, spec, m), "->", MODEL_OUT)
+    finish()
 
 
 if __name__ == "__main__":

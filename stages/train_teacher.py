@@ -5,6 +5,7 @@ from functools import partial
 
 from shrinkflow.artifacts import check_outputs, commit_outputs
 from shrinkflow.data import load_prepared
+from shrinkflow.distributed import finish, is_main_process, launch
 from shrinkflow.errors import run_stage
 from shrinkflow.params import load_section
 from shrinkflow.pretrained import HISTORY_COLUMNS, import_model, load_into, read_weights
@@ -22,6 +23,7 @@ def main() -> None:
     check_outputs(MODEL_OUT, HISTORY_OUT, METRICS_OUT)
     weights = read_weights(p.init) if p.init else None
     data = load_prepared(DATA_DIR)
+    launch(p.train.nproc if p.mode == "train" else 1, p.train.device, "teacher.train.nproc")
     if p.mode == "import":
         model, spec = import_model(weights, p.model, data.meta)
         history, m = [], supervised_metrics(model, data, NAME, [], seconds=0.0)
@@ -30,11 +32,13 @@ def main() -> None:
         model, spec, history, m = train_supervised(p.model, p.train, data, name=NAME, init=init,
                                                    params_key="teacher.train")
     provenance = {"mode": p.mode, "init": p.init} if p.init else {}
-    with commit_outputs() as out:
-        out.model(MODEL_OUT, model, spec, role=NAME, **provenance)
-        out.csv(HISTORY_OUT, history, fieldnames=None if history else HISTORY_COLUMNS)
-        out.json(METRICS_OUT, m)
+    if is_main_process():  # every rank holds the same model; other ranks print nothing
+        with commit_outputs() as out:
+            out.model(MODEL_OUT, model, spec, role=NAME, **provenance)
+            out.csv(HISTORY_OUT, history, fieldnames=None if history else HISTORY_COLUMNS)
+            out.json(METRICS_OUT, m)
     print(summary_line(NAME, spec, m), "->", MODEL_OUT)
+    finish()
 
 
 if __name__ == "__main__":

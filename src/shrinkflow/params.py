@@ -87,6 +87,15 @@ class TrainConfig(Section):
     max_batches: int = Field(default=0, ge=0, description="cap batches per epoch; 0 = no cap")
     augment: Literal["none", "crop", "crop_flip"] = "none"
     crop_padding: int = Field(default=4, ge=1, le=64, description="pixels of zero padding")
+    nproc: int = Field(default=1, ge=1, le=1024, description="processes (GPUs) on this machine; "
+                       "> 1 runs the stage under torchrun, batch_size split over them")
+
+    @model_validator(mode="after")
+    def _batch_splits_over_processes(self) -> TrainConfig:
+        if self.batch_size % self.nproc:
+            raise ValueError(f"batch_size {self.batch_size} must be divisible by nproc "
+                             f"{self.nproc}: the batch is split over the processes")
+        return self
 
 
 class PrepareParams(Section):

@@ -6,8 +6,14 @@ name to a detached scalar tensor logged per epoch (e.g. ``{"kd": ..., "ce": ...}
 an ``nn.Module`` with parameters (a feature adapter), they are trained with the model.
 
 The loop keeps no global state and only logs from rank 0, so it runs unchanged under
-``torchrun``: each rank takes a disjoint shard of every epoch's shuffled indices. Wrapping the
-model in DistributedDataParallel is the caller's choice.
+``torchrun`` (see ``shrinkflow.distributed``): the model trains inside DistributedDataParallel,
+each global batch is split evenly over the ranks, and the logged metrics are sums over all ranks.
+``train.batch_size`` is the global batch, so N processes take the same optimiser steps as one;
+only batch-norm statistics (per rank) and float summation order differ.
+
+On CUDA, a split that fits in a quarter of the free GPU memory is copied there once and batches
+are gathered on the GPU; metrics stay on the device until the end of the epoch, so a step has
+no host synchronisation.
 """
 
 from __future__ import annotations
@@ -24,6 +30,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from shrinkflow.augment import Augment, make_augment
+from shrinkflow.distributed import (
+    all_reduce_sum,
+    average_buffers,
+    average_gradients,
+    broadcast_from_main,
+    is_main_process,
+    rank_and_world,
+    wrap_ddp,
+)
 from shrinkflow.errors import ShrinkflowError
 from shrinkflow.models import build_model, count_macs, count_params, make_spec
 from shrinkflow.params import TrainConfig
@@ -31,6 +46,7 @@ from shrinkflow.params import TrainConfig
 LossParts = dict[str, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, LossParts]]
 Split = tuple[torch.Tensor, torch.Tensor]  # (uint8 images N,C,H,W ; int64 labels N)
+RESIDENT_FRACTION = 0.25  # of free GPU memory a split may take to be copied there whole
 
 
 class CrossEntropy(nn.Module):
@@ -56,28 +72,21 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str, key: str = "device") -> torch.device:
-    """``auto`` -> cuda when visible; ``cuda`` without a GPU is an error naming ``key``.
+    """``auto`` -> cuda when visible; ``cuda`` without a GPU is an error naming ``key``. CUDA
+    comes with its index: this process's GPU (``shrinkflow.distributed`` sets it per rank).
 
     params.py already refuses ``cuda`` at load time; this catches callers that built a config
     by hand (and a GPU that disappeared between loading params and training).
     """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ShrinkflowError(
             f"{key} = 'cuda': no CUDA GPU is visible (torch.cuda.is_available() is False)"
         )
+    if name == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
     return torch.device(name)
-
-
-def rank_and_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def is_main_process() -> bool:
-    return rank_and_world()[0] == 0
 
 
 def to_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -88,6 +97,13 @@ def to_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host -> GPU copies from pinned memory, so they do not block the host; else a plain move."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 def iterate_batches(
     split: Split,
     batch_size: int,
@@ -95,26 +111,79 @@ def iterate_batches(
     generator: torch.Generator | None = None,
     max_batches: int = 0,
     augment: Augment | None = None,
+    rank: int = 0,
+    world: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches gathered from (memory-mapped) tensors: shuffled when a generator is given,
-    sharded by rank, augmented as uint8 on ``device`` when ``augment`` is given.
+    augmented as uint8 on ``device`` when ``augment`` is given.
+
+    ``batch_size`` is the global batch; with ``world`` > 1 process, ``rank`` takes every
+    ``world``-th image of each global batch, so the ranks' batches together are exactly the
+    one-process batches. The epoch is padded by wrapping round (as DistributedSampler does) to
+    a multiple of ``world``, so every rank gets the same number and sizes of batches: a rank
+    with one batch fewer would leave the others waiting in DDP's all-reduce for ever.
 
     Gathering a batch of indices reads only those images, so this beats a per-sample
-    DataLoader for small images and keeps memory near the prepared data's size.
+    DataLoader for small images, keeps memory near the prepared data's size, and each rank reads
+    only its own images. Data already on the GPU is gathered there.
     """
     x, y = split
     n = len(y)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    rank, world = rank_and_world()
-    order = order[rank::world]
+    if n % world:
+        order = torch.cat([order, order[: world - n % world]])
+    order = order.to(x.device)  # one index copy per epoch when the split lives on the GPU
     for i, start in enumerate(range(0, len(order), batch_size)):
         if max_batches and i >= max_batches:
             break
-        idx = order[start : start + batch_size]
-        xb = x[idx].to(device, non_blocking=True)
+        idx = order[start : start + batch_size][rank::world]
+        xb = _to_device(x[idx], device)
         if augment is not None:
             xb = augment(xb)
-        yield to_input(xb, device), y[idx].to(device, non_blocking=True)
+        yield to_input(xb, device), _to_device(y[idx], device)
+
+
+def keep_on_device(split: Split, device: torch.device) -> Split:
+    """The whole split on a CUDA ``device`` when it takes under ``RESIDENT_FRACTION`` of the free
+    memory there (CIFAR-10's 150 MB does), so no step waits on the host; otherwise unchanged,
+    and batches are read from the (memory-mapped) host split one at a time."""
+    x, y = split
+    if device.type != "cuda" or x.device == device:
+        return split
+    free, _total = torch.cuda.mem_get_info(device)
+    if x.nbytes + y.nbytes > RESIDENT_FRACTION * free:
+        return split
+    return x.to(device), y.to(device)
+
+
+@torch.no_grad()
+def evaluate_loss_acc(
+    model: nn.Module, split: Split, device: torch.device, batch_size: int = 256
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on ``split``, in eval mode.
+
+    Each rank scores every ``world``-th image and the sums are all-reduced, so every rank gets
+    the same figures for the whole split at 1/world of the cost (the ranks must hold the same
+    model: see ``shrinkflow.distributed.average_buffers``).
+    """
+    rank, world = rank_and_world()
+    x, y = split
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.float64, device=device)
+    shard = torch.arange(rank, len(y), world, device=x.device)
+    for start in range(0, len(shard), batch_size):
+        idx = shard[start : start + batch_size]
+        yb = _to_device(y[idx], device)
+        with _autocast(device):
+            logits = model(to_input(_to_device(x[idx], device), device)).float()
+        loss_sum += F.cross_entropy(logits, yb, reduction="sum")
+        correct += (logits.argmax(1) == yb).sum()
+    model.train(was_training)
+    totals = torch.stack([loss_sum, correct, torch.tensor(float(len(shard)), device=device)])
+    loss, right, count = all_reduce_sum(totals).tolist()
+    return loss / max(count, 1), right / max(count, 1)
 
 
 def _autocast(device: torch.device):
@@ -223,20 +292,33 @@ def fit(
     ``params_key`` is where ``cfg`` lives in params.yaml (``distill.train``) and ``loss_params``
     the loss's own params with their keys (``{"distill.T": 4.0}``): a loss that turns inf or NaN
     raises a ShrinkflowError that names them (see ``NonFiniteLossGuard``).
+
+    Under torchrun the model trains wrapped in DistributedDataParallel (trainable loss
+    parameters, e.g. a hint adapter, have their gradients averaged alongside; a teacher inside
+    the loss is frozen and stays unwrapped), and every rank returns the same rows.
     """
+    rank, world = rank_and_world()
+    if cfg.batch_size % world:
+        raise ShrinkflowError(f"{params_key}.batch_size = {cfg.batch_size} must be divisible by "
+                              f"the number of processes ({world}): the batch is split over them")
     device = resolve_device(cfg.device, f"{params_key}.device")
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
+    train, val = keep_on_device(train, device), keep_on_device(val, device)
+    net = wrap_ddp(model, device)  # trains; ``model`` itself is evaluated (same parameters)
     loss_fn = loss_fn if loss_fn is not None else CrossEntropy(cfg.label_smoothing)
     params = list(model.parameters())
+    trained_in_loss: list[nn.Parameter] = []
     if isinstance(loss_fn, nn.Module):
         loss_fn.to(device)
-        params += [p for p in loss_fn.parameters() if p.requires_grad]
+        trained_in_loss = [p for p in loss_fn.parameters() if p.requires_grad]
+        broadcast_from_main(p.data for p in trained_in_loss)
+        params += trained_in_loss
     optimizer = _make_optimizer(params, cfg)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    augment = make_augment(cfg.augment, cfg.crop_padding, cfg.seed)
-    n_batches = math.ceil(len(train[1]) / rank_and_world()[1] / cfg.batch_size)
+    generator = torch.Generator().manual_seed(cfg.seed)  # the same order on every rank
+    augment = make_augment(cfg.augment, cfg.crop_padding, cfg.seed + rank)
+    n_batches = math.ceil((len(train[1]) + (-len(train[1])) % world) / cfg.batch_size)
     steps_per_epoch = min(n_batches, cfg.max_batches) if cfg.max_batches else n_batches
     total_steps, step = cfg.epochs * steps_per_epoch, 0
     guard = NonFiniteLossGuard(device, steps_per_epoch,
@@ -244,34 +326,41 @@ def fit(
     history: list[dict[str, Any]] = []
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
-        model.train()
+        net.train()
         sums: dict[str, torch.Tensor] = {}
-        seen = correct = 0
+        correct = torch.zeros((), device=device)  # on the device: no host sync per step
+        seen = 0
         lr = cfg.lr
         for xb, yb in iterate_batches(train, cfg.batch_size, device, generator, cfg.max_batches,
-                                      augment):
+                                      augment, rank, world):
             lr = cfg.lr * _lr_factor(cfg, step, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with _autocast(device):
-                logits = model(xb)
+                logits = net(xb)
                 loss, parts = loss_fn(logits.float(), yb, xb)
             guard.update(loss, step)  # before backward: a NaN never reaches the weights on CPU
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(trained_in_loss)
             optimizer.step()
             step += 1
             for key, value in {"loss": loss.detach(), **parts}.items():
                 sums[key] = sums.get(key, 0) + value.float() * len(yb)
-            correct += int((logits.argmax(1) == yb).sum())
+            correct += (logits.argmax(1) == yb).sum()
             seen += len(yb)
         guard.check()
-        val_logits = predict(model, val[0], device=device)
+        # One host sync per epoch: every rank's sums in one all-reduce, then read back.
+        totals = torch.stack([*sums.values(), correct, torch.tensor(float(seen), device=device)])
+        *part_sums, correct_all, seen_all = all_reduce_sum(totals.double()).tolist()
+        average_buffers(model)  # every rank now holds the model rank 0 saves
+        val_loss, val_acc = evaluate_loss_acc(model, val, device)
         row: dict[str, Any] = {"epoch": epoch}
-        row.update({f"train_{k}": round(float(v) / max(seen, 1), 6) for k, v in sums.items()})
-        row["train_acc"] = round(correct / max(seen, 1), 6)
-        row["val_loss"] = round(float(F.cross_entropy(val_logits, val[1])), 6)
-        row["val_acc"] = round(float((val_logits.argmax(1) == val[1]).float().mean()), 6)
+        row.update({f"train_{k}": round(v / max(seen_all, 1), 6)
+                    for k, v in zip(sums, part_sums, strict=True)})
+        row["train_acc"] = round(correct_all / max(seen_all, 1), 6)
+        row["val_loss"] = round(val_loss, 6)
+        row["val_acc"] = round(val_acc, 6)
         row["lr"] = round(lr, 8)
         history.append(row)
         if is_main_process():

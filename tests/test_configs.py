@@ -1,0 +1,40 @@
+"""Every ready-to-copy params file under configs/ is a complete, valid params.yaml."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from shrinkflow.params import SECTIONS, load_section
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def test_the_three_shapes_and_devices_are_covered():
+    names = {c.stem for c in CONFIGS}
+    assert {"28x28-gray-cpu", "32x32-rgb-cpu", "32x32-rgb-gpu"} <= names
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_config_validates_against_every_schema(config, monkeypatch):
+    if "gpu" in config.stem:  # its `device: cuda` is checked against the GPUs of this machine
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    raw = yaml.safe_load(config.read_text())
+    assert set(raw) == set(SECTIONS), f"{config.name}: sections {sorted(raw)}"
+    for section in SECTIONS:
+        load_section(section, config)  # raises on a missing, unknown or invalid key
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_config_matches_its_name(config, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    shape, colour, device = config.stem.split("-")
+    prepare = load_section("prepare", config)
+    assert prepare.split == "source" and prepare.path.startswith("data/raw/")
+    assert prepare.channels == (1 if colour == "gray" else 3)
+    if prepare.source == "imagefolder":
+        assert f"{prepare.image_size}x{prepare.image_size}" == shape
+    trains = [load_section("teacher", config).train, load_section("distill", config).train]
+    assert all(t.device == ("cuda" if device == "gpu" else "auto") for t in trains)
