@@ -25,7 +25,7 @@ from shrinkflow.errors import ShrinkflowError, run_stage
 from shrinkflow.live import live_progress
 from shrinkflow.models import build_model, make_spec
 from shrinkflow.params import load_section
-from shrinkflow.train import fit, seed_everything
+from shrinkflow.train import check_input_size, effective_input_size, fit, seed_everything
 
 PARAMS = "params.yaml"
 DATA_DIR = "data/prepared"
@@ -65,7 +65,10 @@ def main() -> None:
     check_teacher_fits_data(payload["spec"], meta, TEACHER)
     launch(p.train.nproc, p.train.device, "distill.train.nproc")
 
-    spec = make_spec(p.student, meta["shape"][0], meta["num_classes"], meta["mean"], meta["std"])
+    check_input_size(p.input_size, meta["shape"], "distill.input_size")
+    # the resize is part of the student: the teacher (and every later stage) sees full-size images
+    spec = make_spec(p.student, meta["shape"][0], meta["num_classes"], meta["mean"], meta["std"],
+                     p.input_size, meta["shape"][1:])
     seed_everything(p.train.seed)  # same order as train_student_scratch: seed, then build
     student = build_model(spec)
     loss_fn = build_loss(p, teacher, student, shape)
@@ -84,13 +87,15 @@ def main() -> None:
         loss_fn.remove_hooks()
 
     m = distill_metrics(teacher, student, data.test, shape, scratch_acc, seconds)
+    m["distill_input_size"] = effective_input_size(spec, meta["shape"])  # MACs are at this size
     if is_main_process():  # every rank holds the same model; other ranks print nothing
         with commit_outputs() as out:
             out.model(MODEL_OUT, student, spec, role="student", method=p.method, T=p.T,
                       alpha=p.alpha)
             out.csv(HISTORY_OUT, history)
             out.json(METRICS_OUT, m)
-    print(f"[distill] student {m['distill_student_params']:,} params "
+    print(f"[distill] student input {m['distill_input_size']} (data "
+          f"{meta['shape'][1]}x{meta['shape'][2]}), {m['distill_student_params']:,} params "
           f"({m['distill_params_ratio']:.1f}x fewer), {m['distill_student_macs']:,} MACs "
           f"({m['distill_macs_ratio']:.1f}x fewer)")
     print(f"[distill] test acc: student {m['student_test_acc']:.2%}, teacher "

@@ -1,8 +1,9 @@
 """train_student_scratch: the control for distillation.
 
 The distill student architecture, trained with the same budget (epochs, optimiser, seed, data)
-but no teacher. It reads only distill.student and distill.train, so changing T / alpha / method
-does not rerun it; distill reports kd_gain against it."""
+and the same input size, but no teacher. It reads only distill.student, distill.input_size and
+distill.train, so changing T / alpha / method does not rerun it; distill reports kd_gain against
+it."""
 
 from shrinkflow.artifacts import check_outputs, commit_outputs
 from shrinkflow.data import load_prepared
@@ -10,7 +11,7 @@ from shrinkflow.distributed import finish, is_main_process, launch
 from shrinkflow.errors import run_stage
 from shrinkflow.live import live_progress
 from shrinkflow.params import load_section
-from shrinkflow.train import summary_line, train_supervised
+from shrinkflow.train import check_input_size, summary_line, train_supervised
 
 NAME = "student_scratch"
 DATA_DIR = "data/prepared"
@@ -24,10 +25,12 @@ def main() -> None:
     p = load_section("distill")
     check_outputs(MODEL_OUT, HISTORY_OUT, METRICS_OUT)
     data = load_prepared(DATA_DIR)
+    check_input_size(p.input_size, data.meta["shape"], "distill.input_size")
     launch(p.train.nproc, p.train.device, "distill.train.nproc")
     with live_progress(LIVE_DIR, NAME) as on_epoch:
         model, spec, history, m = train_supervised(p.student, p.train, data, name=NAME,
-                                                   params_key="distill.train", on_epoch=on_epoch)
+                                                   params_key="distill.train", on_epoch=on_epoch,
+                                                   input_size=p.input_size)
     if is_main_process():  # every rank holds the same model; other ranks print nothing
         with commit_outputs() as out:
             out.model(MODEL_OUT, model, spec, role=NAME)

@@ -27,6 +27,8 @@ TINY = {
     "prune": {"ratio": 0.5, "train": {"epochs": 1}, "sensitivity_ratios": [0.5], "round_to": 1},
     "quantize": {"calibration_samples": 32},
     "benchmark": {"batch_sizes": [1, 8], "repeats": 3, "warmup": 1},
+    # tiny models are far from the teacher: open the budget so select has a choice
+    "select": {"max_drop_points": 100},
 }
 
 

@@ -28,6 +28,8 @@ import pytest
 import yaml
 from pipeline_repo import dvc, env, make_repo
 
+pytestmark = pytest.mark.slow  # end to end: real stage processes
+
 DELETE = object()  # a params value meaning "remove this key"
 ARTIFACTS = ["models", "metrics", "data", "reports", "dvc.lock"]
 

@@ -165,41 +165,51 @@ def test_worker_env_keeps_user_glibc_tunables(monkeypatch):
     assert any(t.startswith("glibc.malloc.trim_threshold=") for t in tunables)
 
 
-def _row(model, b, p50, size, params=None):
+def _row(model, b, p50, size, params=None, runtime="torch"):
     return {"model": model, "batch_size": b, "p50_ms": p50, "p90_ms": p50, "p99_ms": p50,
             "ips": b * 1000 / p50, "rss_mb": 1.0, "file_bytes": size, "params": params,
-            "macs": None}
+            "macs": None, "runtime": runtime}
 
 
-def test_headline_metrics_are_p50_and_speedup_vs_teacher_only():
+def test_headline_metrics_are_p50_and_same_runtime_speedups_only():
     rows = [
         _row("teacher", 64, 40.0, 4000, params=100),
+        _row("teacher_onnx", 64, 8.0, 4000, runtime="onnxruntime"),
         _row("student", 64, 10.0, 1000),
-        _row("quantized", 64, 1.0, 125),
+        _row("quantized", 64, 1.0, 125, runtime="onnxruntime"),
+        _row("quantized_torch", 64, 5.0, 125, runtime="torch_int8"),
         _row("teacher", 1, 4.0, 4000, params=100),
-        _row("quantized", 1, 0.5, 125),
-        _row("pruned", 8, 3.0, 500),  # no teacher at batch 8: no speed-up
+        _row("quantized", 1, 0.5, 125, runtime="onnxruntime"),
+        _row("student", 1, 1.0, 1000),  # speed-ups only at the largest batch size (64)
+        _row("pruned", 8, 3.0, 500),
     ]
-    assert headline_metrics(rows) == {
-        "bench_teacher_b64_p50_ms": 40.0, "bench_student_b64_p50_ms": 10.0,
-        "bench_quantized_b64_p50_ms": 1.0, "bench_teacher_b1_p50_ms": 4.0,
-        "bench_quantized_b1_p50_ms": 0.5, "bench_pruned_b8_p50_ms": 3.0,
-        "bench_student_b64_speedup_vs_teacher": 4.0,
-        "bench_quantized_b64_speedup_vs_teacher": 40.0,
-        "bench_quantized_b1_speedup_vs_teacher": 8.0,
+    assert headline_metrics(rows, ("teacher", "teacher_onnx")) == {
+        "bench_teacher_b64_p50_ms": 40.0, "bench_teacher_onnx_b64_p50_ms": 8.0,
+        "bench_student_b64_p50_ms": 10.0, "bench_quantized_b64_p50_ms": 1.0,
+        "bench_quantized_torch_b64_p50_ms": 5.0,
+        "bench_teacher_b1_p50_ms": 4.0, "bench_quantized_b1_p50_ms": 0.5,
+        "bench_student_b1_p50_ms": 1.0, "bench_pruned_b8_p50_ms": 3.0,
+        "bench_teacher_onnx_b64_speedup_vs_teacher": 5.0,  # the runtime's gain alone
+        "bench_student_b64_speedup_vs_teacher_same_runtime": 4.0,
+        "bench_quantized_b64_speedup_vs_teacher_same_runtime": 8.0,  # vs teacher_onnx, not 40x
+        "bench_quantized_torch_b64_speedup_vs_teacher_same_runtime": 8.0,  # torch int8 vs torch
     }
 
 
 def test_add_ratios_against_teacher_and_baseline():
     rows = [
         _row("teacher", 64, 40.0, 4000),
-        _row("pruned_onnx", 64, 2.0, 500),
-        _row("quantized", 64, 1.6, 125),
-        _row("quantized_torch", 64, 2.5, 130),  # its baseline (pruned) was not measured
+        _row("teacher_onnx", 64, 10.0, 4000, runtime="onnxruntime"),
+        _row("pruned_onnx", 64, 2.0, 500, runtime="onnxruntime"),
+        _row("quantized", 64, 1.6, 125, runtime="onnxruntime"),
+        _row("quantized_torch", 64, 2.5, 130, runtime="torch_int8"),  # baseline not measured
     ]
     out = {r["model"]: r for r in add_ratios(rows, {"quantized": "pruned_onnx",
-                                                    "quantized_torch": "pruned"})}
+                                                    "quantized_torch": "pruned"},
+                                             ("teacher", "teacher_onnx"))}
     assert out["quantized"]["speedup_vs_teacher"] == 25.0
+    assert out["quantized"]["speedup_vs_teacher_same_runtime"] == 6.25
+    assert out["quantized_torch"]["speedup_vs_teacher_same_runtime"] == 16.0
     assert (out["quantized"]["baseline"], out["quantized"]["speedup_vs_baseline"]) == (
         "pruned_onnx", 1.25)
     assert out["quantized"]["size_ratio_vs_teacher"] == pytest.approx(125 / 4000)

@@ -34,6 +34,8 @@ import pytest
 import yaml
 from pipeline_repo import ROOT, dvc, env, make_repo, run
 
+pytestmark = pytest.mark.slow  # end to end: real stage processes
+
 README = ROOT / "README.md"
 # On top of pipeline_repo.TINY: one epoch, no sensitivity scan, the cheapest benchmark.
 COLLAB_PARAMS = {

@@ -30,6 +30,8 @@ from shrinkflow.models import build_model, make_spec
 from shrinkflow.params import ModelSpec, TeacherParams, TrainConfig, validate_section
 from shrinkflow.train import accuracy, fit, iterate_batches, predict, train_supervised
 
+pytestmark = pytest.mark.slow  # end to end: real stage processes
+
 REPO = Path(__file__).resolve().parents[1]
 CFG = TrainConfig(epochs=2, batch_size=64, lr=0.05, device="cpu", seed=0)
 

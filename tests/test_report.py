@@ -23,15 +23,19 @@ from shrinkflow.report import (
 )
 
 MODELS = read_model_list(Path(__file__).resolve().parents[1] / "models.yaml")
-RUNTIME = {"pruned_onnx": ("onnxruntime", "fp32"), "quantized": ("onnxruntime", "int8"),
+RUNTIME = {"teacher_onnx": ("onnxruntime", "fp32"), "student_onnx": ("onnxruntime", "fp32"),
+           "pruned_onnx": ("onnxruntime", "fp32"),
+           "quantized": ("onnxruntime", "int8"),
            "quantized_torch": ("torch_int8", "int8")}  # the rest: ("torch", "fp32")
 
 ACC = {"teacher": 0.98, "student_scratch": 0.93, "student": 0.96, "pruned": 0.955,
        "quantized": 0.95, "quantized_torch": 0.945}
-SIZE = {"teacher": 4_000_000, "student_scratch": 400_000, "student": 400_000, "pruned": 100_000,
-        "pruned_onnx": 98_000, "quantized": 30_000, "quantized_torch": 40_000}
-B64_MS = {"teacher": 40.0, "student_scratch": 8.0, "student": 8.0, "pruned": 4.0,
-          "pruned_onnx": 2.0, "quantized": 1.0, "quantized_torch": 2.5}
+SIZE = {"teacher": 4_000_000, "teacher_onnx": 3_900_000, "student_scratch": 400_000,
+        "student": 400_000, "student_onnx": 390_000, "pruned": 100_000, "pruned_onnx": 98_000,
+        "quantized": 30_000, "quantized_torch": 40_000}
+B64_MS = {"teacher": 40.0, "teacher_onnx": 10.0, "student_scratch": 8.0, "student": 8.0,
+          "student_onnx": 2.5, "pruned": 4.0, "pruned_onnx": 2.0, "quantized": 1.0,
+          "quantized_torch": 2.5}
 
 
 def write_metrics(root, with_optional: bool = True):
@@ -45,8 +49,12 @@ def write_metrics(root, with_optional: bool = True):
     for name, ms in B64_MS.items():
         bench[f"bench_{name}_b64_p50_ms"] = ms
         bench[f"bench_{name}_b1_p50_ms"] = ms / 20
-        bench[f"bench_{name}_b64_speedup_vs_teacher"] = B64_MS["teacher"] / ms
         runtime, precision = RUNTIME.get(name, ("torch", "fp32"))
+        if name == "teacher_onnx":  # the runtime's gain
+            bench[f"bench_{name}_b64_speedup_vs_teacher"] = B64_MS["teacher"] / ms
+        elif name != "teacher":  # against the teacher's form in the same runtime
+            reference = B64_MS["teacher_onnx" if runtime == "onnxruntime" else "teacher"]
+            bench[f"bench_{name}_b64_speedup_vs_teacher_same_runtime"] = reference / ms
         for b in (1, 64):
             rows.append({"model": name, "runtime": runtime, "precision": precision,
                          "device": "cpu", "threads": 2, "batch_size": b, "file_bytes": SIZE[name],
@@ -55,7 +63,14 @@ def write_metrics(root, with_optional: bool = True):
     (metrics / "benchmark.json").write_text(json.dumps(bench))
     pd.DataFrame(rows).to_csv(metrics / "benchmark.csv", index=False)
     if with_optional:
-        (metrics / "distill.json").write_text(json.dumps({"kd_gain_points": 3.0}))
+        (metrics / "final.json").write_text(json.dumps({
+            "final_model": "quantized", "final_file": "models/final/model.onnx",
+            "final_runtime": "onnxruntime int8", "final_acc": 0.95, "final_drop_points": 3.0,
+            "final_max_drop_points": 3.0, "final_smaller_than_teacher": 133.3,
+            "final_batch_size": 64, "final_speedup_vs_teacher_same_runtime": 10.0,
+            "final_speedup_vs_teacher": 40.0, "final_reason": "fastest at batch 64"}))
+        (metrics / "distill.json").write_text(json.dumps({"kd_gain_points": 3.0,
+                                                          "distill_input_size": "6x6"}))
         for i, name in enumerate(["teacher", "student_scratch", "distill", "prune"]):
             pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.0, 0.5, 0.3 + i / 10],
                           "val_acc": [0.5, 0.8, 0.9 - i / 50]}).to_csv(
@@ -87,8 +102,9 @@ def test_model_table_values(tmp_path):
     metrics_dir = write_metrics(tmp_path)
     bench = pd.read_csv(metrics_dir / "benchmark.csv")
     df = model_table(load_metrics(metrics_dir), MODELS, bench).set_index("model")
-    assert list(df.index) == ["teacher", "student_scratch", "student", "pruned", "pruned_onnx",
-                              "quantized", "quantized_torch"]
+    assert list(df.index) == ["teacher", "teacher_onnx", "student_scratch", "student",
+                              "student_onnx", "pruned", "pruned_onnx", "quantized",
+                              "quantized_torch"]
     assert df.loc["quantized", "drop_points"] == pytest.approx(3.0)
     assert df.loc["pruned_onnx", "accuracy"] == ACC["pruned"]  # same weights as pruned
     assert df.loc["pruned_onnx", "file_bytes"] == SIZE["pruned_onnx"]  # from the benchmark CSV
@@ -98,7 +114,9 @@ def test_model_table_values(tmp_path):
     assert df.loc["quantized_torch", "runtime"] == "torch_int8"
     assert df.loc["teacher", "runtime"] == "torch fp32"
     assert df.loc["quantized", "b64_ms"] == 1.0 and df.loc["teacher", "speedup_b64"] == 1.0
-    assert df.loc["quantized", "speedup_b64"] == 40.0
+    assert df.loc["teacher_onnx", "speedup_b64"] == 1.0  # its runtime's reference
+    assert df.loc["quantized", "speedup_b64"] == 10.0  # vs teacher_onnx, not the torch teacher
+    assert df.loc["quantized_torch", "speedup_b64"] == 16.0
 
 
 def test_best_within_budget(tmp_path):
@@ -106,7 +124,7 @@ def test_best_within_budget(tmp_path):
     df = model_table(load_metrics(metrics_dir), MODELS, pd.read_csv(metrics_dir / "benchmark.csv"))
     # quantized is 3 pts down, pruned(_onnx) 2.5 (the tolerance absorbs float error)
     assert best_within(df, 2.5, "file_bytes")["model"] == "pruned_onnx"
-    assert best_within(df, 2.0, "file_bytes")["model"] == "student"
+    assert best_within(df, 2.0, "file_bytes")["model"] == "student_onnx"  # 390 kB < 400 kB
     assert best_within(df, 3.0, "b64_ms")["model"] == "quantized"
     assert best_within(df, -1.0, "b64_ms") is None
 
@@ -116,7 +134,7 @@ def test_build_report_writes_page_and_charts(tmp_path):
     page, charts, notes = build_report(metrics, tmp_path / "reports", max_drop=1.0, models=MODELS)
     text = page.read_text()
     table_rows = [line for line in text.splitlines() if line.startswith("| ")]
-    assert len(table_rows) == 1 + 7  # header + one row per model
+    assert len(table_rows) == 1 + 9  # header + one row per model
     for name in ["teacher", "student_scratch", "pruned_onnx", "quantized_torch"]:
         assert any(row.startswith(f"| {name} |") for row in table_rows)
     names = {c.name for c in charts}
@@ -125,8 +143,12 @@ def test_build_report_writes_page_and_charts(tmp_path):
     for chart in charts:
         assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 5000
         assert f"]({chart.name})" in text
-    assert "**outside**" in text  # quantized drops 3 pts, budget 1
+    lead = text.split("\n\n")[1]  # the report leads with the selected final model
+    assert lead.startswith("- **Final model: `quantized`** (onnxruntime int8")
+    assert "10.00x faster than the teacher in the same runtime at batch 64" in lead
+    assert "`teacher_onnx` runs 4.00x faster than the PyTorch `teacher` at batch 64" in lead
     assert "drop 3.00 pts" in text and "+3.00 pts" in text and notes == []
+    assert "- Student input size: 6x6 (what its network sees" in text
     assert "- cpu: Test CPU" in text and "- onnxruntime_version: 8.8" in text
     assert "`pruned_onnx` shares the pruned model's weights and accuracy" in text
     assert not list((tmp_path / "reports").glob(".*tmp"))  # no temp files left behind
@@ -142,8 +164,7 @@ def test_build_report_tolerates_missing_optional_inputs(tmp_path):
     assert "quantized_torch" not in text.split("## Models")[1].split("\n\n")[1]
     assert {c.name for c in charts} == {"accuracy_vs_size.png"}
     assert any("history_teacher.csv" in n for n in notes)
-    assert any("confusion_quantized.csv" in n for n in notes)
-    assert "within the 5-point budget" in text
+    assert "No final model selected" in text  # final.json is optional too
 
 
 def test_build_report_requires_teacher_accuracy(tmp_path):

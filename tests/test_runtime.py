@@ -250,8 +250,13 @@ def test_models_yaml_drives_dvc_yaml():
     assert "models.yaml" in bench_deps and "models.yaml" in dvc["stages"]["report"]["deps"]
     for m in models:
         assert m.file in bench_deps, f"dvc.yaml: benchmark must depend on {m.file} ({m.name})"
-        outs = [next(iter(o)) if isinstance(o, dict) else o
-                for o in dvc["stages"][m.stage]["outs"]]
+        stage, _, item = m.stage.partition("@")  # export@teacher: a foreach item
+        definition = dvc["stages"][stage]
+        if item:
+            assert item in definition["foreach"], f"dvc.yaml: {stage} has no item {item}"
+            definition = definition["do"]
+        outs = [(next(iter(o)) if isinstance(o, dict) else o).replace("${item}", item)
+                for o in definition["outs"]]
         assert m.file in outs, f"models.yaml: {m.name} says stage {m.stage} writes {m.file}"
     model_files = {d for d in bench_deps if d.startswith("models/")}
     assert model_files == {m.file for m in models}, "benchmark deps list a model not in the list"

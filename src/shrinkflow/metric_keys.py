@@ -10,8 +10,10 @@ Key scheme (flat keys, unique across metrics files, so ``dvc exp show`` columns 
 * ``<model>_<field>``: one model's figures, e.g. ``quantized_acc`` in ``eval_quantized.json``
   (``model_key``);
 * ``bench_<model>_b<N>_<field>``: the benchmark's headline figures at batch size N, ``p50_ms``
-  (median latency) and ``speedup_vs_teacher`` (``bench_key`` / ``parse_bench_key``). Everything
-  else the benchmark measures is a column of ``metrics/benchmark.csv``.
+  (median latency), ``speedup_vs_teacher_same_runtime`` (against the teacher's form in the same
+  runtime: compression's gain alone) and, for the teacher's exports, ``speedup_vs_teacher`` (the
+  runtime's gain) (``bench_key`` / ``parse_bench_key``). Everything else the benchmark measures
+  is a column of ``metrics/benchmark.csv``.
 
 Build and parse keys only through these functions: report and compare read what evaluate and
 benchmark write, and a key spelled by hand in one place silently becomes a missing column.
@@ -29,7 +31,7 @@ import yaml
 from shrinkflow.errors import ShrinkflowError
 
 TEACHER = "teacher"  # every speed-up and accuracy drop is measured against this model
-BENCH_FIELDS = ("p50_ms", "speedup_vs_teacher")
+BENCH_FIELDS = ("p50_ms", "speedup_vs_teacher", "speedup_vs_teacher_same_runtime")
 _NAME = re.compile(r"[A-Za-z0-9_]+")
 _BENCH_KEY = re.compile(
     rf"bench_(?P<model>[A-Za-z0-9_]+?)_b(?P<batch>\d+)_(?P<field>{'|'.join(BENCH_FIELDS)})"

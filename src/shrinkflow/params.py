@@ -147,6 +147,8 @@ class TeacherParams(Section):
 
 class DistillParams(Section):
     student: ModelSpec = ModelSpec(widths=[32, 64, 128])
+    input_size: int = Field(default=0, ge=0, le=4096,
+                            description="student input side after downsampling; 0 = the data's")
     train: TrainConfig = TrainConfig(epochs=15)
     method: Literal["kd", "hint", "attention"] = "kd"
     T: float = Field(default=4.0, gt=0, le=100)
@@ -212,6 +214,18 @@ class ReportParams(Section):
     max_drop_points: float = Field(default=1.0, ge=0, le=100)
 
 
+class SelectParams(Section):
+    """The final model: fastest at ``batch_size`` among candidates within the accuracy budget."""
+
+    max_drop_points: float = Field(default=1.0, ge=0, le=100,
+                                   description="accuracy budget, points below the teacher")
+    batch_size: int = Field(default=0, ge=0, le=65_536,
+                            description="latency at this benchmarked batch size; 0 = largest")
+    max_file_bytes: int = Field(default=0, ge=0, description="0 = no size limit")
+    exclude: list[str] = Field(default=["student_scratch"],
+                               description="models of models.yaml that never ship")
+
+
 SECTIONS: dict[str, type[Section]] = {
     "prepare": PrepareParams,
     "teacher": TeacherParams,
@@ -220,6 +234,7 @@ SECTIONS: dict[str, type[Section]] = {
     "quantize": QuantizeParams,
     "evaluate": EvaluateParams,
     "benchmark": BenchmarkParams,
+    "select": SelectParams,
     "report": ReportParams,
 }
 

@@ -388,6 +388,7 @@ def train_supervised(
     init: Callable[[nn.Module, dict[str, Any]], None] | None = None,
     params_key: str = "train",
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    input_size: int = 0,
 ) -> tuple[nn.Module, dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     """Seed, build and train a model with plain cross-entropy; summarise it as flat metrics.
 
@@ -397,9 +398,11 @@ def train_supervised(
     initial weights in every stage. ``init(model, spec)``, when given, runs between building and
     training (fine-tuning from a user's weights). Returns (model, spec, history rows,
     ``<name>_*`` metrics). ``params_key`` is where ``cfg`` lives in params.yaml, for errors.
+    ``input_size`` > 0 builds the model with its input downsampling (``models.Resize``).
     """
     meta = data.meta
-    spec = make_spec(model_params, meta["shape"][0], meta["num_classes"], meta["mean"], meta["std"])
+    spec = make_spec(model_params, meta["shape"][0], meta["num_classes"], meta["mean"], meta["std"],
+                     input_size, meta["shape"][1:])
     seed_everything(cfg.seed)
     model = build_model(spec)
     if init is not None:
@@ -409,6 +412,20 @@ def train_supervised(
                   on_epoch=on_epoch)
     seconds = time.perf_counter() - start
     return model, spec, history, supervised_metrics(model, data, name, history, seconds)
+
+
+def check_input_size(input_size: int, shape: list[int], key: str) -> None:
+    """Fail before any work if a downsampling size would enlarge the images (C, H, W)."""
+    if input_size > min(shape[1:]):
+        raise ShrinkflowError(f"{key} = {input_size}: larger than the data's images "
+                              f"({shape[1]}x{shape[2]}); expected at most {min(shape[1:])}, or "
+                              "0 for the data's own size")
+
+
+def effective_input_size(spec: dict[str, Any], shape: list[int]) -> str:
+    """The image size the network itself sees, e.g. "16x16" (the data's when no resize)."""
+    size = spec.get("input_size")
+    return f"{size}x{size}" if size else f"{shape[1]}x{shape[2]}"
 
 
 def supervised_metrics(

@@ -1,0 +1,66 @@
+"""export@NAME: an fp32 ONNX form of the teacher or the distilled student (a foreach item each).
+
+    python stages/export_onnx.py teacher   # models/teacher.pt -> models/teacher.onnx
+    python stages/export_onnx.py student   # models/student.pt -> models/student.onnx
+
+Compressed models run in ONNX Runtime, the teacher only in PyTorch eager: their ratio mixes the
+runtime's gain with compression's. With models/teacher.onnx both are measured (teacher torch ->
+teacher ORT is the runtime; teacher ORT -> a compressed ORT model is the compression). The
+student's ONNX form is a candidate for the final model in its own right (quantize exports only
+the model it quantizes). Each item reads only ``quantize.opset``, so other quantize settings
+never re-export. Checks the written file against the PyTorch model on the test split.
+"""
+
+import sys
+from pathlib import Path
+
+from shrinkflow.artifacts import check_role, commit_outputs, read_json, require_inputs
+from shrinkflow.data import load_prepared
+from shrinkflow.errors import ShrinkflowError, run_stage
+from shrinkflow.metric_keys import model_key
+from shrinkflow.onnx_export import export_onnx, export_parity
+from shrinkflow.params import load_section
+from shrinkflow.runtime import open_model
+
+DATA_DIR = "data/prepared"
+SOURCES = {"teacher": "train_teacher", "student": "distill"}  # model -> the stage that writes it
+MAX_ABS_DIFF = 1e-3  # fp32 export: logits agree to float precision (measured ~1e-6 on digits)
+
+
+def main() -> None:
+    if len(sys.argv) != 2 or sys.argv[1] not in SOURCES:
+        raise ShrinkflowError(f"usage: python stages/export_onnx.py NAME (NAME: one of "
+                              f"{', '.join(SOURCES)})")
+    name = sys.argv[1]
+    source, onnx_out = f"models/{name}.pt", Path(f"models/{name}.onnx")
+    metrics_out = f"metrics/export_{name}.json"
+    opset = load_section("quantize").opset
+    require_inputs(f"export@{name}", {source: SOURCES[name], f"{DATA_DIR}/meta.json": "prepare"})
+    meta = read_json(f"{DATA_DIR}/meta.json")
+    model = open_model(source, meta["shape"], meta["num_classes"])
+    check_role(model.meta, name, source)
+    x, _ = load_prepared(DATA_DIR).test
+    with commit_outputs() as out:
+        onnx_path = out.file(onnx_out)
+        export_onnx(model.module, tuple(meta["shape"]), onnx_path, opset)
+        exported = open_model(onnx_path, meta["shape"], meta["num_classes"])
+        parity = export_parity(model.predict(x), exported.predict(x))
+        if parity["max_abs_diff"] > MAX_ABS_DIFF:
+            raise ShrinkflowError(
+                f"{onnx_out}: exported model differs from {source} by up to "
+                f"{parity['max_abs_diff']:.2e} in logits (expected <= {MAX_ABS_DIFF:g}); "
+                "nothing was replaced"
+            )
+        onnx_name = f"{name}_onnx"  # its name in models.yaml
+        out.json(metrics_out, {
+            model_key(onnx_name, "max_abs_diff"): round(parity["max_abs_diff"], 8),
+            model_key(onnx_name, "agreement"): round(parity["agreement"], 6),
+            model_key(onnx_name, "bytes"): onnx_path.stat().st_size,
+        })
+    print(f"[export@{name}] {source} -> {onnx_out} (opset {opset}): max |diff| "
+          f"{parity['max_abs_diff']:.2e}, agreement {parity['agreement']:.2%} on {len(x)} test "
+          "images")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,74 @@
+"""export@NAME: the teacher / student as ONNX, checked against PyTorch on the test split."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from pipeline_repo import shipped_params
+from prepared_files import write_prepared_dir
+
+from shrinkflow.artifacts import save_model
+from shrinkflow.errors import ShrinkflowError
+from shrinkflow.models import build_model, make_spec
+from shrinkflow.onnx_export import export_parity
+from shrinkflow.params import ModelSpec
+from shrinkflow.runtime import open_model
+
+STAGE = Path(__file__).resolve().parents[1] / "stages" / "export_onnx.py"
+
+
+def _run_stage(monkeypatch, name: str = "teacher") -> None:
+    monkeypatch.setattr(sys, "argv", ["export_onnx.py", name])
+    spec = importlib.util.spec_from_file_location("export_onnx_stage", STAGE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main()
+
+
+@pytest.fixture
+def workspace(tmp_path, tiny_data, monkeypatch):
+    meta = write_prepared_dir(tmp_path / "data" / "prepared", tiny_data)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(shipped_params()))
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    spec = make_spec(ModelSpec(widths=[4, 8], depth=1), 1, 4, meta["mean"], meta["std"])
+    return tmp_path, build_model(spec).eval(), spec
+
+
+def test_export_parity_measures_difference_and_agreement():
+    ref = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0]])
+    out = export_parity(ref, torch.tensor([[1.0, 0.5], [1.5, 1.0], [2.0, 1.0]]))
+    assert out["max_abs_diff"] == 1.5 and out["agreement"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("name", ["teacher", "student"])
+def test_stage_writes_onnx_matching_torch(workspace, tiny_data, monkeypatch, name):
+    root, model, spec = workspace
+    save_model(root / "models" / f"{name}.pt", model, spec, role=name)
+    _run_stage(monkeypatch, name)
+    metrics = json.loads((root / "metrics" / f"export_{name}.json").read_text())
+    assert metrics[f"{name}_onnx_agreement"] == 1.0
+    assert metrics[f"{name}_onnx_max_abs_diff"] < 1e-4
+    onnx_model = open_model(root / "models" / f"{name}.onnx", (1, 8, 8), 4)
+    x = tiny_data.test[0]
+    torch.testing.assert_close(onnx_model.predict(x), model(x.float() / 255).detach(),
+                               atol=1e-4, rtol=0)
+
+
+def test_stage_refuses_a_student_saved_as_the_teacher(workspace, monkeypatch):
+    root, model, spec = workspace
+    save_model(root / "models" / "teacher.pt", model, spec, role="student")
+    with pytest.raises(ShrinkflowError, match=r"models/teacher\.pt: expected the 'teacher'"):
+        _run_stage(monkeypatch)
+    assert not (root / "models" / "teacher.onnx").exists()
+
+
+def test_stage_refuses_an_unknown_name(workspace, monkeypatch):
+    with pytest.raises(ShrinkflowError, match="NAME: one of teacher, student"):
+        _run_stage(monkeypatch, "pruned")

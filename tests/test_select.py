@@ -1,0 +1,141 @@
+"""The final-model choice (shrinkflow.selection) on hand-made metrics, and the select stage's
+declared deps against models.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shrinkflow.errors import ShrinkflowError
+from shrinkflow.metric_keys import ModelEntry, read_model_list
+from shrinkflow.selection import Candidate, build_candidates, choose, final_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cand(name: str, drop: float, ms: float, size: int = 1000,
+         same: float | None = 2.0) -> Candidate:
+    return Candidate(name=name, file=f"models/{name}.onnx", runtime="onnxruntime",
+                     precision="fp32", accuracy=0.98 - drop / 100, drop_points=drop,
+                     file_bytes=size, p50_ms=ms, speedup_same_runtime=same,
+                     speedup_vs_teacher=None)
+
+
+def test_picks_the_fastest_within_the_budget():
+    cands = [cand("student", 0.1, 4.0), cand("pruned_onnx", 0.5, 1.0),
+             cand("quantized", 1.5, 0.5),  # fastest, but outside the 1-point budget
+             cand("quantized_torch", 0.9, 2.0)]
+    s = choose(cands, max_drop_points=1.0, batch_size=64)
+    assert s.final.name == "pruned_onnx"
+    assert s.runner_up.name == "quantized_torch"
+    assert (s.passed, s.considered) == (3, 4)
+    assert "batch 64" in s.reason and "quantized_torch" in s.reason
+
+
+def test_a_wider_budget_lets_the_faster_less_accurate_model_win():
+    cands = [cand("pruned_onnx", 0.5, 1.0), cand("quantized", 1.5, 0.5)]
+    assert choose(cands, max_drop_points=2.0).final.name == "quantized"
+
+
+def test_drop_equal_to_the_budget_passes():
+    assert choose([cand("a", 1.0, 1.0)], max_drop_points=1.0).final.name == "a"
+
+
+def test_never_ships_a_model_slower_than_one_it_beat_on_accuracy():
+    # int8 less accurate AND slower than its fp32 (measured on a narrow 28x28 model): fp32 wins
+    cands = [cand("pruned_onnx", 0.2, 1.3), cand("quantized", 0.6, 1.9),
+             cand("student", 0.0, 3.0), cand("pruned", 0.3, 2.5)]
+    final = choose(cands, max_drop_points=1.0).final
+    assert final.name == "pruned_onnx"
+    for other in cands:  # no candidate is both faster and at least as accurate as the winner
+        assert not (other.p50_ms < final.p50_ms and other.drop_points <= final.drop_points)
+
+
+def test_ties_in_latency_go_to_the_more_accurate():
+    cands = [cand("b", 0.8, 1.0), cand("a", 0.2, 1.0)]
+    assert choose(cands, 1.0).final.name == "a"
+
+
+def test_file_size_limit():
+    cands = [cand("fast_big", 0.1, 1.0, size=5000), cand("slow_small", 0.1, 2.0, size=900)]
+    assert choose(cands, 1.0, max_file_bytes=0).final.name == "fast_big"
+    assert choose(cands, 1.0, max_file_bytes=1000).final.name == "slow_small"
+
+
+def test_nothing_within_budget_fails_naming_the_closest():
+    cands = [cand("quantized", 2.5, 0.5), cand("pruned", 1.4, 2.0), cand("student", 1.8, 3.0)]
+    with pytest.raises(ShrinkflowError) as err:
+        choose(cands, max_drop_points=1.0)
+    msg = str(err.value)
+    assert "\n" not in msg and "closest is pruned (drop 1.40 points" in msg
+
+
+def test_size_limit_failure_names_the_size():
+    with pytest.raises(ShrinkflowError, match=r"file <= 100 bytes.*closest is a .*1,000 bytes"):
+        choose([cand("a", 0.1, 1.0, size=1000)], 1.0, max_file_bytes=100)
+
+
+def test_no_candidates_at_all_is_one_line():
+    with pytest.raises(ShrinkflowError, match="no candidate model"):
+        choose([], 1.0)
+
+
+MODELS = [
+    ModelEntry("teacher", "models/teacher.pt", "train_teacher", True, "teacher"),
+    ModelEntry("teacher_onnx", "models/teacher.onnx", "export@teacher", False, "teacher",
+               "teacher"),
+    ModelEntry("student_scratch", "models/student_scratch.pt", "s", True, "student_scratch"),
+    ModelEntry("pruned", "models/pruned.pt", "prune", True, "pruned"),
+    ModelEntry("pruned_onnx", "models/pruned.onnx", "quantize", False, "pruned", "pruned"),
+    ModelEntry("quantized", "models/quantized.onnx", "quantize", True, "quantized"),
+]
+
+
+def bench_row(model: str, b: int, ms: float, runtime: str = "onnxruntime") -> dict:
+    # as csv.DictReader gives them: strings, empty for a ratio that was not measured
+    return {"model": model, "batch_size": str(b), "p50_ms": str(ms), "runtime": runtime,
+            "precision": "fp32", "file_bytes": "1000", "speedup_vs_teacher": "",
+            "speedup_vs_teacher_same_runtime": "3.5"}
+
+
+def test_build_candidates_from_metrics_and_benchmark_rows():
+    metrics = {"teacher_acc": 0.99, "student_scratch_acc": 0.97, "pruned_acc": 0.985}
+    rows = [bench_row(n, b, 1.0 + i) for i, n in enumerate(
+        ["teacher", "teacher_onnx", "student_scratch", "pruned", "pruned_onnx", "quantized"])
+        for b in (1, 64)]
+    cands, notes = build_candidates(MODELS, metrics, rows, 64, exclude=["student_scratch"])
+    by_name = {c.name: c for c in cands}
+    # teacher forms and excluded models are never candidates; quantized has no accuracy
+    assert set(by_name) == {"pruned", "pruned_onnx"}
+    assert by_name["pruned_onnx"].drop_points == pytest.approx(0.5)  # accuracy_of pruned
+    assert by_name["pruned_onnx"].p50_ms == 5.0
+    assert by_name["pruned"].speedup_same_runtime == 3.5
+    assert by_name["pruned"].speedup_vs_teacher is None
+    assert notes == ["quantized: no accuracy, not a candidate"]
+
+
+def test_build_candidates_needs_the_teacher_accuracy():
+    with pytest.raises(ShrinkflowError, match="teacher_acc"):
+        build_candidates(MODELS, {}, [], 64)
+
+
+def test_final_metrics_are_flat_and_name_the_choice():
+    s = choose([cand("pruned_onnx", 0.5, 1.0, size=500), cand("student", 0.1, 4.0)], 1.0, 0, 64)
+    out = final_metrics(s, "models/final/model.onnx", "onnx", 64, 1.0, teacher_file_bytes=10_000)
+    assert out["final_model"] == "pruned_onnx" and out["final_runner_up"] == "student"
+    assert out["final_smaller_than_teacher"] == 20.0
+    assert out["final_drop_points"] == 0.5 and out["final_p50_ms"] == 1.0
+    assert out["final_speedup_vs_teacher_same_runtime"] == 2.0
+    assert all(not isinstance(v, (dict, list)) for v in out.values())
+
+
+def test_select_stage_deps_list_every_model_file_and_eval_metrics():
+    """DVC cannot template a deps list from models.yaml: check the hand-written one."""
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["select"]
+    models = read_model_list(ROOT / "models.yaml")
+    expected = {m.file for m in models} | {f"metrics/eval_{m.name}.json" for m in models
+                                            if m.evaluated}
+    listed = {d for d in stage["deps"] if d.startswith(("models/", "metrics/eval_"))}
+    assert listed == expected
