@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import pickle
 import re
 import shutil
 import subprocess
@@ -24,9 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
 import yaml
+from PIL import Image
 from pipeline_repo import dvc, env, make_repo
+from test_data import write_cifar10, write_idx
 
 pytestmark = pytest.mark.slow  # end to end: real stage processes
 
@@ -48,6 +53,64 @@ def metrics_is_a_file(root: Path) -> None:
     root, so the folder is replaced by a file: creating anything inside it fails for everyone."""
     shutil.rmtree(root / "metrics")
     (root / "metrics").write_text("not a folder\n")
+
+
+RAW = "data/raw/bad"  # where the data cases put their damaged source
+
+
+def idx_source(root: Path, damage: str) -> None:
+    """MNIST-like IDX files, one of them damaged."""
+    raw = root / RAW
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in [("train", 40), ("t10k", 10)]:
+        write_idx(raw / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 6, 6)), True)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 4, True)
+    bad = raw / "train-images-idx3-ubyte.gz"
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2] if damage == "truncated" else data[:10] + b"\0" * 40)
+
+
+def image_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog"), sub: str = "",
+                 bad: str = "") -> None:
+    """A small image folder; ``bad`` adds a truncated JPEG or a .png that is not an image."""
+    for cls in classes:
+        folder = root / RAW / sub / cls
+        folder.mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (10, 10), (40 * i, 0, 0)).save(folder / f"{i}.png")
+    if bad == "jpeg":
+        path = root / RAW / sub / classes[0] / "cut.jpg"
+        Image.new("RGB", (64, 64), (1, 2, 3)).save(path, quality=95)
+        path.write_bytes(path.read_bytes()[:300])
+    elif bad == "png":
+        (root / RAW / sub / classes[0] / "fake.png").write_text("not a png")
+
+
+def cifar_wrong_structure(root: Path) -> None:
+    (root / RAW).mkdir(parents=True)
+    write_cifar10(root / RAW, n=4)
+    (root / RAW / "cifar-10-batches-py" / "data_batch_2").write_bytes(
+        pickle.dumps({b"labels": [0, 1]}))
+
+
+def garbage_onnx(root: Path) -> None:
+    (root / "models" / "garbage.onnx").write_bytes(b"\x08\x07 definitely not protobuf" * 10)
+
+
+def spec_does_not_match_weights(root: Path) -> None:
+    payload = torch.load(root / "models" / "teacher.pt", weights_only=True)
+    payload["spec"]["widths"] = [w * 2 for w in payload["spec"]["widths"]]
+    torch.save(payload, root / "models" / "mismatch.pt")
+
+
+def student_as_teacher(root: Path) -> None:
+    shutil.copy(root / "models" / "student.pt", root / "models" / "teacher.pt")
+
+
+def data(source: str, split: str = "pooled") -> dict[str, Any]:
+    return {"prepare.source": source, "prepare.path": RAW, "prepare.split": split,
+            "prepare.image_size": 8, "prepare.channels": 1}
 
 
 @dataclass(frozen=True)
@@ -93,6 +156,32 @@ CASES = [
          r"metrics/: output folder cannot be written", setup=metrics_is_a_file),
     Case("metrics not writable (evaluate)", "evaluate teacher models/teacher.pt",
          r"metrics/: output folder cannot be written", setup=metrics_is_a_file),
+    # damaged or unusable data: prepare names the file or folder
+    Case("truncated gzip IDX", "prepare",
+         rf"{RAW}/train-images-idx3-ubyte\.gz: (damaged|truncated)", data("idx"),
+         setup=lambda r: idx_source(r, "truncated")),
+    Case("corrupt gzip IDX", "prepare", rf"{RAW}/train-images-idx3-ubyte\.gz:",
+         data("idx"), setup=lambda r: idx_source(r, "corrupt")),
+    Case("truncated JPEG", "prepare", r"cat/cut\.jpg: not a readable image",
+         data("imagefolder"), setup=lambda r: image_folder(r, bad="jpeg")),
+    Case("non-image .png", "prepare", r"cat/fake\.png: not a readable image",
+         data("imagefolder"), setup=lambda r: image_folder(r, bad="png")),
+    Case("CIFAR batch of the wrong structure", "prepare", r"data_batch_2: expected a dict",
+         {**data("cifar"), "prepare.channels": 3}, setup=cifar_wrong_structure),
+    Case("single-class folder", "prepare", r"found 1 class \['cat'\]; .* at least 2",
+         data("imagefolder"), setup=lambda r: image_folder(r, classes=("cat",))),
+    Case("test/ without train/", "prepare", r"has test/ but no train/ folder",
+         data("imagefolder", "source"), setup=lambda r: image_folder(r, sub="test")),
+    Case("split source without a test split", "prepare",
+         r"prepare\.split = 'source': .* no test split", data("imagefolder", "source"),
+         setup=image_folder),
+    # damaged or mismatched model files: the stage names the file
+    Case("garbage .onnx", "evaluate garbage models/garbage.onnx", r"models/garbage\.onnx",
+         setup=garbage_onnx),
+    Case(".pt spec does not match its weights", "evaluate mismatch models/mismatch.pt",
+         r"models/mismatch\.pt: .*", setup=spec_does_not_match_weights),
+    Case("teacher file holds the student", "distill", r"models/teacher\.pt: expected the "
+         r"'teacher' model", setup=student_as_teacher),
     Case("NaN loss", "train_teacher",
          r"\[teacher\] the training loss is not finite .* epoch \d+, batch \d+: training stopped "
          r"and nothing was written\. Most likely responsible: teacher\.train\.lr = 10",
