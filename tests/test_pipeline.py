@@ -49,8 +49,8 @@ def test_evaluate_metrics_match_an_independent_recomputation(reproduced_template
     from the model file and the prepared test split, without the evaluate stage's code."""
     repo = reproduced_template.path
     meta = json.loads((repo / "data/prepared/meta.json").read_text())
-    with np.load(repo / "data/prepared/test.npz") as npz:
-        x, y = npz["x"], npz["y"]
+    x = np.load(repo / "data/prepared/test_x.npy")
+    y = np.load(repo / "data/prepared/test_y.npy")
     accs = {}
     for model in MODELS:
         path = repo / MODEL_FILES[model]
