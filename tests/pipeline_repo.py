@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import os
 import re
@@ -179,3 +180,12 @@ def pipeline_stages(root: Path = ROOT) -> dict[str, dict[str, Any]]:
         else:
             stages[name] = interpolate(stage, local)
     return stages
+
+
+def run_stage_main(script: Path) -> None:
+    """Run a stage script's ``main()`` in this process (params and paths from the cwd), so a test
+    sees its ShrinkflowError rather than an exit code."""
+    spec = importlib.util.spec_from_file_location(f"stage_{script.stem}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from pipeline_repo import shipped_params
+from pipeline_repo import run_stage_main, shipped_params
 from prepared_files import write_prepared_dir
 
 from shrinkflow.artifacts import save_model
@@ -25,10 +24,7 @@ STAGE = Path(__file__).resolve().parents[1] / "stages" / "export_onnx.py"
 
 def _run_stage(monkeypatch, name: str = "teacher") -> None:
     monkeypatch.setattr(sys, "argv", ["export_onnx.py", name])
-    spec = importlib.util.spec_from_file_location("export_onnx_stage", STAGE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main()
+    run_stage_main(STAGE)
 
 
 @pytest.fixture

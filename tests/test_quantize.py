@@ -4,7 +4,6 @@ Files are opened and run through ``runtime.open_model``, as evaluate and benchma
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import onnx
 import pytest
 import torch
 import yaml
-from pipeline_repo import shipped_params
+from pipeline_repo import run_stage_main, shipped_params
 from prepared_files import write_prepared_dir
 
 from shrinkflow.artifacts import save_model
@@ -217,10 +216,7 @@ def test_parity_metrics_on_hand_made_logits():
 
 
 def _run_stage() -> None:
-    spec = importlib.util.spec_from_file_location("quantize_stage", STAGE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main()
+    run_stage_main(STAGE)
 
 
 @pytest.fixture
