@@ -170,7 +170,8 @@ def load_image(path: Path, card: dict[str, Any]) -> np.ndarray:
             if im.size != size:
                 im = im.resize(size, Image.Resampling.BILINEAR)  # antialiased, as in prepare
             arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError,
+            SyntaxError) as exc:  # what Pillow raises for damaged or hostile files
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise ShrinkflowError(f"{path}: not a readable image ({reason})") from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
