@@ -3,24 +3,31 @@
 * ONNX Runtime (``quantize_onnx_static`` / ``quantize_onnx_dynamic``): a plain ``.onnx`` file
   that runs anywhere ORT does, no PyTorch needed. The fp32 input comes from
   ``onnx_export.export_onnx``.
-* PyTorch-native (``save_torch_int8``): ``torch.ao.quantization`` FX graph mode with the x86
-  backend. ``torch.ao.quantization`` is deprecated upstream in favour of torchao's PT2E flow, but
-  PT2E's X86 quantizer fails on torchvision's resnet18 ("Input partition has more than one output
-  node": its BasicBlock reuses one ReLU module), so FX is used; the recipe sits behind
-  ``runtime.fx_prepare`` / ``runtime.fx_convert`` so it can be swapped later.
+* PyTorch-native (``save_torch_int8``): PT2E (torchao 0.18: ``prepare_pt2e`` / ``convert_pt2e``
+  with the X86 quantizer), lowered to oneDNN int8 kernels. It replaced ``torch.ao.quantization``
+  FX graph mode, deprecated upstream (it warned on every run). PT2E's quantizer failed on
+  torchvision's resnet18 ("Input partition has more than one output node": its BasicBlock calls
+  one ReLU module twice); ``runtime.pt2e_export`` gives each call its own partition.
+* Quantization-aware training (``qat_finetune`` + ``quantize_qat_onnx``): ``prepare_qat_pt2e``
+  fake quantization, fine-tuned in ``train.fit`` with the caller's loss (KD from the teacher),
+  then int8 ONNX for ONNX Runtime (see ``quantize_qat_onnx`` for why through ORT's quantizer).
 
-A quantized torch module cannot be pickled safely, so ``save_torch_int8`` stores only tensors and
-plain data through ``artifacts.save_model`` (the fp32 spec, the int8 state_dict, and in ``meta``
-the fp32 layer shapes, input shape and ``quantized`` recipe); ``runtime.open_model`` rebuilds the
-module by re-running the same prepare/convert steps on the fp32 architecture, then loads the
-tensors. Opening and running every model, int8 or not, is ``runtime``'s job; the parity checks
-here compare logits that callers get from it.
+A quantized graph cannot be pickled safely, so ``save_torch_int8`` stores only tensors and plain
+data through ``artifacts.save_model`` (the fp32 spec, the int8 graph's tensors, and in ``meta``
+the fp32 layer shapes, input shape, activation scales and ``quantized`` recipe);
+``runtime.open_model`` rebuilds the graph by re-running the same export/prepare/convert steps on
+the fp32 architecture, then loads them. Opening and running every model, int8 or not, is
+``runtime``'s job; the parity checks here compare logits that callers get from it.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,19 +43,32 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from torch import nn
+from torchao.quantization.pt2e import (
+    allow_exported_model_train_eval,
+    move_exported_model_to_eval,
+)
+from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+    X86InductorQuantizer,
+    get_default_x86_inductor_quantization_config,
+)
 
 from shrinkflow.artifacts import atomic_path, save_model
 from shrinkflow.errors import ShrinkflowError
 from shrinkflow.models import count_macs, count_params
-from shrinkflow.onnx_export import copy_metadata
+from shrinkflow.onnx_export import copy_metadata, export_onnx
+from shrinkflow.params import TrainConfig
 from shrinkflow.runtime import (
     META_QUANTIZATION,
     TORCH_INT8_KIND,
-    fx_convert,
-    fx_prepare,
+    activation_qparams,
     ort_session,
+    pt2e_convert,
+    pt2e_export,
+    pt2e_lower,
+    pt2e_prepare,
 )
-from shrinkflow.train import accuracy
+from shrinkflow.train import LossFn, Split, accuracy, fit
 
 # --- calibration data ------------------------------------------------------------------------
 
@@ -103,6 +123,8 @@ def _preprocess(fp32_path: Path, out_path: Path) -> None:
 
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+QUANT_FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
+QUANT_TYPES = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
 
 
 def quantize_onnx_static(
@@ -112,12 +134,19 @@ def quantize_onnx_static(
     per_channel: bool = True,
     reduce_range: bool = True,
     method: str = "minmax",
+    label: str = "static",
+    quant_format: str = "qdq",
+    activation_type: str = "u8",
+    weight_type: str = "s8",
 ) -> None:
-    """Static int8 (QDQ; uint8 activations, int8 weights) with activation ranges calibrated on
-    ``calibration_x`` (uint8 images). Written atomically to ``out_path``.
+    """Static int8 with activation ranges calibrated on ``calibration_x`` (uint8 images),
+    written atomically to ``out_path``. Defaults: QDQ, uint8 activations, int8 weights.
 
     ``reduce_range`` (7-bit weights) matters on x86 CPUs without VNNI: with plain 8-bit the
     int16 accumulation in ORT's u8s8 kernels saturates (measured ~24 dB output SQNR vs ~36 dB).
+    ``quant_format`` / ``activation_type`` / ``weight_type`` exist for
+    ``benchmarks/int8_variants.py``, which measured the alternatives (README, quantize): none
+    was faster than the defaults on this CPU, and QOperator with int8 activations was far slower.
     """
     methods = dict(zip(CALIBRATION_METHODS, (CalibrationMethod.MinMax, CalibrationMethod.Entropy,
                                              CalibrationMethod.Percentile), strict=True))
@@ -134,14 +163,14 @@ def quantize_onnx_static(
             str(pre),
             str(tmp),
             calibration_data_reader=_calibration_reader(calibration_x, input_name),
-            quant_format=QuantFormat.QDQ,
+            quant_format=QUANT_FORMATS[quant_format],
             per_channel=per_channel,
             reduce_range=reduce_range,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
+            activation_type=QUANT_TYPES[activation_type],
+            weight_type=QUANT_TYPES[weight_type],
             calibrate_method=methods[method],
         )
-        copy_metadata(fp32_path, tmp, {META_QUANTIZATION: f"static-{method}"})
+        copy_metadata(fp32_path, tmp, {META_QUANTIZATION: f"{label}-{method}"})
 
 
 def quantize_onnx_dynamic(
@@ -168,22 +197,115 @@ def quantize_onnx_dynamic(
         copy_metadata(fp32_path, tmp, {META_QUANTIZATION: "dynamic"})
 
 
-# --- PyTorch-native int8 (torch.ao.quantization FX graph mode) -------------------------------
+# --- quantization-aware training (PT2E, torchao) -------------------------------------------
+
+
+def x86_quantizer(is_qat: bool, reduce_range: bool) -> X86InductorQuantizer:
+    """torchao's X86 recipe (uint8 per-tensor activations, int8 per-channel symmetric weights).
+
+    ``reduce_range`` here means what it means to ONNX Runtime's quantizer: 7-bit weights
+    (-64..63). QAT then trains against the rounding the ORT int8 model will apply; torchao's own
+    ``reduce_range`` flag narrows the activations instead.
+    """
+    config = get_default_x86_inductor_quantization_config(is_qat=is_qat)
+    if reduce_range:
+        weight = dataclasses.replace(config.weight, quant_min=-64, quant_max=63)
+        config = dataclasses.replace(config, weight=weight)
+    return X86InductorQuantizer().set_global(config)
+
+
+@dataclass
+class QATResult:
+    """What ``qat_finetune`` returns: the fake-quantized model (eval mode) whose predictions the
+    int8 file must reproduce, the same weights as a plain fp32 module to export, the history."""
+
+    fake_quant: torch.fx.GraphModule
+    fp32: nn.Module
+    history: list[dict[str, Any]]
+    seconds: float
+
+
+def qat_finetune(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    train: Split,
+    val: Split,
+    cfg: TrainConfig,
+    loss_fn: LossFn | None = None,
+    reduce_range: bool = True,
+    log: Callable[[str], None] = print,
+    params_key: str = "quantize.qat.train",
+    loss_params: Mapping[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> QATResult:
+    """Fine-tune a copy of ``model`` with fake quantization (PT2E ``prepare_qat_pt2e``, torchao's
+    X86 recipe), in the one training loop (``train.fit``) with ``loss_fn`` (KD from the teacher).
+
+    The model is exported in train mode, so batch norm keeps updating its statistics and the
+    QAT graph simulates conv-BN folding. The exported graph keeps the original parameter names,
+    so the tuned weights load back into a deep copy of ``model``: that fp32 module is what
+    ``quantize_qat_onnx`` exports. ``model`` itself is not modified.
+    """
+    graph = pt2e_export(copy.deepcopy(model).cpu().train(), input_shape)
+    prepared = prepare_qat_pt2e(graph, x86_quantizer(is_qat=True, reduce_range=reduce_range))
+    allow_exported_model_train_eval(prepared)  # fit switches train / eval per epoch
+    start = time.perf_counter()
+    history = fit(prepared, train, val, cfg, loss_fn=loss_fn, log=log, name="qat",
+                  params_key=params_key, loss_params=loss_params, on_epoch=on_epoch)
+    seconds = time.perf_counter() - start
+    prepared = move_exported_model_to_eval(prepared.cpu())
+    fp32 = copy.deepcopy(model).cpu().eval()
+    tuned = prepared.state_dict()
+    fp32.load_state_dict({key: tuned[key] for key in fp32.state_dict()})
+    return QATResult(prepared, fp32, history, seconds)
+
+
+def quantize_qat_onnx(
+    qat: QATResult,
+    out_path: str | Path,
+    calibration_x: torch.Tensor,
+    per_channel: bool = True,
+    reduce_range: bool = True,
+    method: str = "minmax",
+    opset: int = 17,
+) -> None:
+    """int8 ONNX of a QAT model: its tuned fp32 weights through ORT's static quantizer (QDQ).
+
+    Why this route and not the fake-quant graph itself: ORT runs int8 kernels (QLinearConv,
+    QGemm) only for QDQ patterns its quantizer lays out (int8 initializers, zero-point-0
+    weights, fused Conv-ReLU); torch's TorchScript ONNX exporter does not know PT2E's
+    ``quantized_decomposed`` ops, and the dynamo exporter needs onnxscript, which the project
+    does not depend on. QAT's gain is weights that sit well on the int8 grid; ORT's quantizer
+    re-derives the same kind of grid (per-channel symmetric weights, 7-bit with ``reduce_range``
+    as in ``x86_quantizer``, uint8 activations from ranges calibrated on the tuned model). How
+    closely the result follows the fake-quantized model is measured, not assumed: the stage
+    reports their agreement and accuracies.
+    """
+    with tempfile.TemporaryDirectory() as scratch:
+        tuned = Path(scratch) / "qat_fp32.onnx"
+        export_onnx(qat.fp32, tuple(calibration_x.shape[1:]), tuned, opset)
+        quantize_onnx_static(tuned, out_path, calibration_x, per_channel, reduce_range, method,
+                             label="qat")
+
+
+# --- PyTorch-native int8 (PT2E, torchao) ------------------------------------------------------
 
 
 @torch.no_grad()
-def quantize_torch_fx(
+def quantize_torch_pt2e(
     model: nn.Module, calibration_x: torch.Tensor, batch_size: int = 64
-) -> nn.Module:
+) -> tuple[torch.fx.GraphModule, torch.fx.GraphModule]:
     """Post-training static int8 of a [0, 1]-input model, calibrated on uint8 images.
 
-    The fp32 ``model`` is deep-copied, not modified. The result runs on CPU only.
+    Returns (converted q/dq graph, the same lowered to oneDNN kernels). The fp32 ``model`` is
+    deep-copied, not modified. The result runs on CPU only.
     """
     input_shape = tuple(calibration_x.shape[1:])
-    prepared = fx_prepare(copy.deepcopy(model).cpu(), input_shape)
+    prepared = pt2e_prepare(copy.deepcopy(model).cpu(), input_shape)
     for start in range(0, len(calibration_x), batch_size):
         prepared(calibration_x[start : start + batch_size].float().div_(255))
-    return fx_convert(prepared)
+    converted = pt2e_convert(prepared)
+    return converted, pt2e_lower(converted, input_shape)
 
 
 def save_torch_int8(
@@ -193,26 +315,26 @@ def save_torch_int8(
     calibration_x: torch.Tensor,
     **meta: Any,
 ) -> nn.Module:
-    """Quantize ``fp32_model`` with FX, store it through ``artifacts.save_model``, return it.
+    """Quantize ``fp32_model`` with PT2E, store it through ``artifacts.save_model``, return the
+    lowered int8 graph (what ``runtime.open_model`` rebuilds from the file).
 
-    ``meta`` gets everything ``runtime.open_model`` needs to rebuild the module (the fp32 tensor
-    shapes, so pruned layers can be rebuilt; the input shape; the per-module state_dict format
-    versions quantized modules need to parse their entries) and the fp32 model's params and
-    MACs, which cannot be counted on int8 modules.
+    ``meta`` gets everything ``runtime.open_model`` needs to rebuild the graph (the fp32 tensor
+    shapes, so pruned layers can be rebuilt; the input shape; the activation scales, which PT2E
+    keeps as graph literals) and the fp32 model's params and MACs, which cannot be counted on
+    int8 kernels.
     """
     input_shape = tuple(int(s) for s in calibration_x.shape[1:])
-    quantized = quantize_torch_fx(fp32_model, calibration_x)
-    versions = getattr(quantized.state_dict(), "_metadata", {})
+    converted, lowered = quantize_torch_pt2e(fp32_model, calibration_x)
     save_model(
-        path, quantized, spec, **meta,
+        path, converted, spec, **meta,
         quantized=TORCH_INT8_KIND,
         params=count_params(fp32_model),
         macs=count_macs(fp32_model, input_shape),
         input_shape=list(input_shape),
         fp32_shapes={k: list(v.shape) for k, v in fp32_model.state_dict().items()},
-        state_versions={k: dict(v) for k, v in versions.items()},
+        activation_qparams=activation_qparams(converted),
     )
-    return quantized
+    return lowered
 
 
 # --- parity: is each converted model still the model it came from? -------------------------------
