@@ -143,7 +143,9 @@ def test_torch_int8_round_trip_is_exact_and_safe(tmp_path, tiny_data):
     assert compare_logits(predict(model, x), after)["agreement"] >= 0.9
     assert raw["meta"]["quantized"] == TORCH_INT8_KIND
     assert any(v.dtype == torch.int8 for v in raw["state_dict"].values())  # int8 weights stored
-    assert not any(v.dtype == torch.float32 and v.dim() == 4 for v in raw["state_dict"].values())
+    # no fp32 conv weights beside the int8 ones (convert_pt2e keeps them; save drops them)
+    assert not [k for k, v in raw["state_dict"].items()
+                if v.is_floating_point() and v.dim() == 4 and v.numel() > 1]
     kernels = {str(n.target) for n in reloaded.module.graph.nodes if n.op == "call_function"}
     assert any("qconv" in k for k in kernels)  # lowered to oneDNN int8 convs, not fp32 + q/dq
     for batch in (1, 5):  # the dynamic batch dimension survives export, lowering and reload
