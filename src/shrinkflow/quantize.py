@@ -204,13 +204,14 @@ def quantize_onnx_dynamic(
 def x86_quantizer(is_qat: bool, reduce_range: bool) -> X86InductorQuantizer:
     """torchao's X86 recipe (uint8 per-tensor activations, int8 per-channel symmetric weights).
 
-    ``reduce_range`` here means what it means to ONNX Runtime's quantizer: 7-bit weights
-    (-64..63). QAT then trains against the rounding the ORT int8 model will apply; torchao's own
+    ``reduce_range`` here means what it means to ONNX Runtime's quantizer: 7-bit weights on
+    ORT's symmetric grid -64..64 (scale = max |w| / 64, ``ONNX_INT_TYPE_REDUCED_RANGE``). QAT
+    then trains against the rounding the ORT int8 model will apply; torchao's own
     ``reduce_range`` flag narrows the activations instead.
     """
     config = get_default_x86_inductor_quantization_config(is_qat=is_qat)
     if reduce_range:
-        weight = dataclasses.replace(config.weight, quant_min=-64, quant_max=63)
+        weight = dataclasses.replace(config.weight, quant_min=-64, quant_max=64)
         config = dataclasses.replace(config, weight=weight)
     return X86InductorQuantizer().set_global(config)
 
