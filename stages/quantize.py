@@ -1,4 +1,4 @@
-"""quantize: fp32 ONNX export plus two int8 flavours (ONNX Runtime and PyTorch PT2E) of one model.
+"""quantize: fp32 ONNX export plus two int8 flavours (ONNX Runtime and PyTorch FX) of one model.
 
 Reads models/pruned.pt or models/student.pt (``quantize.input``), calibrates on a seeded sample
 of the train split, and checks every converted model against the fp32 one on the test split,
@@ -103,7 +103,7 @@ def main() -> None:
         save_torch_int8(int8_torch, model, spec, calibration, role=INT8_TORCH_ROLE,
                         source=model_path, calibration_samples=len(calibration))
         torch_seconds = time.perf_counter() - start
-        print(f"[quantize] PyTorch PT2E int8 (x86, oneDNN) -> {INT8_TORCH_OUT} in "
+        print(f"[quantize] PyTorch FX int8 (x86) -> {INT8_TORCH_OUT} in "
               f"{torch_seconds:.1f}s")
 
         x, y = data.test

@@ -3,21 +3,23 @@
 * ONNX Runtime (``quantize_onnx_static`` / ``quantize_onnx_dynamic``): a plain ``.onnx`` file
   that runs anywhere ORT does, no PyTorch needed. The fp32 input comes from
   ``onnx_export.export_onnx``.
-* PyTorch-native (``save_torch_int8``): PT2E (torchao 0.18: ``prepare_pt2e`` / ``convert_pt2e``
-  with the X86 quantizer), lowered to oneDNN int8 kernels. It replaced ``torch.ao.quantization``
-  FX graph mode, deprecated upstream (it warned on every run). PT2E's quantizer failed on
-  torchvision's resnet18 ("Input partition has more than one output node": its BasicBlock calls
-  one ReLU module twice); ``runtime.pt2e_export`` gives each call its own partition.
+* PyTorch-native (``save_torch_int8``): ``torch.ao.quantization`` FX graph mode with the x86
+  backend. ``torch.ao.quantization`` is deprecated upstream in favour of torchao's PT2E flow;
+  PT2E was tried for this file and works (exact weights_only round trip, resnet18 included once
+  ``pt2e_export`` splits its twice-called ReLUs), but without ``torch.compile`` its graph lowered
+  to oneDNN ran no faster than fp32: digits pruned model, 1 thread, batch 64 8.2 ms vs FX 3.4 ms
+  (fp32 8.2 ms), batch 1 6.6 ms vs 1.5 ms. So FX stays for this file (README, Quantization);
+  the recipe sits behind ``runtime.fx_prepare`` / ``runtime.fx_convert``.
 * Quantization-aware training (``qat_finetune`` + ``quantize_qat_onnx``): ``prepare_qat_pt2e``
   fake quantization, fine-tuned in ``train.fit`` with the caller's loss (KD from the teacher),
   then int8 ONNX for ONNX Runtime (see ``quantize_qat_onnx`` for why through ORT's quantizer).
 
-A quantized graph cannot be pickled safely, so ``save_torch_int8`` stores only tensors and plain
-data through ``artifacts.save_model`` (the fp32 spec, the int8 graph's tensors, and in ``meta``
-the fp32 layer shapes, input shape, activation scales and ``quantized`` recipe);
-``runtime.open_model`` rebuilds the graph by re-running the same export/prepare/convert steps on
-the fp32 architecture, then loads them. Opening and running every model, int8 or not, is
-``runtime``'s job; the parity checks here compare logits that callers get from it.
+A quantized torch module cannot be pickled safely, so ``save_torch_int8`` stores only tensors and
+plain data through ``artifacts.save_model`` (the fp32 spec, the int8 state_dict, and in ``meta``
+the fp32 layer shapes, input shape and ``quantized`` recipe); ``runtime.open_model`` rebuilds the
+module by re-running the same prepare/convert steps on the fp32 architecture, then loads the
+tensors. Opening and running every model, int8 or not, is ``runtime``'s job; the parity checks
+here compare logits that callers get from it.
 """
 
 from __future__ import annotations
@@ -61,12 +63,9 @@ from shrinkflow.params import TrainConfig
 from shrinkflow.runtime import (
     META_QUANTIZATION,
     TORCH_INT8_KIND,
-    activation_qparams,
+    fx_convert,
+    fx_prepare,
     ort_session,
-    pt2e_convert,
-    pt2e_export,
-    pt2e_lower,
-    pt2e_prepare,
 )
 from shrinkflow.train import LossFn, Split, accuracy, fit
 
@@ -201,6 +200,28 @@ def quantize_onnx_dynamic(
 # --- quantization-aware training (PT2E, torchao) -------------------------------------------
 
 
+def pt2e_export(model: nn.Module, input_shape: tuple[int, ...]) -> torch.fx.GraphModule:
+    """``torch.export`` of ``model`` as PT2E quantizers take it: a GraphModule with a dynamic
+    batch dimension (without it the quantized graph accepts only the example's batch size).
+
+    A module called twice (torchvision's BasicBlock runs its one ``relu`` twice) gets one source
+    partition per call: the X86 quantizer groups nodes by their module's name and fails on a
+    group with two outputs ("Input partition has more than one output node", measured on
+    resnet18). ``torch.export`` already tells the calls apart in the stack's key (``<fqn>@1``);
+    the suffix is copied into the name the quantizer reads.
+    """
+    example = (torch.zeros(2, *input_shape),)
+    batch = torch.export.Dim("batch", min=1, max=65_536)
+    graph = torch.export.export(model, example, dynamic_shapes=({0: batch},)).module()
+    for node in graph.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if stack:
+            key, (fqn, kind) = list(stack.items())[-1]
+            if "@" in key:
+                stack[key] = (f"{fqn}@{key.rsplit('@', 1)[1]}", kind)
+    return graph
+
+
 def x86_quantizer(is_qat: bool, reduce_range: bool) -> X86InductorQuantizer:
     """torchao's X86 recipe (uint8 per-tensor activations, int8 per-channel symmetric weights).
 
@@ -290,24 +311,22 @@ def quantize_qat_onnx(
                              label="qat")
 
 
-# --- PyTorch-native int8 (PT2E, torchao) ------------------------------------------------------
+# --- PyTorch-native int8 (torch.ao.quantization FX graph mode) -------------------------------
 
 
 @torch.no_grad()
-def quantize_torch_pt2e(
+def quantize_torch_fx(
     model: nn.Module, calibration_x: torch.Tensor, batch_size: int = 64
-) -> tuple[torch.fx.GraphModule, torch.fx.GraphModule]:
+) -> nn.Module:
     """Post-training static int8 of a [0, 1]-input model, calibrated on uint8 images.
 
-    Returns (converted q/dq graph, the same lowered to oneDNN kernels). The fp32 ``model`` is
-    deep-copied, not modified. The result runs on CPU only.
+    The fp32 ``model`` is deep-copied, not modified. The result runs on CPU only.
     """
     input_shape = tuple(calibration_x.shape[1:])
-    prepared = pt2e_prepare(copy.deepcopy(model).cpu(), input_shape)
+    prepared = fx_prepare(copy.deepcopy(model).cpu(), input_shape)
     for start in range(0, len(calibration_x), batch_size):
         prepared(calibration_x[start : start + batch_size].float().div_(255))
-    converted = pt2e_convert(prepared)
-    return converted, pt2e_lower(converted, input_shape)
+    return fx_convert(prepared)
 
 
 def save_torch_int8(
@@ -317,26 +336,26 @@ def save_torch_int8(
     calibration_x: torch.Tensor,
     **meta: Any,
 ) -> nn.Module:
-    """Quantize ``fp32_model`` with PT2E, store it through ``artifacts.save_model``, return the
-    lowered int8 graph (what ``runtime.open_model`` rebuilds from the file).
+    """Quantize ``fp32_model`` with FX, store it through ``artifacts.save_model``, return it.
 
-    ``meta`` gets everything ``runtime.open_model`` needs to rebuild the graph (the fp32 tensor
-    shapes, so pruned layers can be rebuilt; the input shape; the activation scales, which PT2E
-    keeps as graph literals) and the fp32 model's params and MACs, which cannot be counted on
-    int8 kernels.
+    ``meta`` gets everything ``runtime.open_model`` needs to rebuild the module (the fp32 tensor
+    shapes, so pruned layers can be rebuilt; the input shape; the per-module state_dict format
+    versions quantized modules need to parse their entries) and the fp32 model's params and
+    MACs, which cannot be counted on int8 modules.
     """
     input_shape = tuple(int(s) for s in calibration_x.shape[1:])
-    converted, lowered = quantize_torch_pt2e(fp32_model, calibration_x)
+    quantized = quantize_torch_fx(fp32_model, calibration_x)
+    versions = getattr(quantized.state_dict(), "_metadata", {})
     save_model(
-        path, converted, spec, **meta,
+        path, quantized, spec, **meta,
         quantized=TORCH_INT8_KIND,
         params=count_params(fp32_model),
         macs=count_macs(fp32_model, input_shape),
         input_shape=list(input_shape),
         fp32_shapes={k: list(v.shape) for k, v in fp32_model.state_dict().items()},
-        activation_qparams=activation_qparams(converted),
+        state_versions={k: dict(v) for k, v in versions.items()},
     )
-    return lowered
+    return quantized
 
 
 # --- parity: is each converted model still the model it came from? -------------------------------

@@ -4,8 +4,8 @@
 it is, and runs batches of images:
 
 * ``.pt`` fp32 (``artifacts.save_model``) -> PyTorch eager, runtime ``torch``;
-* ``.pt`` int8 (``quantize.save_torch_int8``) -> a PT2E (torchao) int8 graph lowered to x86
-  oneDNN kernels, runtime ``torch_int8``, rebuilt from plain tensors (see ``pt2e_*`` below);
+* ``.pt`` int8 (``quantize.save_torch_int8``) -> a torch.ao FX int8 module, runtime
+  ``torch_int8``, rebuilt from plain tensors (see ``fx_prepare`` / ``fx_convert`` below);
 * ``.onnx`` -> an ONNX Runtime CPU session, runtime ``onnxruntime`` (fp32 or int8).
 
 Input: a torch batch (N, C, H, W) of uint8 images (0..255) or of floats already in [0, 1].
@@ -26,15 +26,13 @@ A damaged or mismatched file is a ``ShrinkflowError`` of one line naming the fil
 and ``num_classes``, when given, are checked against the model before any use.
 
 This module imports onnxruntime (0.07 s after torch, measured) but not the ``onnx`` package
-(~1 s): ONNX metadata is read through the ORT session. torchao is imported only inside the
-``pt2e_*`` functions: its PT2E modules cost about as much as torch itself to import (measured
-5-7 s for torch + ORT, then 7-10 s more for torchao's pt2e + X86 quantizer, on the loaded 2-core
-machine), and only the stages that build or open a PyTorch int8 file need it.
+(~1 s): ONNX metadata is read through the ORT session.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -45,6 +43,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from torch import nn
+from torch.ao.quantization import get_default_qconfig_mapping
+from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from shrinkflow.artifacts import load_checkpoint, model_from_checkpoint
 from shrinkflow.errors import ShrinkflowError
@@ -55,7 +55,7 @@ class Runtime(str, Enum):
     """How a model file runs. The one spelling of each runtime in the project."""
 
     TORCH = "torch"  # fp32 eager PyTorch
-    TORCH_INT8 = "torch_int8"  # PT2E (torchao) int8 lowered to x86 oneDNN, CPU only
+    TORCH_INT8 = "torch_int8"  # torch.ao FX int8 (x86 backend), CPU only
     ONNXRUNTIME = "onnxruntime"  # ONNX Runtime CPU session, fp32 or int8
 
     def __str__(self) -> str:
@@ -70,11 +70,11 @@ META_PARAMS = "shrinkflow.params"
 META_CLASSES = "shrinkflow.num_classes"
 META_QUANTIZATION = "shrinkflow.quantization"  # set on int8 files by ``quantize``
 
-# PyTorch int8 files: ``meta["quantized"]`` names the recipe, so a file made by another recipe
-# (e.g. the FX files of earlier versions, "torch.ao-fx-x86/1") is refused rather than rebuilt
-# wrongly. Producing (``quantize``) and opening (here) share the ``pt2e_*`` functions, because the
-# int8 graph is rebuilt by re-running them.
-TORCH_INT8_KIND = "torchao-pt2e-x86/1"
+# PyTorch int8 files: ``meta["quantized"]`` names the recipe, so a file made by another recipe is
+# refused rather than rebuilt wrongly. Producing (``quantize``) and opening (here) share
+# ``fx_prepare`` / ``fx_convert``, because the int8 module is rebuilt by re-running them.
+TORCH_INT8_KIND = "torch.ao-fx-x86/1"
+TORCH_BACKEND = "x86"
 
 
 @dataclass
@@ -194,113 +194,31 @@ def _open_pt(path: Path, device: torch.device, input_shape: Sequence[int] | None
                  spec.get("num_classes"), device, meta, run=module, module=module, spec=spec)
 
 
-# --- PyTorch int8: PT2E (torchao 0.18) with the X86 quantizer ---------------------------------
+def fx_prepare(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
+    """Fuse conv-BN-ReLU and insert observers (x86 qconfig); deterministic given the model."""
+    torch.backends.quantized.engine = TORCH_BACKEND
+    example = (torch.zeros(1, *input_shape),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation notices of torch.ao.quantization
+        return prepare_fx(model.eval(), get_default_qconfig_mapping(TORCH_BACKEND), example)
 
 
-def pt2e_export(model: nn.Module, input_shape: Sequence[int]) -> torch.fx.GraphModule:
-    """``torch.export`` of ``model`` as PT2E quantizers take it: a GraphModule with a dynamic
-    batch dimension (without it the quantized graph accepts only the example's batch size).
-
-    A module called twice (torchvision's BasicBlock runs its one ``relu`` twice) gets one source
-    partition per call: the X86 quantizer groups nodes by their module's name and fails on a
-    group with two outputs ("Input partition has more than one output node", measured on
-    resnet18). ``torch.export`` already tells the calls apart in the stack's key (``<fqn>@1``);
-    the suffix is copied into the name the quantizer reads.
-    """
-    example = (torch.zeros(2, *input_shape),)
-    batch = torch.export.Dim("batch", min=1, max=65_536)
-    graph = torch.export.export(model, example, dynamic_shapes=({0: batch},)).module()
-    for node in graph.graph.nodes:
-        stack = node.meta.get("nn_module_stack")
-        if stack:
-            key, (fqn, kind) = list(stack.items())[-1]
-            if "@" in key:
-                stack[key] = (f"{fqn}@{key.rsplit('@', 1)[1]}", kind)
-    return graph
+def fx_convert(prepared: nn.Module) -> nn.Module:
+    """Observed model -> int8 module (CPU only)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # also "must run observer before calling calculate_qparams"
+        return convert_fx(prepared).eval()
 
 
-def pt2e_prepare(model: nn.Module, input_shape: Sequence[int]) -> torch.fx.GraphModule:
-    """Export, fold BN into the convs and insert observers (torchao's X86 recipe: uint8
-    per-tensor activations with ``reduce_range`` (7 bits, as the x86 FX qconfig used; this CPU
-    has no VNNI), int8 per-channel symmetric weights). Deterministic given the model."""
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
-    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-        X86InductorQuantizer,
-        get_default_x86_inductor_quantization_config,
-    )
-
-    config = get_default_x86_inductor_quantization_config(reduce_range=True)
-    graph = pt2e_export(model.eval(), input_shape)
-    return prepare_pt2e(graph, X86InductorQuantizer().set_global(config))
-
-
-_QUANT_OPS = ("quantize_per_tensor", "dequantize_per_tensor")
-
-
-def activation_qparams(converted: torch.fx.GraphModule) -> list[list[float | int]]:
-    """(scale, zero point) of every per-tensor (de)quantize node, in graph order.
-
-    ``convert_pt2e`` writes activation scales into the graph as literals, not tensors, so the
-    state_dict alone cannot restore them; the file stores them beside it (``meta``).
-    """
-    return [[float(n.args[1]), int(n.args[2])] for n in converted.graph.nodes
-            if n.op == "call_function" and str(n.target).split(".")[-2] in _QUANT_OPS]
-
-
-def _set_activation_qparams(converted: torch.fx.GraphModule, qparams: list[list[Any]]) -> None:
-    nodes = [n for n in converted.graph.nodes
-             if n.op == "call_function" and str(n.target).split(".")[-2] in _QUANT_OPS]
-    if len(nodes) != len(qparams):
-        raise ValueError(f"{len(qparams)} stored activation scales for {len(nodes)} quantize "
-                         "nodes")
-    for node, (scale, zero_point) in zip(nodes, qparams, strict=True):
-        node.args = (node.args[0], float(scale), int(zero_point), *node.args[3:])
-    converted.recompile()
-
-
-def pt2e_convert(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """Observed graph -> q/dq graph with int8 weights (``convert_pt2e``), minus the fp32 weights
-    it keeps but no longer uses (they made its state_dict larger than the fp32 model's)."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
-
-    converted = convert_pt2e(prepared)
-    used = {n.target for n in converted.graph.nodes if n.op == "get_attr"}
-    for name in [k for k in converted.state_dict() if k not in used]:
-        owner, _, attr = name.rpartition(".")
-        delattr(converted.get_submodule(owner) if owner else converted, attr)
-    return converted
-
-
-def pt2e_lower(converted: torch.fx.GraphModule, input_shape: Sequence[int]) -> torch.fx.GraphModule:
-    """q/dq graph -> oneDNN int8 kernels (``qconv_pointwise``), keeping the dynamic batch.
-
-    torchao's ``lower_pt2e_quantized_to_x86`` re-exports with a static shape, which fixes the
-    batch size to its example's; this is the same three steps with the batch dimension kept
-    dynamic. Without lowering, the q/dq graph runs fp32 kernels plus (de)quantize ops: about
-    2x slower than fp32 (measured on the MNIST pruned model).
-    """
-    from torch._inductor.constant_folding import constant_fold
-    from torch._inductor.fx_passes.freezing_patterns import freezing_passes
-    from torchao.quantization.pt2e import allow_exported_model_train_eval
-
-    decompositions = {op: fn for op, fn in torch.export.default_decompositions().items()
-                      if torch._export.utils._is_cia_op(op)}  # as torchao's lowering does
-    example = (torch.zeros(2, *input_shape),)
-    batch = torch.export.Dim("batch", min=1, max=65_536)
-    lowered = torch.export.export(converted, example, dynamic_shapes=({0: batch},))
-    lowered = lowered.run_decompositions(decompositions).module()
-    freezing_passes(lowered, example)
-    constant_fold(lowered)
-    # an exported module refuses .eval(), which every predict helper calls; it has no dropout
-    # or batch norm left to switch, so allowing it changes nothing else
-    return allow_exported_model_train_eval(lowered)
+# Non-tensor entries of a quantized state_dict: packed linear params record their dtype, which
+# artifacts.save_model stores as its name.
+_DTYPES = {str(d): d for d in (torch.qint8, torch.quint8, torch.float16, torch.float32)}
 
 
 def torch_int8_from_checkpoint(payload: dict[str, Any], path: str | Path) -> nn.Module:
     """Rebuild a ``save_torch_int8`` file already read: the fp32 architecture at its stored
-    (pruned) shapes -> the same PT2E prepare / convert (placeholder weights, one forward: the
-    structure does not depend on the values) -> the stored int8 tensors and activation scales
-    -> lowered to oneDNN kernels."""
+    (pruned) shapes -> the same FX prepare/convert (no calibration needed for the structure) ->
+    load the int8 tensors, with the per-module format versions quantized modules need."""
     meta = payload["meta"]
     if meta.get("quantized") != TORCH_INT8_KIND:
         raise ShrinkflowError(
@@ -310,23 +228,19 @@ def torch_int8_from_checkpoint(payload: dict[str, Any], path: str | Path) -> nn.
     try:
         model = build_model(payload["spec"])
         resize_to_state_dict(model, {k: torch.empty(s) for k, s in meta["fp32_shapes"].items()})
-        with torch.no_grad():
-            for tensor in (*model.parameters(), *model.buffers()):
-                if tensor.is_floating_point():
-                    tensor.fill_(1.0)  # resize left them uninitialised; observers need numbers
-        input_shape = tuple(meta["input_shape"])
-        prepared = pt2e_prepare(model, input_shape)
-        prepared(torch.zeros(1, *input_shape))
-        converted = pt2e_convert(prepared)
-        _set_activation_qparams(converted, meta["activation_qparams"])
-        converted.load_state_dict(payload["state_dict"], strict=True)
-        lowered = pt2e_lower(converted, input_shape)
+        quantized = fx_convert(fx_prepare(model, tuple(meta["input_shape"])))
+        state = OrderedDict(
+            (k, _DTYPES.get(v, v) if isinstance(v, str) else v)
+            for k, v in payload["state_dict"].items()
+        )
+        state._metadata = OrderedDict(meta["state_versions"])  # type: ignore[attr-defined]
+        quantized.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ShrinkflowError(
             f"{path}: int8 model cannot be rebuilt from its spec and tensors ({first})"
         ) from exc
-    return lowered
+    return quantized.eval()
 
 
 # --- ONNX Runtime ------------------------------------------------------------------------------
