@@ -1,8 +1,9 @@
 """select: the one deployable model, chosen under the accuracy budget (see shrinkflow.selection).
 
 Reads every evaluated model's metrics/eval_NAME.json and metrics/benchmark.csv, picks the
-fastest candidate at ``select.batch_size`` within ``select.max_drop_points`` of the teacher (and
-``select.max_file_bytes``), and writes:
+fastest candidate at ``select.batch_size`` within ``select.max_drop_points`` of the teacher (of
+the teacher ensemble's accuracy in metrics/teacher_ensemble.json when there is one) and
+``select.max_file_bytes``, and writes:
 
 * ``models/final/`` holding one file, ``model.onnx`` or ``model.pt`` (when a PyTorch form wins).
   A fixed DVC path (``dvc get REPO models/final``) whose one file keeps the suffix its runtime
@@ -32,6 +33,7 @@ MODEL_LIST = "models.yaml"
 BENCH_CSV = "metrics/benchmark.csv"
 FINAL_DIR = Path("models/final")
 METRICS_OUT = "metrics/final.json"
+ENSEMBLE_METRICS = "metrics/teacher_ensemble.json"
 
 
 def main() -> None:
@@ -42,6 +44,8 @@ def main() -> None:
     if unknown:
         raise ShrinkflowError(f"select.exclude: {unknown} not in {MODEL_LIST} (models: {names})")
     evals = {f"metrics/eval_{m.name}.json": f"evaluate@{m.name}" for m in models if m.evaluated}
+    # the ensemble's accuracy, the drops' reference when there are extra members ({} otherwise)
+    evals[ENSEMBLE_METRICS] = "teacher_ensemble"
     require_inputs("select", {BENCH_CSV: "benchmark", **evals})
     with open(BENCH_CSV, newline="") as fh:
         rows = list(csv.DictReader(fh))
