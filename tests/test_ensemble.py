@@ -30,7 +30,7 @@ from shrinkflow.errors import ShrinkflowError
 from shrinkflow.metric_keys import ENSEMBLE_ACC, read_model_list
 from shrinkflow.models import build_model
 from shrinkflow.params import TeacherParams, validate_section
-from shrinkflow.report import model_table
+from shrinkflow.report import ensemble_lines, model_table
 from shrinkflow.selection import build_candidates
 from shrinkflow.train import accuracy, predict
 
@@ -160,6 +160,16 @@ def test_drops_are_measured_against_the_ensemble_when_there_is_one():
     assert table.loc["student", "drop_points"] == pytest.approx(4.0)
     assert table.loc["teacher", "accuracy"] == pytest.approx(0.95)  # member 0's own accuracy
     assert table.loc["teacher", "drop_points"] == pytest.approx(2.0)
+
+
+def test_report_lists_each_member_and_the_ensemble_only_when_there_is_one():
+    metrics = {"teacher_test_acc": 0.95, "teacher_1_test_acc": 0.94, "teacher_2_test_acc": 0.96,
+               "teacher_ensemble_members": 3, ENSEMBLE_ACC: 0.97}
+    text = "\n".join(ensemble_lines(metrics))
+    for line in ("| teacher (member 0) | 95.00 |", "| teacher_1 (seed 1) | 94.00 |",
+                 "| teacher_2 (seed 2) | 96.00 |", "| **ensemble** | **97.00** |"):
+        assert line in text
+    assert ensemble_lines({"teacher_test_acc": 0.95}) == []
 
 
 # --- params ------------------------------------------------------------------------------------
