@@ -22,7 +22,8 @@ METRICS_OUT = "metrics/teacher_ensemble.json"
 
 
 def main() -> None:
-    teachers = teacher_files(TEACHER, MEMBERS_DIR, load_section("teacher").ensemble_seeds)
+    seeds = list(load_section("teacher").ensemble_seeds)
+    teachers = teacher_files(TEACHER, MEMBERS_DIR, seeds)
     check_outputs(METRICS_OUT)
     metrics: dict = {}
     if len(teachers) > 1:
@@ -31,7 +32,7 @@ def main() -> None:
         ensemble, payloads = load_teacher(list(teachers), T=1.0)
         for path, payload in zip(teachers, payloads, strict=True):
             check_teacher_fits_data(payload["spec"], data.meta, path)
-        metrics = ensemble_metrics(list(ensemble.members), data.test, data.val)
+        metrics = ensemble_metrics(list(ensemble.members), data.test, data.val, seeds)
     with commit_outputs() as out:
         out.json(METRICS_OUT, metrics)
     if metrics:

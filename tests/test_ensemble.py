@@ -136,10 +136,10 @@ def test_feature_methods_are_refused_with_an_ensemble_only():
 
 def test_ensemble_metrics_measure_the_ensemble_on_the_given_split(tiny_data):
     members = [member(s) for s in range(3)]
-    m = ensemble_metrics(members, tiny_data.test, tiny_data.val)
+    m = ensemble_metrics(members, tiny_data.test, tiny_data.val, seeds=[4, 9])
     ens = EnsembleTeacher(members, 1.0)
     x, y = tiny_data.test
-    assert m["teacher_ensemble_members"] == 3
+    assert m["teacher_ensemble_members"] == 3 and m["teacher_ensemble_seeds"] == "4,9"
     assert m[ENSEMBLE_ACC] == round(accuracy(predict(ens, x), y), 6)
     mean = sum(accuracy(predict(mm, x), y) for mm in members) / 3
     assert m["teacher_ensemble_mean_member_test_acc"] == round(mean, 6)
@@ -164,11 +164,13 @@ def test_drops_are_measured_against_the_ensemble_when_there_is_one():
 
 def test_report_lists_each_member_and_the_ensemble_only_when_there_is_one():
     metrics = {"teacher_test_acc": 0.95, "teacher_1_test_acc": 0.94, "teacher_2_test_acc": 0.96,
-               "teacher_ensemble_members": 3, ENSEMBLE_ACC: 0.97}
+               "teacher_5_test_acc": 0.5,  # a removed member's file, left behind
+               "teacher_ensemble_members": 3, "teacher_ensemble_seeds": "1,2", ENSEMBLE_ACC: 0.97}
     text = "\n".join(ensemble_lines(metrics))
     for line in ("| teacher (member 0) | 95.00 |", "| teacher_1 (seed 1) | 94.00 |",
                  "| teacher_2 (seed 2) | 96.00 |", "| **ensemble** | **97.00** |"):
         assert line in text
+    assert "teacher_5" not in text
     assert ensemble_lines({"teacher_test_acc": 0.95}) == []
 
 
@@ -251,3 +253,4 @@ def test_stage_evaluates_the_ensemble_or_names_the_missing_member(workspace, tin
     x, y = tiny_data.test
     want = accuracy(predict(EnsembleTeacher([member(s) for s in range(3)], 1.0), x), y)
     assert m["teacher_ensemble_members"] == 3 and m[ENSEMBLE_ACC] == round(want, 6)
+    assert m["teacher_ensemble_seeds"] == "1,2"

@@ -107,13 +107,15 @@ def check_feature_method(method: str, members: int, key: str = "distill.method")
 
 def ensemble_metrics(
     members: Sequence[nn.Module], test: tuple[torch.Tensor, torch.Tensor],
-    val: tuple[torch.Tensor, torch.Tensor],
-) -> dict[str, float | int]:
+    val: tuple[torch.Tensor, torch.Tensor], seeds: Sequence[int] = (),
+) -> dict[str, float | int | str]:
     """Flat metrics of metrics/teacher_ensemble.json: the ensemble's val / test accuracy at T = 1
     (plain probability averaging) and its gain over the mean member; ``{}`` for one member.
 
     Each member's own accuracy is in its training stage's metrics file (teacher.json,
-    teacher_<seed>.json); keys here start with ``teacher_ensemble_`` to stay unique.
+    teacher_<seed>.json); ``seeds`` (the extra members', recorded as "1,2") tells the report
+    which of those files are current, since a removed member's file stays behind. Keys start
+    with ``teacher_ensemble_`` to stay unique.
     """
     if len(members) < 2:
         return {}
@@ -122,6 +124,7 @@ def ensemble_metrics(
     test_acc = accuracy(predict(ensemble, test[0]), test[1])
     return {
         "teacher_ensemble_members": len(members),
+        "teacher_ensemble_seeds": ",".join(str(int(s)) for s in seeds),
         "teacher_ensemble_val_acc": round(accuracy(predict(ensemble, val[0]), val[1]), 6),
         "teacher_ensemble_test_acc": round(test_acc, 6),
         "teacher_ensemble_mean_member_test_acc": round(sum(member_test) / len(members), 6),

@@ -80,7 +80,10 @@ def ensemble_lines(metrics: dict[str, Any]) -> list[str]:
     if math.isnan(ensemble):
         return []
     members = [("teacher (member 0)", first_number(metrics, model_key(TEACHER, "test_acc")))]
-    seeds = sorted(int(m[1]) for key in metrics if (m := _MEMBER_KEY.fullmatch(key)))
+    # the current members (a removed member's metrics file stays behind); all found if unknown
+    listed = str(metrics.get("teacher_ensemble_seeds", ""))
+    seeds = ([int(s) for s in listed.split(",") if s.strip().isdigit()] if listed else
+             sorted(int(m[1]) for key in metrics if (m := _MEMBER_KEY.fullmatch(key))))
     members += [(f"teacher_{s} (seed {s})", first_number(metrics, f"teacher_{s}_test_acc"))
                 for s in seeds]
     lines = ["## Teacher ensemble", "",
