@@ -42,11 +42,11 @@ METRICS_OUT = "metrics/distill.json"
 HISTORY_OUT = "metrics/history_distill.csv"
 LIVE_DIR = "dvclive/distill"  # per-epoch progress while it runs
 
+
 def check_inputs(teachers: dict[str, str]) -> float:
     """Fail before any work if an input is missing; returns the scratch control's test acc.
 
-    ``teachers``: every member's file -> the stage that writes it."""
-    # input -> the stage that writes it, for the error message
+    ``teachers``: every teacher member's file -> the stage that writes it (for the message)."""
     require_inputs("distill", {f"{DATA_DIR}/meta.json": "prepare", **teachers,
                                SCRATCH_METRICS: "train_student_scratch"})
     check_outputs(MODEL_OUT, HISTORY_OUT, METRICS_OUT)
