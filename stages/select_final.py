@@ -44,9 +44,9 @@ def main() -> None:
     if unknown:
         raise ShrinkflowError(f"select.exclude: {unknown} not in {MODEL_LIST} (models: {names})")
     evals = {f"metrics/eval_{m.name}.json": f"evaluate@{m.name}" for m in models if m.evaluated}
-    # the ensemble's accuracy, the drops' reference when there are extra members ({} otherwise)
-    evals[ENSEMBLE_METRICS] = "teacher_ensemble"
-    require_inputs("select", {BENCH_CSV: "benchmark", **evals})
+    # and the ensemble's accuracy, the drops' reference when there are extra members ({} else)
+    sources = {**evals, ENSEMBLE_METRICS: "teacher_ensemble"}
+    require_inputs("select", {BENCH_CSV: "benchmark", **sources})
     with open(BENCH_CSV, newline="") as fh:
         rows = list(csv.DictReader(fh))
     sizes = sorted({int(r["batch_size"]) for r in rows})
@@ -54,7 +54,7 @@ def main() -> None:
     if batch not in sizes:
         raise ShrinkflowError(f"select.batch_size = {p.batch_size}: not benchmarked (benchmark "
                               f"batch sizes in {BENCH_CSV}: {sizes}; 0 = the largest)")
-    metrics = {k: v for path in evals for k, v in read_json(path).items()}
+    metrics = {k: v for path in sources for k, v in read_json(path).items()}
     candidates, notes = build_candidates(models, metrics, rows, batch, p.exclude)
     for note in notes:
         print(f"[select] note: {note}")

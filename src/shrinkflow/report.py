@@ -62,9 +62,8 @@ def teacher_accuracy(metrics: dict[str, Any]) -> float:
 
     The teacher ensemble's test accuracy when there are extra members (metric_keys), else the
     teacher's."""
-    keys = (reference_accuracy_key(metrics), model_key(TEACHER, "acc"),
-            model_key(TEACHER, "test_acc"))
-    value = first_number(metrics, *keys)
+    keys = (model_key(TEACHER, "acc"), model_key(TEACHER, "test_acc"))
+    value = first_number(metrics, reference_accuracy_key(metrics), *keys)
     if math.isnan(value):
         raise ShrinkflowError(
             f"no teacher accuracy found ({keys[0]} in metrics/eval_{TEACHER}.json or {keys[1]} "
