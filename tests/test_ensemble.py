@@ -5,6 +5,7 @@ member its own stage without touching the single-teacher stages."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -217,6 +218,18 @@ def test_each_extra_member_is_its_own_stage_and_member_0_never_depends_on_the_li
         assert "teacher.ensemble_seeds" in stages[name]["params"]
         assert "models/teachers" in stages[name]["deps"]
     assert (ROOT / "models" / "teachers" / ".gitkeep").is_file()  # the folder dep exists
+
+
+def test_train_teacher_takes_only_a_listed_seed():
+    spec_ = importlib.util.spec_from_file_location("stage_train_teacher",
+                                                   ROOT / "stages" / "train_teacher.py")
+    stage = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(stage)
+    assert stage.member_seed([], [1, 2]) is None  # member 0, the teacher as before
+    assert stage.member_seed(["2"], [1, 2]) == 2
+    for argv in (["3"], ["x"], ["1", "2"]):
+        with pytest.raises(ShrinkflowError, match=r"SEED one of teacher\.ensemble_seeds \[1, 2\]"):
+            stage.member_seed(argv, [1, 2])
 
 
 # --- the teacher_ensemble stage ----------------------------------------------------------------
