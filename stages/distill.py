@@ -1,5 +1,9 @@
 """distill: train the small student from the teacher (KD, or KD + hint / attention transfer).
 
+With extra members (``teacher.ensemble_seeds``) the teacher is their ensemble: soft targets are
+the mean of the members' softened probabilities (shrinkflow.ensemble); hint / attention need a
+single teacher and are refused with one line.
+
 The student is seeded and built exactly as in train_student_scratch (same spec, same seed, same
 order), so the two differ only in the loss, and kd_gain_points measures what the teacher adds.
 """
@@ -9,7 +13,6 @@ import time
 from shrinkflow.artifacts import (
     check_outputs,
     commit_outputs,
-    load_model,
     read_json,
     require_inputs,
 )
@@ -21,6 +24,7 @@ from shrinkflow.distill import (
     distill_metrics,
 )
 from shrinkflow.distributed import finish, is_main_process, launch
+from shrinkflow.ensemble import check_feature_method, load_teacher, teacher_files
 from shrinkflow.errors import ShrinkflowError, run_stage
 from shrinkflow.live import live_progress
 from shrinkflow.models import build_model, make_spec
@@ -30,6 +34,7 @@ from shrinkflow.train import check_input_size, effective_input_size, fit, seed_e
 PARAMS = "params.yaml"
 DATA_DIR = "data/prepared"
 TEACHER = "models/teacher.pt"
+MEMBERS_DIR = "models/teachers"  # extra ensemble members (train_teacher_member@SEED)
 SCRATCH_METRICS = "metrics/student_scratch.json"
 SCRATCH_KEY = "student_scratch_test_acc"
 MODEL_OUT = "models/student.pt"
@@ -37,17 +42,13 @@ METRICS_OUT = "metrics/distill.json"
 HISTORY_OUT = "metrics/history_distill.csv"
 LIVE_DIR = "dvclive/distill"  # per-epoch progress while it runs
 
-# input -> the stage that writes it, for the error message
-INPUTS = {
-    f"{DATA_DIR}/meta.json": "prepare",
-    TEACHER: "train_teacher",
-    SCRATCH_METRICS: "train_student_scratch",
-}
 
+def check_inputs(teachers: dict[str, str]) -> float:
+    """Fail before any work if an input is missing; returns the scratch control's test acc.
 
-def check_inputs() -> float:
-    """Fail before any work if an input is missing; returns the scratch control's test acc."""
-    require_inputs("distill", INPUTS)
+    ``teachers``: every teacher member's file -> the stage that writes it (for the message)."""
+    require_inputs("distill", {f"{DATA_DIR}/meta.json": "prepare", **teachers,
+                               SCRATCH_METRICS: "train_student_scratch"})
     check_outputs(MODEL_OUT, HISTORY_OUT, METRICS_OUT)
     scratch = read_json(SCRATCH_METRICS)
     if not isinstance(scratch.get(SCRATCH_KEY), (int, float)):
@@ -58,11 +59,17 @@ def check_inputs() -> float:
 
 def main() -> None:
     p = load_section("distill", PARAMS)
-    scratch_acc = check_inputs()
+    # only teacher.ensemble_seeds is read (dvc.yaml lists just that key)
+    teachers = teacher_files(TEACHER, MEMBERS_DIR, load_section("teacher", PARAMS).ensemble_seeds)
+    check_feature_method(p.method, len(teachers))
+    scratch_acc = check_inputs(teachers)
     data = load_prepared(DATA_DIR)
     meta, shape = data.meta, data.input_shape
-    teacher, payload = load_model(TEACHER, role="teacher")  # not a student copied over it
-    check_teacher_fits_data(payload["spec"], meta, TEACHER)
+    # the member itself for one teacher, else their ensemble at T; role-checked: not a student
+    # copied over it
+    teacher, payloads = load_teacher(list(teachers), p.T)
+    for path, payload in zip(teachers, payloads, strict=True):
+        check_teacher_fits_data(payload["spec"], meta, path)
     launch(p.train.nproc, p.train.device, "distill.train.nproc")
 
     check_input_size(p.input_size, meta["shape"], "distill.input_size")
@@ -73,6 +80,7 @@ def main() -> None:
     student = build_model(spec)
     loss_fn = build_loss(p, teacher, student, shape)
     print(f"[distill] method {p.method}, T {p.T}, alpha {p.alpha}"
+          + (f", ensemble of {len(teachers)} teachers" if len(teachers) > 1 else "")
           + (f", feature_weight {p.feature_weight}" if p.method != "kd" else ""))
 
     start = time.perf_counter()

@@ -12,6 +12,7 @@ from shrinkflow.artifacts import check_outputs, commit_outputs, load_model, requ
 from shrinkflow.data import load_prepared
 from shrinkflow.distill import KDLoss
 from shrinkflow.distributed import finish, is_main_process, launch
+from shrinkflow.ensemble import load_teacher, teacher_files
 from shrinkflow.errors import ShrinkflowError, run_stage
 from shrinkflow.live import live_progress
 from shrinkflow.params import load_section
@@ -29,6 +30,7 @@ from shrinkflow.train import seed_everything
 DATA_DIR = "data/prepared"
 STUDENT_IN = "models/student.pt"
 TEACHER_IN = "models/teacher.pt"
+MEMBERS_DIR = "models/teachers"  # extra ensemble members (train_teacher_member@SEED)
 MODEL_OUT = "models/pruned.pt"
 METRICS_OUT = "metrics/prune.json"
 HISTORY_OUT = "metrics/history_prune.csv"
@@ -50,14 +52,17 @@ def check_shapes(student_spec: dict, teacher_spec: dict, meta: dict) -> None:
 
 def main() -> None:
     p = load_section("prune")
+    # every teacher member (teacher.ensemble_seeds is the only teacher key read)
+    teachers = teacher_files(TEACHER_IN, MEMBERS_DIR, load_section("teacher").ensemble_seeds)
     require_inputs("prune", {f"{DATA_DIR}/meta.json": "prepare", STUDENT_IN: "distill",
-                             TEACHER_IN: "train_teacher"})
+                             **teachers})
     check_outputs(MODEL_OUT, HISTORY_OUT, SENSITIVITY_OUT, METRICS_OUT)
     data = load_prepared(DATA_DIR)
     student, payload = load_model(STUDENT_IN, role="student")
-    teacher, teacher_payload = load_model(TEACHER_IN, role="teacher")
+    # one member itself, or the ensemble's mean soft targets at the fine-tune's T
+    teacher, teacher_payloads = load_teacher(list(teachers), p.kd.T)
     spec, shape = payload["spec"], tuple(data.meta["shape"])
-    check_shapes(spec, teacher_payload["spec"], data.meta)
+    check_shapes(spec, teacher_payloads[0]["spec"], data.meta)  # load_teacher: members agree
     resolve_ignored(student, list(p.ignore_layers))  # an unknown layer name fails here
     launch(p.train.nproc, p.train.device, "prune.train.nproc")
     seed_everything(p.seed)

@@ -18,6 +18,7 @@ import torch
 from shrinkflow.artifacts import check_role, commit_outputs, read_json
 from shrinkflow.data import load_prepared
 from shrinkflow.distill import KDLoss
+from shrinkflow.ensemble import load_teacher, teacher_files
 from shrinkflow.errors import ShrinkflowError, run_stage
 from shrinkflow.onnx_export import export_onnx
 from shrinkflow.params import load_section
@@ -36,7 +37,8 @@ from shrinkflow.train import accuracy, predict, seed_everything
 
 DATA_DIR = "data/prepared"
 INPUTS = {"pruned": ("models/pruned.pt", "prune"), "student": ("models/student.pt", "distill")}
-TEACHER_IN = "models/teacher.pt"  # mode qat: distils from it during the fine-tune
+TEACHER_IN = "models/teacher.pt"  # mode qat: distils from it during the fine-tune ...
+MEMBERS_DIR = "models/teachers"  # ... and from the extra ensemble members, if any
 FP32_ONNX_OUT = Path("models/pruned.onnx")
 INT8_ONNX_OUT = Path("models/quantized.onnx")
 INT8_TORCH_OUT = Path("models/quantized_torch.pt")
@@ -58,13 +60,15 @@ def main() -> None:
     model, spec = source.module, source.spec
     teacher = None
     if p.mode == "qat":
-        if not Path(TEACHER_IN).is_file():
-            raise ShrinkflowError(f"quantize.mode = 'qat' needs {TEACHER_IN} (the distillation "
-                                  "teacher), which does not exist (the 'train_teacher' stage "
-                                  "writes it)")
-        opened = open_model(TEACHER_IN, meta["shape"], meta["num_classes"])
-        check_role(opened.meta, "teacher", TEACHER_IN)
-        teacher = opened.module
+        # every teacher member (teacher.ensemble_seeds is the only teacher key read)
+        teachers = teacher_files(TEACHER_IN, MEMBERS_DIR, load_section("teacher").ensemble_seeds)
+        missing = [path for path in teachers if not Path(path).is_file()]
+        if missing:
+            raise ShrinkflowError(f"quantize.mode = 'qat' needs {', '.join(missing)} (the "
+                                  f"distillation teacher), which does not exist (the "
+                                  f"'{teachers[missing[0]]}' stage writes it)")
+        # one member itself, or the ensemble's mean soft targets at the fine-tune's T
+        teacher, _ = load_teacher(list(teachers), p.qat.kd.T)
     data = load_prepared(DATA_DIR)
     calibration = select_calibration(data.train[0], p.calibration_samples, p.seed)
     shape = tuple(meta["shape"])

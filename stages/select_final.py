@@ -1,8 +1,9 @@
 """select: the one deployable model, chosen under the accuracy budget (see shrinkflow.selection).
 
 Reads every evaluated model's metrics/eval_NAME.json and metrics/benchmark.csv, picks the
-fastest candidate at ``select.batch_size`` within ``select.max_drop_points`` of the teacher (and
-``select.max_file_bytes``), and writes:
+fastest candidate at ``select.batch_size`` within ``select.max_drop_points`` of the teacher (of
+the teacher ensemble's accuracy in metrics/teacher_ensemble.json when there is one) and
+``select.max_file_bytes``, and writes:
 
 * ``models/final/`` holding the model, ``model.onnx`` or ``model.pt`` (when a PyTorch form
   wins), with its model card inside (shrinkflow.card), and the same card as ``card.json``.
@@ -37,6 +38,7 @@ METRICS_OUT = "metrics/final.json"
 DATA_META = "data/prepared/meta.json"
 # what the card's pipeline.modified lists when it differs from the commit checked out
 PIPELINE_FILES = ["dvc.yaml", "params.yaml", "models.yaml", "stages", "src"]
+ENSEMBLE_METRICS = "metrics/teacher_ensemble.json"
 
 
 def main() -> None:
@@ -47,7 +49,9 @@ def main() -> None:
     if unknown:
         raise ShrinkflowError(f"select.exclude: {unknown} not in {MODEL_LIST} (models: {names})")
     evals = {f"metrics/eval_{m.name}.json": f"evaluate@{m.name}" for m in models if m.evaluated}
-    require_inputs("select", {BENCH_CSV: "benchmark", DATA_META: "prepare", **evals})
+    # and the ensemble's accuracy, the drops' reference when there are extra members ({} else)
+    sources = {**evals, ENSEMBLE_METRICS: "teacher_ensemble"}
+    require_inputs("select", {BENCH_CSV: "benchmark", DATA_META: "prepare", **sources})
     with open(BENCH_CSV, newline="") as fh:
         rows = list(csv.DictReader(fh))
     sizes = sorted({int(r["batch_size"]) for r in rows})
@@ -55,7 +59,7 @@ def main() -> None:
     if batch not in sizes:
         raise ShrinkflowError(f"select.batch_size = {p.batch_size}: not benchmarked (benchmark "
                               f"batch sizes in {BENCH_CSV}: {sizes}; 0 = the largest)")
-    metrics = {k: v for path in evals for k, v in read_json(path).items()}
+    metrics = {k: v for path in sources for k, v in read_json(path).items()}
     candidates, notes = build_candidates(models, metrics, rows, batch, p.exclude)
     for note in notes:
         print(f"[select] note: {note}")

@@ -1,47 +1,72 @@
 """train_teacher: train the teacher with plain cross-entropy, fine-tune it from the user's weights
-(``teacher.init``), or import a finished model (``teacher.mode: import``) and only evaluate it."""
+(``teacher.init``), or import a finished model (``teacher.mode: import``) and only evaluate it.
 
+``python stages/train_teacher.py SEED`` trains one extra ensemble member instead (dvc.yaml's
+``train_teacher_member@SEED``, one item per ``teacher.ensemble_seeds``): the same model and
+recipe with ``teacher.train.seed`` replaced by SEED, written to models/teachers/teacher_SEED.pt
+and metrics/teacher_SEED.json (keys ``teacher_SEED_*``). Without an argument it is member 0,
+exactly the single teacher of before (same paths, keys and bytes).
+"""
+
+import sys
 from functools import partial
 
 from shrinkflow.artifacts import check_outputs, commit_outputs
 from shrinkflow.data import load_prepared
 from shrinkflow.distributed import finish, is_main_process, launch
-from shrinkflow.errors import run_stage
+from shrinkflow.ensemble import member_file
+from shrinkflow.errors import ShrinkflowError, run_stage
 from shrinkflow.live import live_progress
 from shrinkflow.params import load_section
 from shrinkflow.pretrained import HISTORY_COLUMNS, import_model, load_into, read_weights
 from shrinkflow.train import summary_line, supervised_metrics, train_supervised
 
-NAME = "teacher"
+NAME = "teacher"  # member 0; an extra member is teacher_SEED
 DATA_DIR = "data/prepared"
 MODEL_OUT = "models/teacher.pt"
-METRICS_OUT = "metrics/teacher.json"
-HISTORY_OUT = "metrics/history_teacher.csv"
-LIVE_DIR = "dvclive/teacher"  # per-epoch progress while it runs
+MEMBERS_DIR = "models/teachers"  # extra ensemble members, one file per seed
+# metrics/<name>.json, metrics/history_<name>.csv, and dvclive/<name>/ (per-epoch progress)
+
+
+def member_seed(argv: list[str], seeds: list[int]) -> int | None:
+    """The extra member's seed from the command line (None: member 0, the teacher)."""
+    if not argv:
+        return None
+    if len(argv) > 1 or not argv[0].isdigit() or int(argv[0]) not in seeds:
+        raise ShrinkflowError(f"usage: train_teacher.py [SEED], SEED one of teacher.ensemble_seeds "
+                              f"{seeds}; got {' '.join(argv)!r}")
+    return int(argv[0])
 
 
 def main() -> None:
     p = load_section("teacher")
-    check_outputs(MODEL_OUT, HISTORY_OUT, METRICS_OUT)
+    seed = member_seed(sys.argv[1:], list(p.ensemble_seeds))
+    name = NAME if seed is None else f"{NAME}_{seed}"
+    model_out = MODEL_OUT if seed is None else str(member_file(MEMBERS_DIR, seed))
+    metrics_out, history_out = f"metrics/{name}.json", f"metrics/history_{name}.csv"
+    train = p.train if seed is None else p.train.model_copy(update={"seed": seed})
+    check_outputs(model_out, history_out, metrics_out)
     weights = read_weights(p.init) if p.init else None
     data = load_prepared(DATA_DIR)
-    launch(p.train.nproc if p.mode == "train" else 1, p.train.device, "teacher.train.nproc")
+    launch(train.nproc if p.mode == "train" else 1, train.device, "teacher.train.nproc")
     if p.mode == "import":
         model, spec = import_model(weights, p.model, data.meta)
         history, m = [], supervised_metrics(model, data, NAME, [], seconds=0.0)
     else:
         init = partial(load_into, weights=weights) if weights else None
-        with live_progress(LIVE_DIR, NAME) as on_epoch:
+        with live_progress(f"dvclive/{name}", name) as on_epoch:
             model, spec, history, m = train_supervised(
-                p.model, p.train, data, name=NAME, init=init, params_key="teacher.train",
+                p.model, train, data, name=name, init=init, params_key="teacher.train",
                 on_epoch=on_epoch)
     provenance = {"mode": p.mode, "init": p.init} if p.init else {}
+    if seed is not None:
+        provenance["ensemble_seed"] = seed
     if is_main_process():  # every rank holds the same model; other ranks print nothing
         with commit_outputs() as out:
-            out.model(MODEL_OUT, model, spec, role=NAME, **provenance)
-            out.csv(HISTORY_OUT, history, fieldnames=None if history else HISTORY_COLUMNS)
-            out.json(METRICS_OUT, m)
-    print(summary_line(NAME, spec, m), "->", MODEL_OUT)
+            out.model(model_out, model, spec, role=NAME, **provenance)
+            out.csv(history_out, history, fieldnames=None if history else HISTORY_COLUMNS)
+            out.json(metrics_out, m)
+    print(summary_line(name, spec, m), "->", model_out)
     finish()
 
 

@@ -16,7 +16,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ["dvc.yaml", "params.yaml", "models.yaml", "stages", "src", ".dvc/config",
-          ".dvc/.gitignore", ".dvcignore", ".gitignore"]
+          ".dvc/.gitignore", ".dvcignore", ".gitignore",
+          "models/teachers/.gitkeep"]  # the ensemble members' folder, a dep even when empty
 
 TEMPLATE = re.compile(r"\$\{\s*([^}\s]+)\s*\}")
 
@@ -135,7 +136,10 @@ def interpolate(value: Any, context: dict[str, Any]) -> Any:
     if isinstance(value, list):
         return [interpolate(v, context) for v in value]
     if isinstance(value, dict):
-        return {k: interpolate(v, context) for k, v in value.items()}
+        # keys too, as DVC does: `- models/${item}.onnx: {persist: true}`
+        return {(TEMPLATE.sub(lambda m: str(lookup(context, m.group(1))), k)
+                 if isinstance(k, str) else k): interpolate(v, context)
+                for k, v in value.items()}
     return value
 
 

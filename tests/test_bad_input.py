@@ -172,6 +172,15 @@ CASES = [
          r"models/mismatch\.pt: .*", setup=spec_does_not_match_weights),
     Case("teacher file holds the student", "distill", r"models/teacher\.pt: expected the "
          r"'teacher' model", setup=student_as_teacher),
+    # teacher ensembles: a bad seed list, a member not trained yet, a feature method
+    Case("ensemble seed = the teacher's", "train_teacher 0",
+         r"teacher\.ensemble_seeds: .*must not contain teacher\.train\.seed \(0\)",
+         {"teacher.ensemble_seeds": [0]}),
+    Case("ensemble member not trained", "prune",
+         r"models/teachers/teacher_3\.pt \(written by stage train_teacher_member@3\)",
+         {"teacher.ensemble_seeds": [3]}),
+    Case("hint with an ensemble", "distill", r"distill\.method = 'hint' needs a single teacher",
+         {"teacher.ensemble_seeds": [3], "distill.method": "hint"}),
     Case("NaN loss", "train_teacher",
          r"\[teacher\] the training loss is not finite .* epoch \d+, batch \d+: training stopped "
          r"and nothing was written\. Most likely responsible: teacher\.train\.lr = 10",

@@ -22,15 +22,19 @@ benchmark write, and a key spelled by hand in one place silently becomes a missi
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from shrinkflow.errors import ShrinkflowError
 
-TEACHER = "teacher"  # every speed-up and accuracy drop is measured against this model
+TEACHER = "teacher"  # every speed-up and accuracy drop is measured against this model ...
+# ... or, with extra ensemble members (teacher.ensemble_seeds), accuracy drops against the
+# ensemble's test accuracy (metrics/teacher_ensemble.json, absent or {} for one teacher)
+ENSEMBLE_ACC = "teacher_ensemble_test_acc"
 BENCH_FIELDS = ("p50_ms", "speedup_vs_teacher", "speedup_vs_teacher_same_runtime")
 _NAME = re.compile(r"[A-Za-z0-9_]+")
 _BENCH_KEY = re.compile(
@@ -64,6 +68,15 @@ def bench_batch_sizes(keys: Iterable[str], model: str | None = None) -> list[int
         if parsed and parsed[2] == "p50_ms" and model in (None, parsed[0]):
             found.add(parsed[1])
     return sorted(found)
+
+
+def reference_accuracy_key(metrics: Mapping[str, Any]) -> str:
+    """The key every accuracy drop is measured from: the ensemble's test accuracy when there is
+    an ensemble, else the teacher's (evaluate@teacher's ``teacher_acc``)."""
+    value = metrics.get(ENSEMBLE_ACC)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return ENSEMBLE_ACC
+    return model_key(TEACHER, "acc")
 
 
 # --- the model list ------------------------------------------------------------------------------

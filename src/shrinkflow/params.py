@@ -29,6 +29,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -127,6 +128,9 @@ class TeacherParams(Section):
     init: str = Field(default="", description="weights file inside the repo (dvc add it)")
     model: ModelSpec = ModelSpec(widths=[96, 192, 384])
     train: TrainConfig = TrainConfig(epochs=10)
+    ensemble_seeds: list[Seed] = Field(
+        default=[], max_length=15,
+        description="one extra ensemble member per seed (same model and recipe); [] = one teacher")
 
     @field_validator("init")
     @classmethod
@@ -143,6 +147,22 @@ class TeacherParams(Section):
         if self.mode == "import" and not self.init:
             raise ValueError("mode 'import' needs teacher.init: the model file to import")
         return self
+
+    @field_validator("ensemble_seeds")
+    @classmethod
+    def _members_differ(cls, seeds: list[int], info: ValidationInfo) -> list[int]:
+        # fields are validated in order, so mode and train are known here (when valid)
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:  # the same member trained twice would weigh double in the mean
+            raise ValueError(f"seeds must be distinct, {repeated} repeated")
+        if seeds and info.data.get("mode") == "import":
+            raise ValueError("needs teacher.mode 'train': an imported teacher has no seed to "
+                             "vary (set ensemble_seeds: [])")
+        train = info.data.get("train")
+        if train is not None and train.seed in seeds:
+            raise ValueError(f"must not contain teacher.train.seed ({train.seed}): that member "
+                             "would be the teacher itself")
+        return seeds
 
 
 class DistillParams(Section):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,14 @@ from matplotlib.ticker import MaxNLocator
 from shrinkflow.artifacts import atomic_path
 from shrinkflow.errors import ShrinkflowError
 from shrinkflow.metric_keys import (
+    ENSEMBLE_ACC,
     TEACHER,
     ModelEntry,
     bench_batch_sizes,
     bench_key,
     model_key,
     parse_bench_key,
+    reference_accuracy_key,
 )
 
 FINAL_KEY = "final_model"  # metrics/final.json (the select stage): the model that ships
@@ -35,6 +38,7 @@ BENCH_CSV = "benchmark.csv"  # one row per model and batch size: runtime, sizes,
 ENVIRONMENT = ("cpu", "threads", "device", "torch_version", "onnxruntime_version")
 HISTORIES = ("teacher", "student_scratch", "distill", "prune")
 MARKERS = ("o", "s", "^", "D", "v")
+_MEMBER_KEY = re.compile(r"teacher_(\d+)_test_acc")  # extra members' metrics/teacher_SEED.json
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -54,15 +58,42 @@ def load_metrics(metrics_dir: str | Path) -> dict[str, Any]:
 
 
 def teacher_accuracy(metrics: dict[str, Any]) -> float:
-    """The reference every drop is measured from; the one input the report cannot do without."""
+    """The reference every drop is measured from; the one input the report cannot do without.
+
+    The teacher ensemble's test accuracy when there are extra members (metric_keys), else the
+    teacher's."""
     keys = (model_key(TEACHER, "acc"), model_key(TEACHER, "test_acc"))
-    value = first_number(metrics, *keys)
+    value = first_number(metrics, reference_accuracy_key(metrics), *keys)
     if math.isnan(value):
         raise ShrinkflowError(
             f"no teacher accuracy found ({keys[0]} in metrics/eval_{TEACHER}.json or {keys[1]} "
             f"in metrics/{TEACHER}.json): run the pipeline up to evaluate@{TEACHER} first"
         )
     return value
+
+
+def ensemble_lines(metrics: dict[str, Any]) -> list[str]:
+    """The teacher ensemble's section: each member's test accuracy and the ensemble's; no lines
+    for a single teacher (no ``teacher_ensemble_test_acc``)."""
+    ensemble = first_number(metrics, ENSEMBLE_ACC)
+    if math.isnan(ensemble):
+        return []
+    members = [("teacher (member 0)", first_number(metrics, model_key(TEACHER, "test_acc")))]
+    # the current members (a removed member's metrics file stays behind); all found if unknown
+    listed = str(metrics.get("teacher_ensemble_seeds", ""))
+    seeds = ([int(s) for s in listed.split(",") if s.strip().isdigit()] if listed else
+             sorted(int(m[1]) for key in metrics if (m := _MEMBER_KEY.fullmatch(key))))
+    members += [(f"teacher_{s} (seed {s})", first_number(metrics, f"teacher_{s}_test_acc"))
+                for s in seeds]
+    lines = ["## Teacher ensemble", "",
+             f"Every accuracy drop above is measured against the ensemble of "
+             f"{metrics.get('teacher_ensemble_members', len(members))} teachers (mean of their "
+             "probabilities); soft targets for distill and the prune fine-tune are the mean of "
+             "the members' softened probabilities. Latency and size columns are member 0's.", "",
+             "| model | test accuracy % |", "|---|---|"]
+    lines += [f"| {name} | {acc * 100:.2f} |" for name, acc in members]
+    lines += [f"| **ensemble** | **{ensemble * 100:.2f}** |", ""]
+    return lines
 
 
 def first_number(metrics: dict[str, Any], *keys: str) -> float:
@@ -102,8 +133,9 @@ def model_table(
     rows = []
     for entry in models:
         name, fact = entry.name, facts.get(entry.name, {})
-        acc = teacher if name == TEACHER else first_number(
-            metrics, model_key(entry.accuracy_of, "acc"))
+        acc = first_number(metrics, model_key(entry.accuracy_of, "acc"))
+        if name == TEACHER and math.isnan(acc):  # no evaluate@teacher: the training stage's
+            acc = first_number(metrics, model_key(TEACHER, "test_acc"))
 
         def known(field: str, name: str = name, fact: dict = fact) -> float:
             value = first_number(metrics, model_key(name, field))
@@ -454,11 +486,14 @@ def build_report(
                        "(not evaluated separately)" for e in models if not e.evaluated)
     lines = ["# shrinkflow report", "", *_headline(df, metrics, max_drop, large), "",
              "## Models", "", models_markdown(df), "",
-             "Accuracy is on the test split; drop = teacher minus model, in percentage points. "
+             "Accuracy is on the test split; drop = teacher minus model, in percentage points"
+             + (" (the teacher ensemble's accuracy minus the model's)"
+                if reference_accuracy_key(metrics) == ENSEMBLE_ACC else "") + ". "
              "Latency is the median of the benchmark's timed runs; speed-up = the median of the "
              "teacher's form in the same runtime (PyTorch or ONNX Runtime) / the model's, both "
              "measured in the same benchmark run"
              + (f"; {shared}" if shared else "") + ".", ""]
+    lines += ensemble_lines(metrics)
     for title, written in charts:
         if written is not None:
             lines += [f"## {title}", "", f"![{title}]({written.name})", ""]

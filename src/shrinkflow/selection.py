@@ -5,13 +5,14 @@ ONNX, int8 PyTorch). Which of them ships is decided by measurements, not by posi
 pipeline: int8 is not always faster (a pruned 25k-parameter CNN at 28x28 ran 1.3-1.5x slower in
 ORT int8 than in ORT fp32, measured), so "the last model" is not a rule.
 
-The rule: among the candidates whose accuracy drop against the teacher is within
-``max_drop_points`` (and whose file is within ``max_file_bytes`` when that is set), take the one
-with the lowest median latency at the chosen batch size; ties go to the more accurate, then the
-smaller file. Picking by latency among those within budget guarantees the winner is never slower
-than a candidate it beat on accuracy: a faster and more accurate candidate would also be within
-budget and would have won. Named ``selection`` because a module called ``select`` would shadow
-the standard library's ``select`` (which subprocess and asyncio import).
+The rule: among the candidates whose accuracy drop against the teacher (against the teacher
+ensemble when ``teacher.ensemble_seeds`` adds members) is within ``max_drop_points`` (and whose
+file is within ``max_file_bytes`` when that is set), take the one with the lowest median latency
+at the chosen batch size; ties go to the more accurate, then the smaller file. Picking by
+latency among those within budget guarantees the winner is never slower than a candidate it
+beat on accuracy: a faster and more accurate candidate would also be within budget and would
+have won. Named ``selection`` because a module called ``select`` would shadow the standard
+library's ``select`` (which subprocess and asyncio import).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from shrinkflow.card import make_card
 from shrinkflow.errors import ShrinkflowError
-from shrinkflow.metric_keys import TEACHER, ModelEntry, model_key
+from shrinkflow.metric_keys import TEACHER, ModelEntry, model_key, reference_accuracy_key
 
 EPS = 1e-9  # a drop equal to the budget passes (figures are rounded to 6 digits upstream)
 
@@ -78,9 +79,11 @@ def build_candidates(
     The teacher and its exports are never candidates (they are the reference), nor the models
     in ``exclude``.
     """
-    teacher_acc = _number(metrics.get(model_key(TEACHER, "acc")))
+    # the teacher's accuracy, or the ensemble's when there is one (metric_keys)
+    reference = reference_accuracy_key(metrics)
+    teacher_acc = _number(metrics.get(reference))
     if teacher_acc is None:
-        raise ShrinkflowError(f"no teacher accuracy ({model_key(TEACHER, 'acc')} in "
+        raise ShrinkflowError(f"no teacher accuracy ({reference} in "
                               f"metrics/eval_{TEACHER}.json): run evaluate@{TEACHER} first")
     rows = {str(r["model"]): r for r in bench_rows
             if _number(r.get("batch_size")) == batch_size}
