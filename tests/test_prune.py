@@ -323,8 +323,8 @@ def test_latency_target_prunes_where_latency_is_saved():
     layers = group_roots(model, SHAPE, resolve_ignored(model, []))
     slow = layers[2]
 
-    def fake_latency(m: nn.Module) -> float:  # only the `slow` layer's width costs time
-        return 0.1 + 0.01 * current_widths(m, [slow])[slow]
+    def fake_latency(models: list[nn.Module]) -> list[float]:  # only `slow`'s width costs time
+        return [0.1 + 0.01 * current_widths(m, [slow])[slow] for m in models]
 
     flat = fake_scan(layers, dict.fromkeys(layers, 1.0))
     full, plans, table = make_plan(model, SHAPE, auto_params(target="latency"), flat, 0.9,

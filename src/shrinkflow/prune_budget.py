@@ -54,7 +54,8 @@ from shrinkflow.train import Split
 
 LATENCY_BATCH = 64  # the batch size the pipeline's headline latency uses
 LATENCY_POINTS = 3  # widths measured per layer besides the full one; linear in between
-LATENCY_REPEATS = 30  # timed ORT calls per point (median), after 5 warm-up calls
+LATENCY_ROUNDS = 10  # interleaved rounds over all table entries ...
+LATENCY_CALLS = 3  # ... each timing this many ORT calls per entry (median of all of them)
 STEP_FIELDS = ["step", "channels", "macs", "params", "predicted_drop_points",
                "predicted_saving", "val_acc", "val_drop_points", "within_budget"]
 LATENCY_FIELDS = ["layer", "channels", "latency_ms"]
@@ -158,17 +159,28 @@ def macs_saved(curve: Curve, full: int, width: int, base_macs: int) -> float:
 # --- measured latency table (target: latency) ---------------------------------------------------
 
 
-def ort_latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int = LATENCY_BATCH,
-                   repeats: int = LATENCY_REPEATS) -> float:
-    """Median ONNX Runtime latency (ms) of ``model`` at ``batch``, exported to a temp file."""
+def ort_latencies_ms(models: list[nn.Module], input_shape: tuple[int, ...],
+                     batch: int = LATENCY_BATCH, rounds: int = LATENCY_ROUNDS) -> list[float]:
+    """Median ONNX Runtime latency (ms) of each model at ``batch``, timed in interleaved rounds.
+
+    Each round times every model in turn, so a burst of load from other processes hits all of
+    them alike instead of inflating whichever model happened to run then (the benchmark stage
+    interleaves for the same reason).
+    """
+    feed_x = np.random.default_rng(0).random((batch, *input_shape), dtype=np.float32)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "probe.onnx"
-        export_onnx(model, input_shape, path)
-        session = ort_session(path)
-        feed = {session.get_inputs()[0].name:
-                np.random.default_rng(0).random((batch, *input_shape), dtype=np.float32)}
-        times = time_calls(lambda: session.run(None, feed), warmup=5, repeats=repeats)
-    return float(np.median(times))
+        sessions = []
+        for i, model in enumerate(models):
+            path = Path(tmp) / f"probe{i}.onnx"
+            export_onnx(model, input_shape, path)
+            sessions.append(ort_session(path))
+        feeds = [{s.get_inputs()[0].name: feed_x} for s in sessions]
+        times: list[list[float]] = [[] for _ in models]
+        for _ in range(rounds):
+            for i, (session, feed) in enumerate(zip(sessions, feeds, strict=True)):
+                times[i] += time_calls(lambda s=session, f=feed: s.run(None, f), warmup=1,
+                                       repeats=LATENCY_CALLS)
+    return [float(np.median(t)) for t in times]
 
 
 def prune_to_widths(
@@ -200,28 +212,31 @@ def prune_to_widths(
 
 def latency_table(
     model: nn.Module, input_shape: tuple[int, ...], options: dict[str, list[int]],
-    params: PruneParams, measure: Callable[[nn.Module], float] | None = None,
+    params: PruneParams, measure: Callable[[list[nn.Module]], list[float]] | None = None,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Latency with each group alone pruned to a few of its widths (plus the unpruned model).
 
     Rows ``{layer, channels, latency_ms}``; the unpruned model is the row with layer ``""``.
-    ``measure`` defaults to ORT batch-64 median latency (tests pass a cheap stand-in).
+    ``measure`` maps models to latencies, by default ORT batch-64 medians over interleaved
+    rounds (tests pass a cheap stand-in).
     """
-    measure = measure or (lambda m: ort_latency_ms(m, input_shape))
-    rows = [{"layer": "", "channels": 0, "latency_ms": round(measure(model), 5)}]
+    measure = measure or (lambda ms: ort_latencies_ms(ms, input_shape))
+    entries: list[tuple[str, int, nn.Module]] = [("", 0, model)]
     for layer, widths in options.items():
-        if not widths:
-            continue
         picks = [widths[round(i * (len(widths) - 1) / max(LATENCY_POINTS - 1, 1))]
                  for i in range(min(LATENCY_POINTS, len(widths)))]
         for width in sorted(set(picks), reverse=True):
             trial = copy.deepcopy(model).cpu().eval()
             prune_to_widths(trial, input_shape, {layer: width}, params, params.seed)
-            rows.append({"layer": layer, "channels": width,
-                         "latency_ms": round(measure(trial), 5)})
-        log(f"[latency] {layer}: " + "  ".join(
-            f"{r['channels']}->{r['latency_ms']:.3f}ms" for r in rows if r["layer"] == layer))
+            entries.append((layer, width, trial))
+    start = time.perf_counter()
+    latencies = measure([m for _, _, m in entries])
+    rows = [{"layer": layer, "channels": width, "latency_ms": round(ms, 5)}
+            for (layer, width, _), ms in zip(entries, latencies, strict=True)]
+    log(f"[latency] ORT batch {LATENCY_BATCH}, {len(rows)} models in "
+        f"{time.perf_counter() - start:.1f}s: unpruned {rows[0]['latency_ms']:.3f} ms; "
+        + "; ".join(f"{r['layer']}={r['channels']}: {r['latency_ms']:.3f}" for r in rows[1:]))
     return rows
 
 
@@ -292,7 +307,8 @@ def plan_steps(full: Widths, moves: list[tuple[str, int, float, float]], steps: 
 def make_plan(
     model: nn.Module, input_shape: tuple[int, ...], params: PruneParams,
     scan_rows: list[dict[str, Any]], base_acc: float,
-    measure: Callable[[nn.Module], float] | None = None, log: Callable[[str], None] = print,
+    measure: Callable[[list[nn.Module]], list[float]] | None = None,
+    log: Callable[[str], None] = print,
 ) -> tuple[Widths, list[tuple[Widths, float, float]], list[dict[str, Any]]]:
     """(full widths, per-step plans, latency table) for ``model`` from its sensitivity scan."""
     ignored = resolve_ignored(model, list(params.ignore_layers))
@@ -388,7 +404,7 @@ def run_budget_pruning(
     finetune: FineTune | None = None,
     evaluate_before: Callable[[nn.Module], float] | None = None,
     train: Split | None = None,
-    measure_latency: Callable[[nn.Module], float] | None = None,
+    measure_latency: Callable[[list[nn.Module]], list[float]] | None = None,
     log: Callable[[str], None] = print,
 ) -> BudgetOutcome:
     """Budget mode end to end: plan from the scan, then the step loop. Model left on CPU."""
