@@ -428,8 +428,7 @@ def run_budget_pruning(
     best, chosen, reason, rows, history, before = step_loop(
         model, plans, prune, evaluate_val, base_acc, params.max_drop_points, finetune,
         params.train.epochs, measure, evaluate_before, log)
-    log(f"[prune] budget mode: {reason}")
-    best.cpu().eval()
+    best.cpu().eval()  # the caller prints ``stop_reason`` (one line)
     return BudgetOutcome(
         model=best, widths=current_widths(best, layers), chosen_step=chosen, stop_reason=reason,
         steps=rows, history=history, latency_table=table, acc_before_finetune=before,
