@@ -125,7 +125,9 @@ def main() -> None:
         "prune_achieved_channel_ratio": round(1 - after["channels"] / before["channels"], 6),
         "prune_sparsity": round(sparsity(pruned, resolve_ignored(pruned, p.ignore_layers)), 6),
         "prune_student_test_acc": round(student_acc, 6),
-        "pruned_test_acc_before_finetune": round(outcome.acc_before_finetune or 0.0, 6),
+        # budget mode keeping step 0 pruned nothing: "before fine-tune" is the student itself
+        "pruned_test_acc_before_finetune": round(student_acc if outcome.acc_before_finetune
+                                                 is None else outcome.acc_before_finetune, 6),
         "pruned_test_acc": round(pruned_acc, 6),
         "prune_acc_drop_points": round(100 * (student_acc - pruned_acc), 4),
         # budget mode (ratio auto); the same keys for a fixed ratio keep `dvc exp show` aligned

@@ -10,7 +10,8 @@ a lot in what that costs. Budget mode turns the scan into a plan and follows it 
    per layer at a few widths (a NetAdapt-style lookup table), so the plan favours removals that
    are faster where the model runs, not only smaller on paper.
 2. **Greedy plan.** Starting from the full widths, repeatedly take the one removal (one layer down
-   to its next width, a multiple of ``round_to``) with the smallest predicted drop per unit saved.
+   to a narrower width, a multiple of ``round_to``) with the smallest predicted drop per unit
+   saved.
    Cut that sequence into ``iterative_steps`` steps of equal saving; each step's widths contain
    the previous step's, so the model only ever shrinks.
 3. **Step loop.** Prune to the step's widths, fine-tune with KD, measure validation accuracy; stop
@@ -256,7 +257,13 @@ def greedy_moves(
     saved: Callable[[str, int], float],
 ) -> list[tuple[str, int, float, float]]:
     """Every removal in order of least predicted drop per unit saved: (layer, width, total
-    predicted drop, total saving) after each move. Ties go to the larger saving."""
+    predicted drop, total saving) after each move.
+
+    A move may jump a layer past several widths at once: measured savings are not convex (on a
+    loaded machine one narrower width can time slower than the full layer), and a one-width
+    look-ahead would then never prune that layer and pick a far more sensitive one instead.
+    Ties go to the smaller move, which keeps the steps fine-grained.
+    """
     widths = dict(full)
     nxt = {layer: 0 for layer in full}  # index of each layer's next option
     moves = []
@@ -265,23 +272,21 @@ def greedy_moves(
         best = None
         for layer in full:
             opts = options.get(layer, [])
-            if nxt[layer] >= len(opts):
-                continue
-            new = opts[nxt[layer]]
-            d = max(drop(layer, new) - drop(layer, widths[layer]), 0.0)
-            s = saved(layer, new) - saved(layer, widths[layer])
-            score = d / s if s > 0 else float("inf")
-            key = (score, -s)
-            if best is None or key < best[0]:
-                best = (key, layer, new, d, s)
+            here_drop, here_saved = drop(layer, widths[layer]), saved(layer, widths[layer])
+            for j in range(nxt[layer], len(opts)):
+                d = max(drop(layer, opts[j]) - here_drop, 0.0)
+                s = saved(layer, opts[j]) - here_saved
+                key = (d / s if s > 0 else float("inf"), s)
+                if best is None or key < best[0]:
+                    best = (key, layer, j, d, s)
         if best is None:
             return moves
-        _, layer, new, d, s = best
-        widths[layer] = new
-        nxt[layer] += 1
+        _, layer, j, d, s = best
+        widths[layer] = options[layer][j]
+        nxt[layer] = j + 1
         total_drop += d
         total_saved += max(s, 0.0)
-        moves.append((layer, new, total_drop, total_saved))
+        moves.append((layer, widths[layer], total_drop, total_saved))
 
 
 def plan_steps(full: Widths, moves: list[tuple[str, int, float, float]], steps: int
