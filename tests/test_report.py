@@ -196,7 +196,7 @@ def test_budget_mode_section_and_chart(tmp_path):
                  ).to_csv(metrics / "prune_steps.csv", index=False)
     page, charts, _ = build_report(metrics, tmp_path / "reports", max_drop=1.0, models=MODELS)
     text = page.read_text()
-    assert "## Budget-mode pruning" in text and "kept step 1" in text
+    assert "## Budget-mode pruning" in text and "Kept step 1 (step 0" in text
     assert "`c1=8 c2=16`" in text and "1.20 on test (OVER the budget on test)" in text
     assert "| 2 | c1=8 c2=8 |" in text  # one table row per step
     assert "prune_steps.png" in {c.name for c in charts}

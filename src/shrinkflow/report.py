@@ -361,8 +361,9 @@ def budget_lines(metrics: dict[str, Any], steps: pd.DataFrame | None) -> list[st
         return []
     test_ok = metrics.get("prune_within_budget_on_test")
     lines = ["## Budget-mode pruning", "",
-             f"- Budget: {budget:g} points below the unpruned student on validation; kept step "
-             f"{metrics.get('prune_step_chosen', '?')}: {metrics.get('prune_stop_reason', '?')}.",
+             f"- Budget: {budget:g} points below the unpruned student on validation. Kept step "
+             f"{metrics.get('prune_step_chosen', '?')} (step 0 = the student); stop: "
+             f"{metrics.get('prune_stop_reason', '?')}.",
              f"- Channels kept: `{metrics.get('prune_channels', '?')}`.",
              f"- Drop: {first_number(metrics, 'prune_val_drop_points'):.2f} points on "
              f"validation, {first_number(metrics, 'prune_acc_drop_points'):.2f} on test ("
