@@ -3,29 +3,40 @@
 Reads models/pruned.pt or models/student.pt (``quantize.input``), calibrates on a seeded sample
 of the train split, and checks every converted model against the fp32 one on the test split,
 running the saved files through ``runtime.open_model`` exactly as evaluate and benchmark will.
-``quantize.mode`` picks static or dynamic for the ONNX Runtime model; the PyTorch int8 model is
-always static (PyTorch's dynamic int8 only touches nn.Linear: no gain for CNNs).
+``quantize.mode`` picks static, dynamic or qat for the ONNX Runtime model: qat first fine-tunes
+a copy of the model with fake quantization and distillation from models/teacher.pt
+(``quantize.qat``), then quantizes the tuned weights, and checks the int8 file against the
+fake-quantized model too. The PyTorch int8 model is always static PTQ of the input model
+(PyTorch's dynamic int8 only touches nn.Linear: no gain for CNNs).
 """
 
 import time
 from pathlib import Path
 
+import torch
+
 from shrinkflow.artifacts import check_role, commit_outputs, read_json
 from shrinkflow.data import load_prepared
+from shrinkflow.distill import KDLoss
 from shrinkflow.errors import ShrinkflowError, run_stage
 from shrinkflow.onnx_export import export_onnx
 from shrinkflow.params import load_section
 from shrinkflow.quantize import (
+    compare_logits,
     parity_metrics,
+    qat_finetune,
     quantize_onnx_dynamic,
     quantize_onnx_static,
+    quantize_qat_onnx,
     save_torch_int8,
     select_calibration,
 )
 from shrinkflow.runtime import open_model
+from shrinkflow.train import accuracy, predict, seed_everything
 
 DATA_DIR = "data/prepared"
 INPUTS = {"pruned": ("models/pruned.pt", "prune"), "student": ("models/student.pt", "distill")}
+TEACHER_IN = "models/teacher.pt"  # mode qat: distils from it during the fine-tune
 FP32_ONNX_OUT = Path("models/pruned.onnx")
 INT8_ONNX_OUT = Path("models/quantized.onnx")
 INT8_TORCH_OUT = Path("models/quantized_torch.pt")
@@ -45,11 +56,32 @@ def main() -> None:
     source = open_model(model_path, meta["shape"], meta["num_classes"])  # checked against data
     check_role(source.meta, p.input, model_path)
     model, spec = source.module, source.spec
+    teacher = None
+    if p.mode == "qat":
+        if not Path(TEACHER_IN).is_file():
+            raise ShrinkflowError(f"quantize.mode = 'qat' needs {TEACHER_IN} (the distillation "
+                                  "teacher), which does not exist (the 'train_teacher' stage "
+                                  "writes it)")
+        opened = open_model(TEACHER_IN, meta["shape"], meta["num_classes"])
+        check_role(opened.meta, "teacher", TEACHER_IN)
+        teacher = opened.module
     data = load_prepared(DATA_DIR)
     calibration = select_calibration(data.train[0], p.calibration_samples, p.seed)
     shape = tuple(meta["shape"])
     print(f"[quantize] {model_path}: {spec['arch']}, {len(calibration)} calibration "
           f"images from train, mode {p.mode}")
+
+    qat, qat_metrics = None, {}
+    if teacher is not None:
+        q = p.qat
+        seed_everything(q.train.seed)
+        print(f"[quantize] QAT: {q.train.epochs} epoch(s) with fake quantization, KD T {q.kd.T} "
+              f"alpha {q.kd.alpha}")
+        qat = qat_finetune(
+            model, shape, data.train, data.val, q.train,
+            loss_fn=KDLoss(teacher, q.kd.T, q.kd.alpha, q.train.label_smoothing),
+            reduce_range=p.reduce_range, params_key="quantize.qat.train",
+            loss_params={"quantize.qat.kd.T": q.kd.T, "quantize.qat.kd.alpha": q.kd.alpha})
 
     with commit_outputs() as out:  # the three models and the metrics land together
         fp32_onnx, int8_onnx = out.file(FP32_ONNX_OUT), out.file(INT8_ONNX_OUT)
@@ -57,7 +89,10 @@ def main() -> None:
         export_onnx(model, shape, fp32_onnx, p.opset)
         print(f"[quantize] fp32 ONNX -> {FP32_ONNX_OUT}")
         start = time.perf_counter()
-        if p.mode == "static":
+        if qat is not None:
+            quantize_qat_onnx(qat, int8_onnx, calibration, p.per_channel, p.reduce_range,
+                              p.calibration_method, p.opset)
+        elif p.mode == "static":
             quantize_onnx_static(fp32_onnx, int8_onnx, calibration, p.per_channel,
                                  p.reduce_range, p.calibration_method)
         else:
@@ -68,7 +103,8 @@ def main() -> None:
         save_torch_int8(int8_torch, model, spec, calibration, role=INT8_TORCH_ROLE,
                         source=model_path, calibration_samples=len(calibration))
         torch_seconds = time.perf_counter() - start
-        print(f"[quantize] PyTorch FX int8 (x86) -> {INT8_TORCH_OUT} in {torch_seconds:.1f}s")
+        print(f"[quantize] PyTorch FX int8 (x86) -> {INT8_TORCH_OUT} in "
+              f"{torch_seconds:.1f}s")
 
         x, y = data.test
         fp32, onnx_fp32, onnx_int8, torch_int8 = (  # parity of the files as written
@@ -76,6 +112,18 @@ def main() -> None:
             for path in (model_path, fp32_onnx, int8_onnx, int8_torch)
         )
         m = parity_metrics(fp32, onnx_fp32, onnx_int8, torch_int8, y)
+        if qat is not None:  # the int8 file against the fake-quantized model it came from
+            fake_quant = predict(qat.fake_quant, x, device=torch.device("cpu"))
+            fq_acc = accuracy(fake_quant, y)
+            qat_metrics = {
+                "quantize_qat_epochs": p.qat.train.epochs,
+                "quantize_qat_seconds": round(qat.seconds, 2),
+                "quantize_qat_val_acc": qat.history[-1]["val_acc"] if qat.history else 0.0,
+                "quantize_qat_fake_quant_test_acc": round(fq_acc, 6),
+                "quantize_qat_int8_agreement": round(
+                    compare_logits(fake_quant, onnx_int8)["agreement"], 6),
+                "quantize_qat_int8_gap_points": round(100 * (fq_acc - m["int8_test_acc"]), 4),
+            }
         fp32_bytes, int8_bytes = fp32_onnx.stat().st_size, int8_onnx.stat().st_size
         metrics = {
             "quantize_input": p.input,
@@ -94,6 +142,7 @@ def main() -> None:
             "quantize_torch_bytes": int8_torch.stat().st_size,
             "quantize_calibration_seconds": round(ort_seconds, 3),
             "quantize_torch_seconds": round(torch_seconds, 3),
+            **qat_metrics,
         }
         out.json(METRICS_OUT, metrics)
     print(f"[quantize] ONNX fp32 vs torch: max |diff| {m['onnx_max_abs_diff']:.2e}, agreement "
@@ -102,6 +151,11 @@ def main() -> None:
           f"({metrics['quantize_size_ratio']:.2f}x), test acc {m['fp32_test_acc']:.2%} -> "
           f"{m['int8_test_acc']:.2%} (drop {m['acc_drop_points']:.2f} points), agreement "
           f"{m['int8_agreement']:.2%}")
+    if qat_metrics:
+        print(f"[quantize] QAT: fake-quantized test acc "
+              f"{qat_metrics['quantize_qat_fake_quant_test_acc']:.2%}, int8 ONNX agrees with it on "
+              f"{qat_metrics['quantize_qat_int8_agreement']:.2%} (gap "
+              f"{qat_metrics['quantize_qat_int8_gap_points']:.2f} points)")
     print(f"[quantize] torch_int8: test acc {m['torch_int8_test_acc']:.2%}, agreement "
           f"{m['torch_int8_agreement']:.2%}, {metrics['quantize_torch_bytes']:,} bytes "
           f"-> {METRICS_OUT}")

@@ -4,10 +4,12 @@ Reads every evaluated model's metrics/eval_NAME.json and metrics/benchmark.csv, 
 fastest candidate at ``select.batch_size`` within ``select.max_drop_points`` of the teacher (and
 ``select.max_file_bytes``), and writes:
 
-* ``models/final/`` holding one file, ``model.onnx`` or ``model.pt`` (when a PyTorch form wins).
-  A fixed DVC path (``dvc get REPO models/final``) whose one file keeps the suffix its runtime
+* ``models/final/`` holding the model, ``model.onnx`` or ``model.pt`` (when a PyTorch form
+  wins), with its model card inside (shrinkflow.card), and the same card as ``card.json``.
+  A fixed DVC path (``dvc get REPO models/final``) whose model keeps the suffix its runtime
   opens by; declaring both ``final.onnx`` and ``final.pt`` as outs would fail, since DVC
-  requires every declared out to exist after the stage;
+  requires every declared out to exist after the stage. ``python -m shrinkflow.predict
+  models/final/model.onnx IMAGES...`` runs it from the card alone;
 * ``metrics/final.json``: flat ``final_*`` keys (model, format, accuracy, drop, size, latency,
   speed-ups, runner-up) for ``dvc exp show``.
 
@@ -19,19 +21,22 @@ Named select_final.py, not select.py: Python puts a script's folder first on sys
 """
 
 import csv
-import shutil
 from pathlib import Path
 
 from shrinkflow.artifacts import commit_outputs, read_json, require_inputs
+from shrinkflow.card import CARD_FILE, card_json, pipeline_commit, write_model_card
 from shrinkflow.errors import ShrinkflowError, run_stage
 from shrinkflow.metric_keys import TEACHER, read_model_list
 from shrinkflow.params import load_section
-from shrinkflow.selection import build_candidates, choose, final_metrics
+from shrinkflow.selection import build_candidates, choose, final_card, final_metrics
 
 MODEL_LIST = "models.yaml"
 BENCH_CSV = "metrics/benchmark.csv"
 FINAL_DIR = Path("models/final")
 METRICS_OUT = "metrics/final.json"
+DATA_META = "data/prepared/meta.json"
+# what the card's pipeline.modified lists when it differs from the commit checked out
+PIPELINE_FILES = ["dvc.yaml", "params.yaml", "models.yaml", "stages", "src"]
 
 
 def main() -> None:
@@ -42,7 +47,7 @@ def main() -> None:
     if unknown:
         raise ShrinkflowError(f"select.exclude: {unknown} not in {MODEL_LIST} (models: {names})")
     evals = {f"metrics/eval_{m.name}.json": f"evaluate@{m.name}" for m in models if m.evaluated}
-    require_inputs("select", {BENCH_CSV: "benchmark", **evals})
+    require_inputs("select", {BENCH_CSV: "benchmark", DATA_META: "prepare", **evals})
     with open(BENCH_CSV, newline="") as fh:
         rows = list(csv.DictReader(fh))
     sizes = sorted({int(r["batch_size"]) for r in rows})
@@ -65,8 +70,12 @@ def main() -> None:
     fmt = source.suffix.lstrip(".")
     final_file = FINAL_DIR / f"model{source.suffix}"
     teacher_bytes = next((int(r["file_bytes"]) for r in rows if r["model"] == TEACHER), None)
+    card = final_card(s.final, models, metrics, rows, read_json(DATA_META), fmt,
+                      pipeline_commit(PIPELINE_FILES))
     with commit_outputs() as out:  # the folder and the metrics land together, or neither
-        shutil.copyfile(source, out.directory(FINAL_DIR) / final_file.name)
+        folder = out.directory(FINAL_DIR)
+        write_model_card(source, folder / final_file.name, card)
+        (folder / CARD_FILE).write_text(card_json(card))
         out.json(METRICS_OUT, final_metrics(s, str(final_file), fmt, batch, p.max_drop_points,
                                             teacher_bytes))
     same = s.final.speedup_same_runtime

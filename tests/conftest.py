@@ -4,14 +4,18 @@ tests."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 from pipeline_repo import copy_repo, env, make_repo, run
 
 from shrinkflow.data import Prepared
@@ -93,36 +97,68 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=uses_reproduced_repo)
 
 
+def shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of this session that every pytest-xdist worker sees: each worker is a process
+    with its own basetemp (.../pytest-N/popen-gwK), and their parent belongs to the session."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def write_returncode(root: Path, code: str) -> None:
+    """The repro's exit code, in a file every worker waits for (renamed in: never half-read)."""
+    (root / "returncode.tmp").write_text(code)
+    (root / "returncode.tmp").replace(root / "returncode")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _reproduce_in_background(request, tmp_path_factory):
     """Start `dvc repro` of the shared tiny project as the session starts, if a selected test
-    needs it (not under `-m "not slow"`): the unit tests run meanwhile on the other core."""
+    needs it (not under `-m "not slow"`): the unit tests run meanwhile on the other core. Under
+    pytest-xdist the first worker starts it and every worker uses it (reproduced_template)."""
     if not any(uses_reproduced_repo(item) for item in request.session.items):
         yield None
         return
-    path = make_repo(tmp_path_factory.mktemp("reproduced") / "repo")
-    log = path.parent / "repro.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=path, env=env(),
-                                stdout=out, stderr=subprocess.STDOUT)
-    yield path, proc, log
-    if proc.poll() is None:  # the session ended first (-x, Ctrl-C)
-        proc.terminate()
-        proc.wait()
+    root = shared_root(tmp_path_factory) / "reproduced"
+    proc = None
+    with FileLock(f"{root}.lock"):
+        if not root.exists():
+            root.mkdir()
+            log = (root / "repro.log").open("w")
+            try:
+                path = make_repo(root / "repo")
+                proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=path,
+                                        env=env(), stdout=log, stderr=subprocess.STDOUT)
+            except BaseException:
+                write_returncode(root, "make_repo failed")  # nobody waits forever
+                raise
+            threading.Thread(target=lambda: write_returncode(root, str(proc.wait())),
+                             daemon=True).start()
+    yield root
+    if proc is not None and proc.poll() is None:
+        if request.session.shouldfail or request.session.shouldstop:  # -x, Ctrl-C
+            proc.terminate()
+        proc.wait()  # other workers may still be waiting for it
 
 
 @pytest.fixture(scope="session")
-def reproduced_template(_reproduce_in_background) -> Reproduced:
+def reproduced_template(_reproduce_in_background, tmp_path_factory) -> Reproduced:
     """The project with tiny params (pipeline_repo.TINY), `dvc repro` run once and the result
     committed (`dvc exp run --queue` only sees committed files). Shared by every end-to-end test
-    of the session: reproducing costs minutes, a copy (`copy_repo`) a tenth of a second.
-    Read it, never change it: use `reproduced_repo` or `copy_repo` for a copy you can change."""
-    path, proc, log = _reproduce_in_background
-    returncode = proc.wait()
-    assert returncode == 0, f"dvc repro of the tiny project failed:\n{log.read_text()}"
-    run(path, "git", "add", "-A")
-    run(path, "git", "commit", "-q", "-m", "reproduced")
-    return Reproduced(path, log.read_text())
+    of the session (and every xdist worker): reproducing costs minutes, a copy (`copy_repo`) a
+    tenth of a second. Read it, never change it: use `reproduced_repo` or `copy_repo` for a copy
+    you can change."""
+    root = _reproduce_in_background
+    done = root / "returncode"
+    while not done.exists():
+        time.sleep(0.2)
+    log = (root / "repro.log").read_text()
+    assert done.read_text() == "0", f"dvc repro of the tiny project failed:\n{log}"
+    with FileLock(f"{root}.lock"):
+        if not (root / "committed").exists():
+            run(root / "repo", "git", "add", "-A")
+            run(root / "repo", "git", "commit", "-q", "-m", "reproduced")
+            (root / "committed").touch()
+    return Reproduced(root / "repo", log)
 
 
 @pytest.fixture

@@ -30,23 +30,13 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from pipeline_repo import dvc, env, make_repo
+from pipeline_repo import copy_repo, dvc, env
 from test_data import write_cifar10, write_idx
 
 pytestmark = pytest.mark.slow  # end to end: real stage processes
 
 DELETE = object()  # a params value meaning "remove this key"
 ARTIFACTS = ["models", "metrics", "data", "reports", "dvc.lock"]
-
-# Tiny and quick: one epoch of at most 4 batches per training stage, no sensitivity scan.
-QUICK = {
-    "teacher": {"train": {"epochs": 1, "max_batches": 4}},
-    "distill": {"train": {"max_batches": 4}},
-    "prune": {"sensitivity": False, "train": {"max_batches": 4}},
-}
-# What the cases need on disk (the rest of the pipeline would only cost CI time).
-REPRODUCED = ["prune", "evaluate@teacher"]
-
 
 def metrics_is_a_file(root: Path) -> None:
     """An output folder that cannot be written. Tests run as root here, and chmod does not stop
@@ -189,17 +179,10 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def reproduced(tmp_path_factory) -> Path:
-    path = make_repo(tmp_path_factory.mktemp("reproduced"), QUICK)
-    dvc(path, "repro", *REPRODUCED)
-    return path
-
-
 @pytest.fixture
-def project(reproduced, tmp_path) -> Path:
-    """A private copy of the reproduced project: a case may break anything in it."""
-    return Path(shutil.copytree(reproduced, tmp_path / "project", symlinks=True))
+def project(reproduced_template, tmp_path) -> Path:
+    """A private copy of the session's reproduced tiny project: a case may break anything in it."""
+    return copy_repo(reproduced_template.path, tmp_path / "project")
 
 
 def change_params(root: Path, changes: dict[str, Any]) -> None:

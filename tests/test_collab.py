@@ -23,7 +23,6 @@ import logging
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -32,17 +31,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pipeline_repo import ROOT, dvc, env, make_repo, run
+from pipeline_repo import ROOT, copy_repo, dvc, env, run
 
 pytestmark = pytest.mark.slow  # end to end: real stage processes
 
 README = ROOT / "README.md"
-# On top of pipeline_repo.TINY: one epoch, no sensitivity scan, the cheapest benchmark.
-COLLAB_PARAMS = {
-    "teacher": {"train": {"epochs": 1}},
-    "prune": {"sensitivity": False},
-    "benchmark": {"batch_sizes": [1], "repeats": 1, "warmup": 0, "rounds": 1, "threads": 1},
-}
 # Placeholders in the README's blocks -> what the test substitutes (filled per round trip).
 GIT_URL = "git@git.example.com:team/shrinkflow.git"
 LOCAL_REMOTE = "/mnt/shared/shrinkflow-cache"
@@ -114,24 +107,10 @@ def clean_env() -> dict[str, str]:
 # --- the shared reproduced project --------------------------------------------------------
 
 
-def reproduced_repo(path: Path) -> Path:
-    """A reproduced, committed copy of the project with tiny params (swap for a shared one)."""
-    repo = make_repo(path, COLLAB_PARAMS)
-    dvc(repo, "repro")
-    run(repo, "git", "add", "-A")
-    run(repo, "git", "commit", "-q", "-m", "baseline")
-    return repo
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    return reproduced_repo(tmp_path_factory.mktemp("collab") / "project")
-
-
-def copy_of(project: Path, dest: Path) -> Path:
-    """An independent copy of the reproduced project (git history and DVC cache included)."""
-    shutil.copytree(project, dest, symlinks=True, ignore=shutil.ignore_patterns("tmp"))
-    return dest
+@pytest.fixture
+def project(reproduced_template) -> Path:
+    """The session's reproduced tiny project (conftest): read it, copy it to change it."""
+    return reproduced_template.path
 
 
 def digests(repo: Path) -> dict[str, str]:
@@ -179,7 +158,7 @@ def round_trip(project: Path, root: Path, remote_block: str, subs: dict[str, str
     origin = root / "origin.git"
     run(root, "git", "init", "-q", "--bare", "-b", "main", str(origin))
     subs = {GIT_URL: str(origin), **subs}
-    a = copy_of(project, root / "a")
+    a = copy_repo(project, root / "a")
 
     # A: the remotes, once; then share the baseline and an experiment
     run_block(a, remote_block, subs, a_env)
@@ -305,7 +284,7 @@ def signal_all(pids, sig: int) -> None:
 
 @pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="finds the runs through /proc")
 def test_queued_grid_shows_live_progress_and_keeps_runs_apart(project, tmp_path, request):
-    repo = copy_of(project, tmp_path / "repo")
+    repo = copy_repo(project, tmp_path / "repo")
     base_epochs = params_of(repo)["teacher"]["train"]["epochs"]
     dvc(repo, "exp", "run", "--queue", "-n", "bad-arch", "-S", "teacher.model.arch=vgg",
         "train_teacher")  # the README's example of a failed run

@@ -1,4 +1,4 @@
-"""Quantize: ONNX export parity, ORT static/dynamic int8, safe PyTorch int8 storage, the stage.
+"""Quantize: ONNX export parity, ORT static/dynamic int8, QAT, safe PyTorch int8 storage, the stage.
 
 Files are opened and run through ``runtime.open_model``, as evaluate and benchmark do."""
 
@@ -13,21 +13,27 @@ import torch
 import yaml
 from pipeline_repo import run_stage_main, shipped_params
 from prepared_files import write_prepared_dir
+from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
 from shrinkflow.artifacts import save_model
 from shrinkflow.data import load_prepared
+from shrinkflow.distill import KDLoss
 from shrinkflow.errors import ShrinkflowError
 from shrinkflow.models import build_model, count_macs, count_params, make_spec
 from shrinkflow.onnx_export import export_onnx, read_metadata
-from shrinkflow.params import ModelSpec, TrainConfig
+from shrinkflow.params import ModelSpec, QATParams, TrainConfig, load_section
 from shrinkflow.quantize import (
     compare_logits,
     parity_metrics,
+    pt2e_export,
+    qat_finetune,
     quantize_onnx_dynamic,
     quantize_onnx_static,
+    quantize_qat_onnx,
     quantize_torch_fx,
     save_torch_int8,
     select_calibration,
+    x86_quantizer,
 )
 from shrinkflow.runtime import Runtime, open_model, ort_session
 from shrinkflow.train import accuracy, fit, predict, seed_everything
@@ -212,6 +218,77 @@ def test_parity_metrics_on_hand_made_logits():
     assert m["torch_int8_test_acc"] == 0.5 and m["torch_int8_agreement"] == 0.5
 
 
+# --- quantization-aware training ---------------------------------------------------------------
+
+
+def test_qat_gives_an_int8_onnx_that_follows_the_fake_quantized_model(
+        tmp_path, tiny_data, model_and_spec):
+    model, _ = model_and_spec
+    teacher = _trained(tiny_data, [16, 32])[0]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seed_everything(0)
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=0.005, device="cpu")
+    qat = qat_finetune(model, (1, 8, 8), tiny_data.train, tiny_data.val, cfg,
+                       loss_fn=KDLoss(teacher, 4.0, 0.9), log=lambda _: None)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # a copy
+    assert len(qat.history) == 1 and "train_kd" in qat.history[0]  # KD ran in fit's loop
+    tuned = qat.fp32.state_dict()
+    assert any(not torch.equal(before[k], tuned[k]) for k in before)  # the weights moved
+    out = tmp_path / "qat.onnx"
+    quantize_qat_onnx(qat, out, select_calibration(tiny_data.train[0], 64, 0))
+    proto = onnx.load(str(out))
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in proto.graph.node}
+    assert any(i.data_type == onnx.TensorProto.INT8 for i in proto.graph.initializer)
+    opened = open_model(out, (1, 8, 8), 4)  # ONNX Runtime runs it
+    assert (opened.precision, opened.meta["shrinkflow.quantization"]) == ("int8", "qat-minmax")
+    x, y = tiny_data.test
+    fake_quant, int8 = predict(qat.fake_quant, x, device=CPU), opened.predict(x)
+    assert compare_logits(fake_quant, int8)["agreement"] >= 0.9
+    assert abs(accuracy(fake_quant, y) - accuracy(int8, y)) <= 0.1
+    assert compare_logits(predict(qat.fp32, x), fake_quant)["agreement"] >= 0.9
+
+
+@pytest.mark.parametrize(("train", "match"), [
+    ({"nproc": 2, "batch_size": 64}, r"quantize\.qat\.train: .*nproc must be 1"),
+    ({"lr": 0}, r"quantize\.qat\.train\.lr: "),
+    ({"epochs": 0}, r"quantize\.qat\.train\.epochs: "),
+])
+def test_bad_qat_params_give_one_line(tmp_path, train, match):
+    params = shipped_params({"quantize": {"mode": "qat", "qat": {"train": train}}})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ShrinkflowError, match=match) as err:
+        load_section("quantize", tmp_path / "params.yaml")
+    assert "\n" not in str(err.value)
+    assert QATParams().train.nproc == 1
+
+
+class _ReusedReLU(torch.nn.Module):
+    """The pattern of torchvision's BasicBlock: one ReLU module called twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Conv2d(4, 4, 3)
+        self.relu = torch.nn.ReLU()
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.conv2(self.relu(self.conv1(x))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_qat_prepares_a_module_called_twice():
+    # without pt2e_export's split, the X86 quantizer raises "Input partition has more than one
+    # output node" here (measured on resnet18, whose blocks do this)
+    torch.manual_seed(0)
+    graph = pt2e_export(_ReusedReLU().train(), (1, 8, 8))
+    prepared = prepare_qat_pt2e(graph, x86_quantizer(is_qat=True, reduce_range=True))
+    fake_quants = [m for m in prepared.modules() if hasattr(m, "quant_max")]
+    assert any(m.quant_max == 255 for m in fake_quants)  # activations, uint8
+    assert any(m.quant_max == 64 for m in fake_quants)  # weights on ORT's reduce_range grid
+    assert prepared(torch.rand(5, 1, 8, 8)).shape == (5, 3)  # the batch dimension is dynamic
+
+
+
 # --- the stage script ------------------------------------------------------------------------
 
 
@@ -275,3 +352,37 @@ def test_stage_writes_all_outputs_and_flat_metrics(workspace, model_and_spec, ca
         metrics["quantize_fp32_test_acc"], abs=1e-6)
     assert "quantize" in capsys.readouterr().out
 
+
+def _qat_params(workspace: Path) -> None:
+    params = shipped_params({"quantize": {"input": "pruned", "calibration_samples": 64,
+                                          "mode": "qat",
+                                          "qat": {"train": {"device": "cpu", "batch_size": 64}}}})
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def test_stage_qat_without_teacher_names_it(workspace, model_and_spec):
+    save_model(workspace / "models" / "pruned.pt", *model_and_spec, role="pruned")
+    _qat_params(workspace)
+    with pytest.raises(ShrinkflowError, match=r"quantize\.mode = 'qat' needs models/teacher\.pt"):
+        _run_stage()
+    assert sorted(p.name for p in (workspace / "models").iterdir()) == ["pruned.pt"]
+
+
+@pytest.mark.slow  # two small trainings and a QAT epoch through the stage: ~28 s at load ~20
+def test_stage_qat_reports_parity_with_the_fake_quantized_model(workspace, model_and_spec,
+                                                                tiny_data):
+    save_model(workspace / "models" / "pruned.pt", *model_and_spec, role="pruned")
+    save_model(workspace / "models" / "teacher.pt", *_trained(tiny_data, [16, 32]),
+               role="teacher")
+    _qat_params(workspace)
+    _run_stage()
+    metrics = json.loads((workspace / "metrics" / "quantize.json").read_text())
+    assert metrics["quantize_mode"] == "qat" and metrics["quantize_qat_epochs"] == 1
+    assert metrics["quantize_qat_int8_agreement"] >= 0.9
+    x, y = load_prepared(workspace / "data" / "prepared").test
+    int8 = open_model(workspace / "models" / "quantized.onnx")
+    assert int8.meta["shrinkflow.quantization"] == "qat-minmax"
+    assert accuracy(int8.predict(x), y) == pytest.approx(metrics["quantized_test_acc"], abs=1e-6)
+    assert metrics["quantize_qat_int8_gap_points"] == pytest.approx(
+        100 * (metrics["quantize_qat_fake_quant_test_acc"] - metrics["quantized_test_acc"]),
+        abs=1e-3)

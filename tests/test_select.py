@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from shrinkflow.card import check_card
 from shrinkflow.errors import ShrinkflowError
 from shrinkflow.metric_keys import ModelEntry, read_model_list
-from shrinkflow.selection import Candidate, build_candidates, choose, final_metrics
+from shrinkflow.selection import Candidate, build_candidates, choose, final_card, final_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,6 +130,32 @@ def test_final_metrics_are_flat_and_name_the_choice():
     assert out["final_drop_points"] == 0.5 and out["final_p50_ms"] == 1.0
     assert out["final_speedup_vs_teacher_same_runtime"] == 2.0
     assert all(not isinstance(v, (dict, list)) for v in out.values())
+
+
+def test_final_card_carries_the_choice_and_what_running_it_needs():
+    rows = [bench_row("pruned_onnx", b, ms) for b, ms in ((1, 0.2), (64, 5.0))]
+    rows = [{**r, "device": "cpu", "threads": "2", "cpu": "X", "params": "1234", "macs": "99"}
+            for r in rows]
+    final = build_candidates(MODELS, {"teacher_acc": 0.99, "pruned_acc": 0.985,
+                                      "pruned_test_images": 270}, rows, 64)[0][0]
+    meta = {"classes": ["a", "b"], "shape": [1, 8, 8], "mean": [0.3], "std": [0.4],
+            "source": "digits", "source_sha256": "abc"}
+    pipeline = {"commit": "f" * 40, "modified": []}
+    card = final_card(final, MODELS, {"teacher_acc": 0.99, "pruned_test_images": 270}, rows,
+                      meta, "onnx", pipeline)
+    assert check_card(card, "card.json") == card
+    assert card["model"] == "pruned_onnx" and card["made_from"] == "models/pruned.onnx"
+    assert card["classes"] == ["a", "b"]
+    assert card["input"] == {"name": "input", "layout": "NCHW", "dtype": "float32",
+                             "channels": 1, "height": 8, "width": 8}
+    assert card["preprocessing"]["color_mode"] == "L"
+    assert card["preprocessing"]["normalize_in_model"] is True
+    assert card["accuracy"]["drop_points"] == pytest.approx(0.5)
+    assert card["accuracy"]["test_images"] == 270 and card["accuracy"]["teacher_acc"] == 0.99
+    assert card["latency"]["p50_ms"] == [{"batch_size": 1, "ms": 0.2},
+                                         {"batch_size": 64, "ms": 5.0}]
+    assert card["latency"]["threads"] == 2 and card["size"] == {"params": 1234, "macs": 99}
+    assert card["pipeline"] == pipeline
 
 
 def test_select_stage_deps_list_every_model_file_and_eval_metrics():

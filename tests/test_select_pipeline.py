@@ -9,7 +9,11 @@ import json
 import pytest
 from pipeline_repo import copy_repo, dvc, ran_stages, set_params
 
-pytestmark = pytest.mark.slow  # end to end: real stage processes
+from shrinkflow.card import CARD_FILE, read_card_file
+
+# slow: end to end; xdist_group: one xdist worker runs the whole file, so its module
+# fixture is built once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("select_pipeline")]
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +26,20 @@ def repo(reproduced_template, tmp_path_factory):
 
 def test_select_ships_one_model_and_names_it(repo):
     final = json.loads((repo / "metrics/final.json").read_text())
-    files = list((repo / "models/final").iterdir())
-    assert [f.name for f in files] == [f"model.{final['final_format']}"]
-    assert final["final_file"] == f"models/final/{files[0].name}"
-    assert files[0].stat().st_size == final["final_file_bytes"]
-    bench = json.loads((repo / "metrics/benchmark.json").read_text())
+    names = sorted(f.name for f in (repo / "models/final").iterdir())
+    model = f"model.{final['final_format']}"
+    assert names == sorted([model, CARD_FILE])
+    assert final["final_file"] == f"models/final/{model}"
+    # the benchmarked file's bytes; the shipped one carries its card on top
+    assert (repo / "models/final" / model).stat().st_size > final["final_file_bytes"]
+    card = read_card_file(repo / "models/final" / CARD_FILE)
+    assert card["model"] == final["final_model"] and card["file_format"] == final["final_format"]
+    assert card["accuracy"]["test_acc"] == final["final_acc"]
     b = final["final_batch_size"]
+    assert {"batch_size": b, "ms": final["final_p50_ms"]} in card["latency"]["p50_ms"]
+    assert card["classes"] == json.loads((repo / "data/prepared/meta.json").read_text())["classes"]
+    assert card["pipeline"]["commit"] is None or len(card["pipeline"]["commit"]) == 40
+    bench = json.loads((repo / "metrics/benchmark.json").read_text())
     assert final["final_p50_ms"] == bench[f"bench_{final['final_model']}_b{b}_p50_ms"]
     assert f"bench_teacher_onnx_b{b}_p50_ms" in bench  # the teacher ran in ONNX Runtime too
     summary = (repo / "reports/summary.md").read_text()

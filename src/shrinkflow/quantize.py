@@ -4,10 +4,15 @@
   that runs anywhere ORT does, no PyTorch needed. The fp32 input comes from
   ``onnx_export.export_onnx``.
 * PyTorch-native (``save_torch_int8``): ``torch.ao.quantization`` FX graph mode with the x86
-  backend. ``torch.ao.quantization`` is deprecated upstream in favour of torchao's PT2E flow, but
-  PT2E's X86 quantizer fails on torchvision's resnet18 ("Input partition has more than one output
-  node": its BasicBlock reuses one ReLU module), so FX is used; the recipe sits behind
-  ``runtime.fx_prepare`` / ``runtime.fx_convert`` so it can be swapped later.
+  backend. ``torch.ao.quantization`` is deprecated upstream in favour of torchao's PT2E flow;
+  PT2E was tried for this file and works (exact weights_only round trip, resnet18 included once
+  ``pt2e_export`` splits its twice-called ReLUs), but without ``torch.compile`` its graph lowered
+  to oneDNN ran no faster than fp32: digits pruned model, 1 thread, batch 64 8.2 ms vs FX 3.4 ms
+  (fp32 8.2 ms), batch 1 6.6 ms vs 1.5 ms. So FX stays for this file (README, Quantization);
+  the recipe sits behind ``runtime.fx_prepare`` / ``runtime.fx_convert``.
+* Quantization-aware training (``qat_finetune`` + ``quantize_qat_onnx``): ``prepare_qat_pt2e``
+  fake quantization, fine-tuned in ``train.fit`` with the caller's loss (KD from the teacher),
+  then int8 ONNX for ONNX Runtime (see ``quantize_qat_onnx`` for why through ORT's quantizer).
 
 A quantized torch module cannot be pickled safely, so ``save_torch_int8`` stores only tensors and
 plain data through ``artifacts.save_model`` (the fp32 spec, the int8 state_dict, and in ``meta``
@@ -20,7 +25,11 @@ here compare logits that callers get from it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +45,21 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from torch import nn
+from torchao.quantization.pt2e import (
+    allow_exported_model_train_eval,
+    move_exported_model_to_eval,
+)
+from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+    X86InductorQuantizer,
+    get_default_x86_inductor_quantization_config,
+)
 
 from shrinkflow.artifacts import atomic_path, save_model
 from shrinkflow.errors import ShrinkflowError
 from shrinkflow.models import count_macs, count_params
-from shrinkflow.onnx_export import copy_metadata
+from shrinkflow.onnx_export import copy_metadata, export_onnx
+from shrinkflow.params import TrainConfig
 from shrinkflow.runtime import (
     META_QUANTIZATION,
     TORCH_INT8_KIND,
@@ -48,7 +67,7 @@ from shrinkflow.runtime import (
     fx_prepare,
     ort_session,
 )
-from shrinkflow.train import accuracy
+from shrinkflow.train import LossFn, Split, accuracy, fit
 
 # --- calibration data ------------------------------------------------------------------------
 
@@ -103,6 +122,8 @@ def _preprocess(fp32_path: Path, out_path: Path) -> None:
 
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+QUANT_FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
+QUANT_TYPES = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
 
 
 def quantize_onnx_static(
@@ -112,12 +133,20 @@ def quantize_onnx_static(
     per_channel: bool = True,
     reduce_range: bool = True,
     method: str = "minmax",
+    label: str = "static",
+    quant_format: str = "qdq",
+    activation_type: str = "u8",
+    weight_type: str = "s8",
 ) -> None:
-    """Static int8 (QDQ; uint8 activations, int8 weights) with activation ranges calibrated on
-    ``calibration_x`` (uint8 images). Written atomically to ``out_path``.
+    """Static int8 with activation ranges calibrated on ``calibration_x`` (uint8 images),
+    written atomically to ``out_path``. Defaults: QDQ, uint8 activations, int8 weights.
 
     ``reduce_range`` (7-bit weights) matters on x86 CPUs without VNNI: with plain 8-bit the
     int16 accumulation in ORT's u8s8 kernels saturates (measured ~24 dB output SQNR vs ~36 dB).
+    ``quant_format`` / ``activation_type`` / ``weight_type`` exist for
+    ``benchmarks/int8_variants.py``, which measured the alternatives (README, Quantization): on
+    the narrow MNIST pruned model none reached fp32 speed, and QOperator with int8 activations
+    was the slowest, so the defaults stay those that keep accuracy best on this CPU.
     """
     methods = dict(zip(CALIBRATION_METHODS, (CalibrationMethod.MinMax, CalibrationMethod.Entropy,
                                              CalibrationMethod.Percentile), strict=True))
@@ -134,14 +163,14 @@ def quantize_onnx_static(
             str(pre),
             str(tmp),
             calibration_data_reader=_calibration_reader(calibration_x, input_name),
-            quant_format=QuantFormat.QDQ,
+            quant_format=QUANT_FORMATS[quant_format],
             per_channel=per_channel,
             reduce_range=reduce_range,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
+            activation_type=QUANT_TYPES[activation_type],
+            weight_type=QUANT_TYPES[weight_type],
             calibrate_method=methods[method],
         )
-        copy_metadata(fp32_path, tmp, {META_QUANTIZATION: f"static-{method}"})
+        copy_metadata(fp32_path, tmp, {META_QUANTIZATION: f"{label}-{method}"})
 
 
 def quantize_onnx_dynamic(
@@ -166,6 +195,120 @@ def quantize_onnx_dynamic(
             weight_type=QuantType.QUInt8,
         )
         copy_metadata(fp32_path, tmp, {META_QUANTIZATION: "dynamic"})
+
+
+# --- quantization-aware training (PT2E, torchao) -------------------------------------------
+
+
+def pt2e_export(model: nn.Module, input_shape: tuple[int, ...]) -> torch.fx.GraphModule:
+    """``torch.export`` of ``model`` as PT2E quantizers take it: a GraphModule with a dynamic
+    batch dimension (without it the quantized graph accepts only the example's batch size).
+
+    A module called twice (torchvision's BasicBlock runs its one ``relu`` twice) gets one source
+    partition per call: the X86 quantizer groups nodes by their module's name and fails on a
+    group with two outputs ("Input partition has more than one output node", measured on
+    resnet18). ``torch.export`` already tells the calls apart in the stack's key (``<fqn>@1``);
+    the suffix is copied into the name the quantizer reads.
+    """
+    example = (torch.zeros(2, *input_shape),)
+    batch = torch.export.Dim("batch", min=1, max=65_536)
+    graph = torch.export.export(model, example, dynamic_shapes=({0: batch},)).module()
+    for node in graph.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if stack:
+            key, (fqn, kind) = list(stack.items())[-1]
+            if "@" in key:
+                stack[key] = (f"{fqn}@{key.rsplit('@', 1)[1]}", kind)
+    return graph
+
+
+def x86_quantizer(is_qat: bool, reduce_range: bool) -> X86InductorQuantizer:
+    """torchao's X86 recipe (uint8 per-tensor activations, int8 per-channel symmetric weights).
+
+    ``reduce_range`` here means what it means to ONNX Runtime's quantizer: 7-bit weights on
+    ORT's symmetric grid -64..64 (scale = max |w| / 64, ``ONNX_INT_TYPE_REDUCED_RANGE``). QAT
+    then trains against the rounding the ORT int8 model will apply; torchao's own
+    ``reduce_range`` flag narrows the activations instead.
+    """
+    config = get_default_x86_inductor_quantization_config(is_qat=is_qat)
+    if reduce_range:
+        weight = dataclasses.replace(config.weight, quant_min=-64, quant_max=64)
+        config = dataclasses.replace(config, weight=weight)
+    return X86InductorQuantizer().set_global(config)
+
+
+@dataclass
+class QATResult:
+    """What ``qat_finetune`` returns: the fake-quantized model (eval mode) whose predictions the
+    int8 file must reproduce, the same weights as a plain fp32 module to export, the history."""
+
+    fake_quant: torch.fx.GraphModule
+    fp32: nn.Module
+    history: list[dict[str, Any]]
+    seconds: float
+
+
+def qat_finetune(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    train: Split,
+    val: Split,
+    cfg: TrainConfig,
+    loss_fn: LossFn | None = None,
+    reduce_range: bool = True,
+    log: Callable[[str], None] = print,
+    params_key: str = "quantize.qat.train",
+    loss_params: Mapping[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> QATResult:
+    """Fine-tune a copy of ``model`` with fake quantization (PT2E ``prepare_qat_pt2e``, torchao's
+    X86 recipe), in the one training loop (``train.fit``) with ``loss_fn`` (KD from the teacher).
+
+    The model is exported in train mode, so batch norm keeps updating its statistics and the
+    QAT graph simulates conv-BN folding. The exported graph keeps the original parameter names,
+    so the tuned weights load back into a deep copy of ``model``: that fp32 module is what
+    ``quantize_qat_onnx`` exports. ``model`` itself is not modified.
+    """
+    graph = pt2e_export(copy.deepcopy(model).cpu().train(), input_shape)
+    prepared = prepare_qat_pt2e(graph, x86_quantizer(is_qat=True, reduce_range=reduce_range))
+    allow_exported_model_train_eval(prepared)  # fit switches train / eval per epoch
+    start = time.perf_counter()
+    history = fit(prepared, train, val, cfg, loss_fn=loss_fn, log=log, name="qat",
+                  params_key=params_key, loss_params=loss_params, on_epoch=on_epoch)
+    seconds = time.perf_counter() - start
+    prepared = move_exported_model_to_eval(prepared.cpu())
+    fp32 = copy.deepcopy(model).cpu().eval()
+    tuned = prepared.state_dict()
+    fp32.load_state_dict({key: tuned[key] for key in fp32.state_dict()})
+    return QATResult(prepared, fp32, history, seconds)
+
+
+def quantize_qat_onnx(
+    qat: QATResult,
+    out_path: str | Path,
+    calibration_x: torch.Tensor,
+    per_channel: bool = True,
+    reduce_range: bool = True,
+    method: str = "minmax",
+    opset: int = 17,
+) -> None:
+    """int8 ONNX of a QAT model: its tuned fp32 weights through ORT's static quantizer (QDQ).
+
+    Why this route and not the fake-quant graph itself: ORT runs int8 kernels (QLinearConv,
+    QGemm) only for QDQ patterns its quantizer lays out (int8 initializers, zero-point-0
+    weights, fused Conv-ReLU); torch's TorchScript ONNX exporter does not know PT2E's
+    ``quantized_decomposed`` ops, and the dynamo exporter needs onnxscript, which the project
+    does not depend on. QAT's gain is weights that sit well on the int8 grid; ORT's quantizer
+    re-derives the same kind of grid (per-channel symmetric weights, 7-bit with ``reduce_range``
+    as in ``x86_quantizer``, uint8 activations from ranges calibrated on the tuned model). How
+    closely the result follows the fake-quantized model is measured, not assumed: the stage
+    reports their agreement and accuracies.
+    """
+    with tempfile.TemporaryDirectory() as scratch:
+        tuned = Path(scratch) / "qat_fp32.onnx"
+        export_onnx(qat.fp32, tuple(calibration_x.shape[1:]), tuned, opset)
+        quantize_onnx_static(tuned, out_path, calibration_x, per_channel, reduce_range, method,
+                             label="qat")
 
 
 # --- PyTorch-native int8 (torch.ao.quantization FX graph mode) -------------------------------

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from shrinkflow.card import make_card
 from shrinkflow.errors import ShrinkflowError
 from shrinkflow.metric_keys import TEACHER, ModelEntry, model_key
 
@@ -173,3 +174,39 @@ def final_metrics(
         "final_runner_up_p50_ms": r.p50_ms if r else None,
         "final_runner_up_drop_points": round(r.drop_points, 4) if r else None,
     }
+
+
+def _int(value: Any) -> int | None:
+    number = _number(value)
+    return int(number) if number is not None else None
+
+
+def final_card(
+    final: Candidate, models: Iterable[ModelEntry], metrics: Mapping[str, Any],
+    bench_rows: Iterable[Mapping[str, Any]], data_meta: Mapping[str, Any], file_format: str,
+    pipeline: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The shipped model's card (``shrinkflow.card.make_card``) from the figures the choice was
+    made on: classes, shape and mean/std from the data's meta.json, accuracy and drop from
+    evaluate, latency at every benchmarked batch size, params and MACs from metrics/benchmark.csv.
+    ``pipeline`` is ``card.pipeline_commit(...)``."""
+    entry = next(m for m in models if m.name == final.name)
+    mine = sorted((r for r in bench_rows if r.get("model") == final.name),
+                  key=lambda r: _number(r.get("batch_size")) or 0)
+    first = mine[0] if mine else {}
+    return make_card(
+        model=final.name, made_from=final.file, file_format=file_format, runtime=final.runtime,
+        precision=final.precision, classes=data_meta["classes"], input_shape=data_meta["shape"],
+        mean=data_meta["mean"], std=data_meta["std"], accuracy=final.accuracy,
+        teacher_accuracy=_number(metrics.get(model_key(TEACHER, "acc"))),
+        drop_points=final.drop_points,
+        test_images=_int(metrics.get(model_key(entry.accuracy_of, "test_images"))),
+        data={"data_source": data_meta.get("source"),
+              "data_sha256": data_meta.get("source_sha256")},
+        latency={"runtime": f"{final.runtime} {final.precision}", "device": first.get("device"),
+                 "threads": _int(first.get("threads")), "cpu": first.get("cpu"),
+                 "p50_ms": [{"batch_size": _int(r.get("batch_size")),
+                             "ms": _number(r.get("p50_ms"))} for r in mine]},
+        size={"params": _int(first.get("params")), "macs": _int(first.get("macs"))},
+        pipeline=pipeline,
+    )
