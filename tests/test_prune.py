@@ -34,6 +34,7 @@ from shrinkflow.prune import (
 from shrinkflow.prune_budget import (
     current_widths,
     make_plan,
+    plan_steps,
     prune_to_widths,
     run_budget_pruning,
     step_loop,
@@ -333,6 +334,16 @@ def test_latency_target_prunes_where_latency_is_saved():
     first = ratios_of(plans[0][0], full)
     assert first[slow] == max(first.values()) > 0
     assert all(v == 0 for k, v in first.items() if k != slow)
+
+
+def test_plan_steps_keep_a_cheap_first_move_as_its_own_step():
+    # (layer, width, total predicted drop, total saving) after each move
+    moves = [("b", 24, 9.9, 56), ("a", 8, 65, 186), ("b", 16, 100, 242), ("b", 8, 120, 290)]
+    full = {"a": 16, "b": 32}
+    four = [widths for widths, _, _ in plan_steps(full, moves, 4)]
+    assert four[0] == {"a": 16, "b": 24}  # 56 is nearer the first goal (72.5) than 186
+    assert four[-1] == {"a": 8, "b": 8} and len(four) == 4
+    assert [w for w, _, _ in plan_steps(full, moves, 1)] == [{"a": 8, "b": 8}]
 
 
 def test_width_options_are_multiples_of_round_to_within_the_scanned_range():

@@ -291,8 +291,8 @@ def greedy_moves(
 
 def plan_steps(full: Widths, moves: list[tuple[str, int, float, float]], steps: int
                ) -> list[tuple[Widths, float, float]]:
-    """Cut the move sequence into ``steps`` steps of about equal saving: (widths, predicted drop,
-    saving) per step, each step's widths within the previous one's; empty steps are dropped."""
+    """Cut the move sequence into at most ``steps`` steps of about equal saving: (widths,
+    predicted drop, saving) per step, each step's widths within the previous one's."""
     if not moves:
         return []
     total = moves[-1][3]
@@ -300,10 +300,19 @@ def plan_steps(full: Widths, moves: list[tuple[str, int, float, float]], steps: 
     widths, i = dict(full), 0
     for k in range(1, steps + 1):
         goal = total * k / steps
-        # take moves until this step's share of the saving is reached (all of them at the end)
-        while i < len(moves) and ((moves[i - 1][3] if i else 0.0) < goal - 1e-12 or k == steps):
+        # take moves while the next one brings the saving closer to this step's goal (at least
+        # one per step, all of them at the end): a big move is not merged into a small step's,
+        # so a cheap early point (one layer slightly narrower) stays a step of its own
+        first = True
+        while i < len(moves):
+            done = moves[i - 1][3] if i else 0.0
+            if not (first or k == steps or abs(moves[i][3] - goal) < abs(done - goal)):
+                break
             widths[moves[i][0]] = moves[i][1]
             i += 1
+            first = False
+            if k < steps and moves[i - 1][3] >= goal - 1e-12:
+                break
         if i and (not plans or plans[-1][0] != widths):
             plans.append((dict(widths), moves[i - 1][2], moves[i - 1][3]))
     return plans
