@@ -5,7 +5,9 @@ X points of the teacher, across every DVC experiment.
     python stages/compare.py --input exps.json     # a saved `dvc exp show --json` output
     python stages/compare.py --max-drop 0.5 --model pruned
 
-Writes compare/compare.md and compare/compare_pareto.png and prints the answer.
+Writes compare/compare.md and compare/compare_pareto.png and prints the answer; with
+budget-mode experiments over two or more budgets (prune.ratio auto, prune.max_drop_points) also
+compare/compare_budget.png, latency against the budget.
 """
 
 import argparse
@@ -15,7 +17,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from shrinkflow.compare import answer, experiment_table, parse_exp_show, write_compare
+from shrinkflow.compare import (
+    BUDGET_PNG,
+    answer,
+    experiment_table,
+    parse_exp_show,
+    write_compare,
+)
 from shrinkflow.errors import ShrinkflowError, run_stage
 from shrinkflow.params import load_section
 
@@ -68,6 +76,8 @@ def main() -> None:
     for line in answer(df, max_drop):
         print(f"[compare] {line}")
     print(f"[compare] wrote {page}" + (f" and {chart}" if chart else " (no latencies: no chart)"))
+    if BUDGET_PNG in page.read_text():
+        print(f"[compare] latency vs budget: {Path(args.out_dir) / BUDGET_PNG}")
 
 
 if __name__ == "__main__":

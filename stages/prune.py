@@ -2,8 +2,11 @@
 
 structured: whole channels removed with torch-pruning (smaller, faster dense model).
 unstructured: smallest weights zeroed (sparsity only: same shapes, same speed).
+ratio auto (budget mode): per-layer widths from the sensitivity scan, pruned step by step while
+the validation drop stays within max_drop_points (shrinkflow.prune_budget).
 Outputs: models/pruned.pt (pruned state_dict + the student's spec; load_model resizes layers),
-metrics/prune.json, metrics/history_prune.csv, metrics/prune_sensitivity.csv.
+metrics/prune.json, metrics/history_prune.csv, metrics/prune_sensitivity.csv,
+metrics/prune_steps.csv (budget mode's curve), metrics/prune_latency.csv (its latency table).
 """
 
 import time
@@ -25,6 +28,13 @@ from shrinkflow.prune import (
     size_summary,
     sparsity,
 )
+from shrinkflow.prune_budget import (
+    LATENCY_FIELDS,
+    STEP_FIELDS,
+    conv_widths,
+    format_widths,
+    run_budget_pruning,
+)
 from shrinkflow.train import seed_everything
 
 DATA_DIR = "data/prepared"
@@ -35,6 +45,8 @@ MODEL_OUT = "models/pruned.pt"
 METRICS_OUT = "metrics/prune.json"
 HISTORY_OUT = "metrics/history_prune.csv"
 SENSITIVITY_OUT = "metrics/prune_sensitivity.csv"
+STEPS_OUT = "metrics/prune_steps.csv"
+LATENCY_OUT = "metrics/prune_latency.csv"
 LIVE_DIR = "dvclive/prune"  # per-epoch progress of the fine-tunes while it runs
 SENSITIVITY_FIELDS = ["layer", "ratio", "accuracy", "macs"]
 
@@ -56,7 +68,7 @@ def main() -> None:
     teachers = teacher_files(TEACHER_IN, MEMBERS_DIR, load_section("teacher").ensemble_seeds)
     require_inputs("prune", {f"{DATA_DIR}/meta.json": "prepare", STUDENT_IN: "distill",
                              **teachers})
-    check_outputs(MODEL_OUT, HISTORY_OUT, SENSITIVITY_OUT, METRICS_OUT)
+    check_outputs(MODEL_OUT, HISTORY_OUT, SENSITIVITY_OUT, STEPS_OUT, LATENCY_OUT, METRICS_OUT)
     data = load_prepared(DATA_DIR)
     student, payload = load_model(STUDENT_IN, role="student")
     # one member itself, or the ensemble's mean soft targets at the fine-tune's T
@@ -67,10 +79,12 @@ def main() -> None:
     launch(p.train.nproc, p.train.device, "prune.train.nproc")
     seed_everything(p.seed)
 
+    auto = p.ratio == "auto"
     before = size_summary(student, shape)
     student_acc = model_accuracy(student, data.test)
+    student_val_acc = model_accuracy(student, data.val)
     print(f"[prune] student: {before['params']:,} params, {before['macs']:,} MACs, "
-          f"test acc {student_acc:.2%}")
+          f"test acc {student_acc:.2%}, val acc {student_val_acc:.2%}")
 
     rows: list[dict] = []
     if p.sensitivity:
@@ -87,13 +101,24 @@ def main() -> None:
         finetune = make_finetune(
             data.train, data.val, p.train, loss_fn=loss, params_key="prune.train",
             loss_params={"prune.kd.T": p.kd.T, "prune.kd.alpha": p.kd.alpha}, on_epoch=on_epoch)
-        outcome = run_pruning(
-            student, shape, p, finetune=finetune,
-            evaluate=lambda m: model_accuracy(m, data.test), train=data.train,
-        )
+        if auto:
+            outcome = run_budget_pruning(
+                student, shape, p, rows, lambda m: model_accuracy(m, data.val), student_val_acc,
+                finetune=finetune, evaluate_before=lambda m: model_accuracy(m, data.test),
+                train=data.train)
+            stop_reason, chosen_step, steps = outcome.stop_reason, outcome.chosen_step, \
+                outcome.steps
+        else:
+            outcome = run_pruning(
+                student, shape, p, finetune=finetune,
+                evaluate=lambda m: model_accuracy(m, data.test), train=data.train,
+            )
+            stop_reason = f"fixed ratio {p.ratio}"
+            chosen_step, steps = p.iterative_steps, []
     pruned = outcome.model
     after = size_summary(pruned, shape)
     pruned_acc = model_accuracy(pruned, data.test)
+    pruned_val_acc = model_accuracy(pruned, data.val)
     metrics = {
         "prune_mode": p.mode,
         "prune_params_before": before["params"],
@@ -105,9 +130,21 @@ def main() -> None:
         "prune_achieved_channel_ratio": round(1 - after["channels"] / before["channels"], 6),
         "prune_sparsity": round(sparsity(pruned, resolve_ignored(pruned, p.ignore_layers)), 6),
         "prune_student_test_acc": round(student_acc, 6),
-        "pruned_test_acc_before_finetune": round(outcome.acc_before_finetune or 0.0, 6),
+        # budget mode keeping step 0 pruned nothing: "before fine-tune" is the student itself
+        "pruned_test_acc_before_finetune": round(student_acc if outcome.acc_before_finetune
+                                                 is None else outcome.acc_before_finetune, 6),
         "pruned_test_acc": round(pruned_acc, 6),
         "prune_acc_drop_points": round(100 * (student_acc - pruned_acc), 4),
+        # budget mode (ratio auto); the same keys for a fixed ratio keep `dvc exp show` aligned
+        "prune_val_student_acc": round(student_val_acc, 6),
+        "pruned_val_acc": round(pruned_val_acc, 6),
+        "prune_val_drop_points": round(100 * (student_val_acc - pruned_val_acc), 4),
+        "prune_budget_points": p.max_drop_points if auto else None,
+        "prune_within_budget_on_test": (100 * (student_acc - pruned_acc) <= p.max_drop_points
+                                        + 1e-9) if auto else None,
+        "prune_step_chosen": chosen_step,
+        "prune_stop_reason": stop_reason,
+        "prune_channels": format_widths(conv_widths(pruned)),
         "prune_seconds": round(outcome.seconds, 2),
     }
     if is_main_process():  # every rank holds the same model; other ranks print nothing
@@ -116,13 +153,21 @@ def main() -> None:
                       prune_ratio=p.ratio, prune_importance=p.importance)
             out.csv(HISTORY_OUT, outcome.history)
             out.csv(SENSITIVITY_OUT, rows, SENSITIVITY_FIELDS)  # header even with the scan off
+            out.csv(STEPS_OUT, steps, STEP_FIELDS)  # header only for a fixed ratio
+            out.csv(LATENCY_OUT, getattr(outcome, "latency_table", []), LATENCY_FIELDS)
             out.json(METRICS_OUT, metrics)
     method = "global L1 magnitude" if p.mode == "unstructured" else f"{p.importance} importance"
     kind = "sparsity (not speed)" if p.mode == "unstructured" else "channels removed"
     share = metrics["prune_sparsity"] if p.mode == "unstructured" else metrics[
         "prune_achieved_channel_ratio"]
+    if auto:
+        print(f"[prune] budget mode ({p.max_drop_points:g} points on val, target {p.target}): "
+              f"{stop_reason}; channels {metrics['prune_channels']}; test drop "
+              f"{metrics['prune_acc_drop_points']:.2f} points ("
+              f"{'within' if metrics['prune_within_budget_on_test'] else 'OVER'} the budget "
+              "on test)")
     print(
-        f"[prune] {p.mode} ({method}) ratio {p.ratio} in {p.iterative_steps} step(s): "
+        f"[prune] {p.mode} ({method}) ratio {p.ratio} in {chosen_step} step(s): "
         f"{share:.1%} {kind}; params {before['params']:,} -> {after['params']:,} "
         f"({metrics['prune_params_ratio']:.2f}x), MACs {before['macs']:,} -> {after['macs']:,} "
         f"({metrics['prune_macs_ratio']:.2f}x)\n"

@@ -97,3 +97,28 @@ def test_latency_is_the_models_own_largest_batch(payload):
     df = experiment_table(parse_exp_show(payload)).set_index("name")
     assert df.attrs["batch"] == 64
     assert df.loc["r07", "latency_ms"] == pytest.approx(3.0)
+
+
+def test_budget_sweep_draws_latency_vs_budget(payload, tmp_path):
+    # the fixture's two experiments become a budget-mode sweep (plus the baseline at 2 points)
+    budgets = iter([2.0, 0.5, 1.0])
+    for commit in payload:
+        states = [commit] + [e["revs"][0] for e in commit.get("experiments") or []]
+        for state in states:
+            if commit.get("rev") == "workspace":
+                continue
+            params = state["data"]["params"]["params.yaml"]["data"]
+            params["prune"] = {"ratio": "auto", "max_drop_points": next(budgets)}
+    df = experiment_table(parse_exp_show(payload))
+    assert sorted(df["budget_points"]) == [0.5, 1.0, 2.0]
+    page, _ = write_compare(df, tmp_path, max_drop=5.0)
+    assert "](compare_budget.png)" in page.read_text() and "prune budget (pts)" in page.read_text()
+    assert (tmp_path / "compare_budget.png").stat().st_size > 5000
+
+
+def test_fixed_ratio_experiments_draw_no_budget_curve(payload, tmp_path):
+    df = experiment_table(parse_exp_show(payload))
+    assert df["budget_points"].isna().all()
+    page, _ = write_compare(df, tmp_path, max_drop=5.0)
+    assert "compare_budget" not in page.read_text()
+    assert not (tmp_path / "compare_budget.png").exists()

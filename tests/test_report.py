@@ -181,3 +181,30 @@ def test_confusion_chart_stays_reasonable_for_many_classes(tmp_path):
     path = plot_confusion(pairs, "100 classes", tmp_path / "c.png")
     width, height = Image.open(path).size
     assert 300 < width <= 12 * 120 + 200 and 300 < height <= 12 * 120 + 200
+
+
+def test_budget_mode_section_and_chart(tmp_path):
+    metrics = write_metrics(tmp_path, with_optional=False)
+    (metrics / "prune.json").write_text(json.dumps({
+        "prune_budget_points": 1.0, "prune_step_chosen": 1, "prune_channels": "c1=8 c2=16",
+        "prune_stop_reason": "step 2 dropped 1.50 points on validation > budget 1; kept step 1",
+        "prune_val_drop_points": 0.4, "prune_acc_drop_points": 1.2,
+        "prune_within_budget_on_test": False}))
+    pd.DataFrame({"step": [0, 1, 2], "channels": ["c1=8 c2=32", "c1=8 c2=16", "c1=8 c2=8"],
+                  "macs": [500_000, 300_000, 200_000], "val_acc": [0.99, 0.986, 0.975],
+                  "val_drop_points": [0.0, 0.4, 1.5], "within_budget": [True, True, False]}
+                 ).to_csv(metrics / "prune_steps.csv", index=False)
+    page, charts, _ = build_report(metrics, tmp_path / "reports", max_drop=1.0, models=MODELS)
+    text = page.read_text()
+    assert "## Budget-mode pruning" in text and "Kept step 1 (step 0" in text
+    assert "`c1=8 c2=16`" in text and "1.20 on test (OVER the budget on test)" in text
+    assert "| 2 | c1=8 c2=8 |" in text  # one table row per step
+    assert "prune_steps.png" in {c.name for c in charts}
+
+
+def test_fixed_ratio_has_no_budget_section(tmp_path):
+    metrics = write_metrics(tmp_path, with_optional=False)
+    (metrics / "prune.json").write_text(json.dumps({"prune_budget_points": None}))
+    page, charts, _ = build_report(metrics, tmp_path / "reports", max_drop=1.0, models=MODELS)
+    assert "Budget-mode" not in page.read_text()
+    assert "prune_steps.png" not in {c.name for c in charts}

@@ -21,10 +21,21 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from matplotlib.figure import Figure
 
 from shrinkflow.artifacts import atomic_path
 from shrinkflow.metric_keys import TEACHER, bench_batch_sizes, bench_key, model_key
-from shrinkflow.report import first_number, fmt_value, markdown_table, pareto_front, plot_tradeoff
+from shrinkflow.report import (
+    first_number,
+    fmt_value,
+    markdown_table,
+    pareto_front,
+    plot_tradeoff,
+    save_figure,
+)
+
+BUDGET_KEY = "prune.max_drop_points"  # the budget of budget-mode pruning (prune.ratio: auto)
+BUDGET_PNG = "compare_budget.png"
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -115,6 +126,9 @@ def experiment_table(records: list[dict[str, Any]], model: str = "quantized") ->
             "macs": first_number(m, model_key(model, "macs")),
             "file_bytes": first_number(m, model_key(model, "file_bytes")),
             "latency_ms": first_number(m, bench_key(model, batch, "p50_ms")),
+            # budget-mode pruning's budget; NaN where the ratio is fixed (the key then does nothing)
+            "budget_points": first_number(r["params"], BUDGET_KEY)
+            if r["params"].get("prune.ratio") == "auto" else float("nan"),
             "error": r.get("error") or "",
         })
     df = pd.DataFrame(rows)
@@ -150,21 +164,47 @@ def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def plot_budget_curve(df: pd.DataFrame, path: str | Path) -> Path | None:
+    """Latency against the pruning budget over budget-mode experiments (e.g. a queued sweep over
+    0.5, 1, 2 points): how much speed each point of accuracy buys. None: under 2 budgets."""
+    data = df[["name", "budget_points", "latency_ms", "accuracy"]].dropna()
+    if data["budget_points"].nunique() < 2:
+        return None
+    data = data.sort_values("budget_points")
+    model, batch = df.attrs.get("model", "model"), df.attrs.get("batch", 64)
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    ax.plot(data["budget_points"], data["latency_ms"], marker="o")
+    for _, row in data.iterrows():
+        ax.annotate(f"{row['name']} ({row['accuracy'] * 100:.2f}%)",
+                    (row["budget_points"], row["latency_ms"]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=8)
+    ax.set(xlabel=f"accuracy budget ({BUDGET_KEY}, points)",
+           ylabel=f"{model} median latency at batch {batch} (ms)",
+           title="Latency vs accuracy budget (budget-mode pruning)")
+    ax.grid(True, alpha=0.3)
+    return save_figure(fig, path)
+
+
 def write_compare(
     df: pd.DataFrame, out_dir: str | Path, max_drop: float
 ) -> tuple[Path, Path | None]:
-    """``compare.md`` (table + answers) and ``compare_pareto.png`` (None: no latencies)."""
+    """``compare.md`` (table + answers) and ``compare_pareto.png`` (None: no latencies); with
+    two or more budget-mode budgets also ``compare_budget.png`` (linked from the page)."""
     out_dir = Path(out_dir)
     model, batch = df.attrs.get("model", "model"), df.attrs.get("batch", 64)
     front = pareto_front(df["latency_ms"].tolist(), df["accuracy"].tolist())
     table = df.assign(pareto=["yes" if f else "" for f in front])
     headers = {"name": "experiment", "changed": "changed params", "accuracy": "accuracy %",
                "drop_points": "drop vs teacher (pts)", "macs": "MACs", "file_bytes": "file KB",
-               "latency_ms": f"b{batch} p50 ms", "pareto": "Pareto", "error": "error"}
+               "latency_ms": f"b{batch} p50 ms", "pareto": "Pareto",
+               "budget_points": "prune budget (pts)", "error": "error"}
     formats = {"accuracy": "pct", "drop_points": "pts", "macs": "mega", "file_bytes": "kb",
-               "latency_ms": "ms"}
+               "latency_ms": "ms", "budget_points": "str"}
     if not table["error"].astype(bool).any():
         headers.pop("error")
+    if table["budget_points"].isna().all():
+        headers.pop("budget_points")
     lines = [f"# Experiment comparison (`{model}` model)", "",
              *[f"- {line}" for line in answer(df, max_drop)], "",
              markdown_table(table, formats, headers), ""]
@@ -173,6 +213,9 @@ def write_compare(
                           out_dir / "compare_pareto.png", label="name")
     if chart is not None:
         lines += [f"![accuracy vs latency per experiment]({chart.name})", ""]
+    budget_chart = plot_budget_curve(df, out_dir / BUDGET_PNG)
+    if budget_chart is not None:
+        lines += [f"![latency vs accuracy budget]({budget_chart.name})", ""]
     page = out_dir / "compare.md"
     with atomic_path(page) as tmp:
         tmp.write_text("\n".join(lines))

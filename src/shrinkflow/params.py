@@ -28,6 +28,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -185,11 +186,31 @@ class KDSettings(Section):
     alpha: float = Field(default=0.9, ge=0, le=1)
 
 
+def _ratio_or_auto(value: Any) -> float | str:
+    """A fraction in (0, 1) or ``auto``; one message for both (a union would give two)."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1:
+        return float(value)
+    raise PydanticCustomError("ratio_or_auto", "expected a fraction in (0, 1) or auto")
+
+
+RatioOrAuto = Annotated[float | str, PlainValidator(_ratio_or_auto)]
+
+
 class PruneParams(Section):
-    """Pruning; ``train.epochs`` is the TOTAL fine-tune budget, split over ``iterative_steps``."""
+    """Pruning; ``train.epochs`` is the TOTAL fine-tune budget, split over ``iterative_steps``.
+
+    ``ratio: auto`` is budget mode (``shrinkflow.prune_budget``): per-layer widths from the
+    sensitivity scan, pruned in ``iterative_steps`` steps until the validation drop against the
+    unpruned student would exceed ``max_drop_points``.
+    """
 
     mode: Literal["structured", "unstructured"] = "structured"
-    ratio: Fraction = 0.35
+    ratio: RatioOrAuto = 0.35
+    max_drop_points: float = Field(default=1.0, ge=0, le=100,
+                                   description="ratio auto: budget vs the student, on val")
+    target: Literal["macs", "latency"] = "macs"
     importance: Literal["l1", "l2", "taylor", "random"] = "l2"
     iterative_steps: int = Field(default=2, ge=1, le=100)
     round_to: int = Field(default=8, ge=1, le=1024,
@@ -201,6 +222,20 @@ class PruneParams(Section):
     seed: Seed = 0
     kd: KDSettings = KDSettings()
     train: TrainConfig = TrainConfig(epochs=8, lr=0.02)
+
+    @field_validator("ratio")
+    @classmethod
+    def _auto_is_structured(cls, ratio: float | str, info: ValidationInfo) -> float | str:
+        if ratio == "auto" and info.data.get("mode") == "unstructured":
+            raise ValueError("auto (budget mode) removes channels: it needs mode structured")
+        return ratio
+
+    @field_validator("sensitivity")
+    @classmethod
+    def _auto_needs_scan(cls, sensitivity: bool, info: ValidationInfo) -> bool:
+        if not sensitivity and info.data.get("ratio") == "auto":
+            raise ValueError("ratio auto plans per-layer widths from the scan: set it to true")
+        return sensitivity
 
 
 class QATParams(Section):

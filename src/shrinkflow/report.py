@@ -365,6 +365,51 @@ def plot_sensitivity(df: pd.DataFrame, path: str | Path) -> Path | None:
     return save_figure(fig, path)
 
 
+def plot_prune_steps(steps: pd.DataFrame, budget: float, path: str | Path) -> Path | None:
+    """Budget-mode pruning: validation accuracy against MACs per step, with the budget line."""
+    if not {"step", "macs", "val_acc"} <= set(steps.columns) or len(steps) < 2:
+        return None
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    ax.plot(steps["macs"], steps["val_acc"] * 100, marker="o", color="tab:blue")
+    for _, row in steps.iterrows():
+        ax.annotate(f"step {int(row['step'])}", (row["macs"], row["val_acc"] * 100),
+                    textcoords="offset points", xytext=(4, 4), fontsize=8)
+    base = float(steps["val_acc"].iloc[0]) * 100
+    ax.axhline(base - budget, color="tab:red", linestyle="--", linewidth=1,
+               label=f"student - {budget:g} points")
+    ax.set(xlabel="MACs per image", ylabel="validation accuracy (%)",
+           title="Budget-mode pruning: one point per step")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def budget_lines(metrics: dict[str, Any], steps: pd.DataFrame | None) -> list[str]:
+    """The budget-mode section: why pruning stopped, the widths kept, val and test drops, and
+    the per-step curve as a table. Empty for a fixed ratio (no ``prune_budget_points``)."""
+    budget = metrics.get("prune_budget_points")
+    if not isinstance(budget, (int, float)) or isinstance(budget, bool):
+        return []
+    test_ok = metrics.get("prune_within_budget_on_test")
+    lines = ["## Budget-mode pruning", "",
+             f"- Budget: {budget:g} points below the unpruned student on validation. Kept step "
+             f"{metrics.get('prune_step_chosen', '?')} (step 0 = the student); stop: "
+             f"{metrics.get('prune_stop_reason', '?')}.",
+             f"- Channels kept: `{metrics.get('prune_channels', '?')}`.",
+             f"- Drop: {first_number(metrics, 'prune_val_drop_points'):.2f} points on "
+             f"validation, {first_number(metrics, 'prune_acc_drop_points'):.2f} on test ("
+             + ("within" if test_ok else "OVER") + " the budget on test).", ""]
+    if steps is not None and len(steps):
+        formats = {"val_acc": "pct", "macs": "mega", "val_drop_points": "pts",
+                   "predicted_drop_points": "pts"}
+        headers = {"step": "step", "channels": "channels", "macs": "MACs",
+                   "predicted_drop_points": "predicted drop (pts)", "val_acc": "val acc %",
+                   "val_drop_points": "val drop (pts)", "within_budget": "within budget"}
+        lines += [markdown_table(steps, formats, headers), ""]
+    return lines
+
+
 # --- the whole report -------------------------------------------------------------------------
 
 
@@ -478,6 +523,12 @@ def build_report(
     if sens is not None:
         sens_png = plot_sensitivity(sens, out_dir / "prune_sensitivity.png")
         charts.append(("Prune sensitivity", sens_png))
+    steps_csv = metrics_dir / "prune_steps.csv"  # budget mode only: no note when absent
+    steps = _read_csv(steps_csv, notes) if steps_csv.is_file() else None
+    budget = budget_lines(metrics, steps)
+    if budget and steps is not None and len(steps) > 1:
+        charts.append(("Budget-mode pruning steps", plot_prune_steps(
+            steps, float(metrics["prune_budget_points"]), out_dir / "prune_steps.png")))
     for title, written in charts:
         if written is None:
             notes.append(f"{title}: no usable data, chart skipped.")
@@ -494,6 +545,7 @@ def build_report(
              "measured in the same benchmark run"
              + (f"; {shared}" if shared else "") + ".", ""]
     lines += ensemble_lines(metrics)
+    lines += budget
     for title, written in charts:
         if written is not None:
             lines += [f"## {title}", "", f"![{title}]({written.name})", ""]
