@@ -30,9 +30,7 @@ from shrinkflow.models import build_model, make_spec
 from shrinkflow.params import ModelSpec, TeacherParams, TrainConfig, validate_section
 from shrinkflow.train import accuracy, fit, iterate_batches, predict, train_supervised
 
-# slow: end to end; xdist_group: one xdist worker runs the whole file, so its module
-# fixture is built once
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("distributed")]
+pytestmark = pytest.mark.slow  # end to end: real stage processes
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = TrainConfig(epochs=2, batch_size=64, lr=0.05, device="cpu", seed=0)

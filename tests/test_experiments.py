@@ -21,9 +21,7 @@ import pytest
 import yaml
 from pipeline_repo import copy_repo, dvc, env, ran_stages, run
 
-# slow: end to end; xdist_group: one xdist worker runs the whole file, so its module
-# fixture is built once
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("experiments")]
+pytestmark = pytest.mark.slow  # end to end: real stage processes
 
 README_SWEEP = ["prune.ratio=0.3,0.5,0.7"]
 UPSTREAM_OF_DISTILL = {"prepare", "train_teacher", "train_student_scratch",

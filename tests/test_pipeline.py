@@ -99,10 +99,10 @@ def invalidated(repo) -> dict[str, object]:
     ({"prune": {"ratio": 0.3}}, {"prune"}),
     ({"quantize": {"calibration_method": "percentile"}}, {"quantize"}),
     ({"teacher": {"train": {"lr": 0.01}}}, {"train_teacher"}),
-    # a new ensemble member: its own new stage and the stages that read the members, never
-    # member 0 (train_teacher)
+    # a new ensemble member: its own new stage and the stages that read the members (quantize
+    # for its qat mode: DVC deps cannot depend on a param's value), never member 0
     ({"teacher": {"ensemble_seeds": [7]}},
-     {"train_teacher_member@7", "teacher_ensemble", "distill", "prune"}),
+     {"train_teacher_member@7", "teacher_ensemble", "distill", "prune", "quantize"}),
 ], ids=["evaluate", "distill.T", "distill.train", "prune.ratio", "quantize", "teacher",
         "teacher.ensemble_seeds"])
 def test_a_params_change_invalidates_only_the_stages_that_read_it(reproduced_repo, change,

@@ -39,9 +39,6 @@ from shrinkflow.params import ModelSpec
 from shrinkflow.predict import cli
 from shrinkflow.runtime import open_model
 
-# one xdist worker runs the whole file: its module fixture is built once
-pytestmark = pytest.mark.xdist_group("predict")
-
 SRC = Path(__file__).resolve().parents[1] / "src"
 N_IMAGES = 12
 # everything the training stack brings that the ONNX deploy path must not need

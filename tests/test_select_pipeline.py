@@ -11,9 +11,7 @@ from pipeline_repo import copy_repo, dvc, ran_stages, set_params
 
 from shrinkflow.card import CARD_FILE, read_card_file
 
-# slow: end to end; xdist_group: one xdist worker runs the whole file, so its module
-# fixture is built once
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("select_pipeline")]
+pytestmark = pytest.mark.slow  # end to end: real stage processes
 
 
 @pytest.fixture(scope="module")

@@ -45,15 +45,6 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from torch import nn
-from torchao.quantization.pt2e import (
-    allow_exported_model_train_eval,
-    move_exported_model_to_eval,
-)
-from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
-from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-    X86InductorQuantizer,
-    get_default_x86_inductor_quantization_config,
-)
 
 from shrinkflow.artifacts import atomic_path, save_model
 from shrinkflow.errors import ShrinkflowError
@@ -222,7 +213,7 @@ def pt2e_export(model: nn.Module, input_shape: tuple[int, ...]) -> torch.fx.Grap
     return graph
 
 
-def x86_quantizer(is_qat: bool, reduce_range: bool) -> X86InductorQuantizer:
+def x86_quantizer(is_qat: bool, reduce_range: bool) -> Any:
     """torchao's X86 recipe (uint8 per-tensor activations, int8 per-channel symmetric weights).
 
     ``reduce_range`` here means what it means to ONNX Runtime's quantizer: 7-bit weights on
@@ -230,6 +221,14 @@ def x86_quantizer(is_qat: bool, reduce_range: bool) -> X86InductorQuantizer:
     then trains against the rounding the ORT int8 model will apply; torchao's own
     ``reduce_range`` flag narrows the activations instead.
     """
+    # torchao is imported here and in qat_finetune, not at the top: with it, `import
+    # shrinkflow.quantize` took 9.5 s instead of 3.4 s (torch._dynamo, triton kernels; 2 cores),
+    # in every quantize run, and only quantize.mode qat needs it.
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
+
     config = get_default_x86_inductor_quantization_config(is_qat=is_qat)
     if reduce_range:
         weight = dataclasses.replace(config.weight, quant_min=-64, quant_max=64)
@@ -269,6 +268,13 @@ def qat_finetune(
     so the tuned weights load back into a deep copy of ``model``: that fp32 module is what
     ``quantize_qat_onnx`` exports. ``model`` itself is not modified.
     """
+    # torchao here, not at the top: see x86_quantizer (6 s of imports only mode qat needs)
+    from torchao.quantization.pt2e import (
+        allow_exported_model_train_eval,
+        move_exported_model_to_eval,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
     graph = pt2e_export(copy.deepcopy(model).cpu().train(), input_shape)
     prepared = prepare_qat_pt2e(graph, x86_quantizer(is_qat=True, reduce_range=reduce_range))
     allow_exported_model_train_eval(prepared)  # fit switches train / eval per epoch
