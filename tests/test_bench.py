@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
 import torch
 
+from shrinkflow import bench
 from shrinkflow.artifacts import save_model
 from shrinkflow.bench import (
     Job,
@@ -156,6 +158,22 @@ def test_run_interleaved_reports_a_bad_model_file_in_one_line(tiny_pt, tmp_path)
     with pytest.raises(ShrinkflowError, match=r"broken\.onnx: not a loadable ONNX model") as err:
         run_interleaved(jobs, 2)
     assert "\n" not in str(err.value)
+
+
+def _send_environment(conn):  # runs in a benchmark worker (forked from the server)
+    conn.send(dict(os.environ))
+
+
+def test_workers_get_the_malloc_tunables_and_this_process_keeps_its_environment():
+    before = os.environ.get("GLIBC_TUNABLES")
+    bench._start_forkserver()
+    ours, theirs = bench._FORKSERVER.Pipe()
+    worker = bench._FORKSERVER.Process(target=_send_environment, args=(theirs,))
+    worker.start()
+    seen = ours.recv()
+    worker.join()
+    assert bench.MALLOC_TUNABLES in seen["GLIBC_TUNABLES"]
+    assert os.environ.get("GLIBC_TUNABLES") == before
 
 
 def test_worker_env_keeps_user_glibc_tunables(monkeypatch):

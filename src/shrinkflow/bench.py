@@ -11,7 +11,8 @@ in a new seeded random order each round; each model's ``repeats`` calls are spre
 benchmark, so a slow period is shared by all models and each median covers the same stretch of
 time.
 
-Each worker loads one model and builds one seeded input per batch size; timing is
+Workers are forked from a server process that has already imported PyTorch and ONNX Runtime
+(see ``Worker``). Each loads one model and builds one seeded input per batch size; timing is
 ``time.perf_counter`` around single calls under ``torch.inference_mode`` (``torch.cuda.synchronize``
 around each call on CUDA). Every round starts a model's turn with one untimed call, since the
 previous worker has just evicted its weights from the CPU caches.
@@ -35,17 +36,17 @@ keys from ``metric_keys``).
 
 from __future__ import annotations
 
-import json
+import multiprocessing
 import os
 import platform
 import re
 import resource
-import subprocess
-import sys
-import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from multiprocessing import forkserver
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -248,60 +249,6 @@ def result_row(
     }
 
 
-ERROR_PREFIX = "shrinkflow-error: "  # how a worker reports bad input to the parent, on stderr
-
-
-class Worker:
-    """A child process holding one job's ``LoadedModel``, timing calls when asked.
-
-    Protocol (one JSON document per line): the child writes ``describe()`` once it is loaded and
-    warmed up, then answers each ``{"batch_size": B, "calls": N}`` read from its stdin with the
-    list of N latencies. Closing its stdin ends it.
-    """
-
-    def __init__(self, job: Job) -> None:
-        self.job = job
-        self._stderr = tempfile.TemporaryFile(mode="w+")  # a file, so a chatty child never blocks
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "shrinkflow.bench", json.dumps(asdict(job))],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
-            env=worker_env(),
-        )
-
-    def _reply(self) -> Any:
-        assert self._proc.stdout is not None
-        line = self._proc.stdout.readline()
-        if not line:
-            self._proc.wait()
-            self._stderr.seek(0)
-            lines = self._stderr.read().strip().splitlines()
-            errors = [line for line in lines if line.startswith(ERROR_PREFIX)]
-            if errors:  # bad input (a ShrinkflowError in the worker): its one line says it all
-                raise ShrinkflowError(errors[-1].removeprefix(ERROR_PREFIX))
-            tail = "\n".join(lines[-15:])
-            raise ShrinkflowError(f"benchmark of {self.job.name} ({self.job.path}) failed:\n{tail}")
-        return json.loads(line)
-
-    def ready(self) -> dict[str, Any]:
-        """Wait until the model is loaded and warmed up; its ``describe()``."""
-        return self._reply()
-
-    def time(self, batch_size: int, calls: int) -> list[float]:
-        assert self._proc.stdin is not None
-        self._proc.stdin.write(json.dumps({"batch_size": batch_size, "calls": calls}) + "\n")
-        self._proc.stdin.flush()
-        return self._reply()
-
-    def close(self) -> None:
-        if self._proc.stdin is not None:
-            self._proc.stdin.close()
-        try:
-            self._proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-        self._stderr.close()
-
-
 # glibc malloc, told to keep freed memory (blocks up to 32 MB come from the heap, and the heap is
 # never trimmed). By default PyTorch eager's activations are returned to the kernel after every
 # call and faulted in again on the next: ~500 page faults per batch-64 call of the student,
@@ -315,6 +262,85 @@ def worker_env() -> dict[str, str]:
     env = dict(os.environ)
     env["GLIBC_TUNABLES"] = ":".join(filter(None, [MALLOC_TUNABLES, env.get("GLIBC_TUNABLES")]))
     return env
+
+
+# Workers are forked from one server process that has already imported torch, ONNX Runtime and
+# this module (multiprocessing's forkserver, the preload below). Starting 9 workers as fresh
+# interpreters, each importing those on its own, took 11 s of the digits benchmark's 45 s on
+# 2 cores. A forked worker is still its own process: its own heap, peak RSS and thread pools
+# (the server runs no torch op, so no thread pool exists before the fork).
+_FORKSERVER = multiprocessing.get_context("forkserver")
+_FORKSERVER_PRELOAD = ["__main__", "shrinkflow.bench"]
+
+
+def _start_forkserver() -> None:
+    """Start the server (once per process) with ``MALLOC_TUNABLES`` in its environment: glibc
+    reads them when a program starts, and every worker forked from the server inherits them."""
+    _FORKSERVER.set_forkserver_preload(_FORKSERVER_PRELOAD)
+    saved = os.environ.get("GLIBC_TUNABLES")
+    os.environ["GLIBC_TUNABLES"] = worker_env()["GLIBC_TUNABLES"]
+    try:
+        forkserver.ensure_running()
+    finally:  # this process's own later children see the environment as it was
+        if saved is None:
+            del os.environ["GLIBC_TUNABLES"]
+        else:
+            os.environ["GLIBC_TUNABLES"] = saved
+
+
+class Worker:
+    """A child process holding one job's ``LoadedModel``, timing calls when asked.
+
+    Protocol (objects over a pipe): the child sends ``describe()`` once it is loaded and warmed
+    up (or ``{"error": line}`` for bad input, ``{"crash": traceback}`` for anything else), then
+    answers each ``(batch_size, calls)`` it receives with the list of latencies. ``None`` ends it.
+    """
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        _start_forkserver()
+        self._conn, child_conn = _FORKSERVER.Pipe()
+        self._proc = _FORKSERVER.Process(target=_serve, args=(asdict(job), child_conn),
+                                         name=f"bench-{job.name}", daemon=True)
+        self._proc.start()
+        child_conn.close()  # the child holds its end: EOF here when it dies
+
+    def _reply(self) -> Any:
+        try:
+            reply = self._conn.recv()
+        except EOFError:
+            self._proc.join(timeout=30)
+            raise ShrinkflowError(f"benchmark of {self.job.name} ({self.job.path}) failed: the "
+                                  f"worker exited with code {self._proc.exitcode}") from None
+        if isinstance(reply, dict) and "error" in reply:  # bad input: its one line says it all
+            raise ShrinkflowError(reply["error"])
+        if isinstance(reply, dict) and "crash" in reply:
+            raise ShrinkflowError(
+                f"benchmark of {self.job.name} ({self.job.path}) failed:\n{reply['crash']}")
+        return reply
+
+    def ready(self) -> dict[str, Any]:
+        """Wait until the model is loaded and warmed up; its ``describe()``."""
+        return self._reply()
+
+    def time(self, batch_size: int, calls: int) -> list[float]:
+        self._conn.send((batch_size, calls))
+        return self._reply()
+
+    def stop(self) -> None:
+        """Ask the child to exit (without waiting: every worker winds down at once)."""
+        try:
+            self._conn.send(None)
+        except (BrokenPipeError, OSError):  # already gone
+            pass
+
+    def close(self) -> None:
+        self.stop()
+        self._proc.join(timeout=30)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+        self._conn.close()
 
 
 def split_calls(repeats: int, rounds: int) -> list[int]:
@@ -360,6 +386,8 @@ def run_interleaved(
                 on_round(r + 1, n_rounds)
     finally:
         for w in workers:
+            w.stop()
+        for w in workers:  # exiting takes each ~0.5 s (torch, ONNX Runtime): all at once
             w.close()
     return [result_row(job, described[i], b, times[(i, b)])
             for i, job in enumerate(jobs) for b in sorted(job.batch_sizes)]
@@ -487,25 +515,16 @@ def p50_drift(
     return drift
 
 
-def _worker_main(argv: list[str]) -> None:
-    """Entry of a worker process: see ``Worker`` for the protocol."""
-    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not corrupt replies
-
-    def reply(obj: Any) -> None:
-        replies.write(json.dumps(obj) + "\n")
-        replies.flush()
-
+def _serve(job: dict[str, Any], conn: Connection) -> None:
+    """A worker's body: see ``Worker`` for the protocol."""
     try:
-        model = LoadedModel(Job(**json.loads(argv[1])))
+        model = LoadedModel(Job(**job))
     except ShrinkflowError as exc:
-        print(f"{ERROR_PREFIX}{exc}", file=sys.stderr)
-        sys.exit(2)
-    reply(model.describe())
-    for line in sys.stdin:
-        request = json.loads(line)
-        reply(model.time(request["batch_size"], request["calls"]))
-
-
-if __name__ == "__main__":
-    _worker_main(sys.argv)
+        conn.send({"error": str(exc)})
+        return
+    except Exception:  # noqa: BLE001 - handed to the parent, which names the model
+        conn.send({"crash": traceback.format_exc(limit=-8)})
+        return
+    conn.send(model.describe())
+    while (request := conn.recv()) is not None:
+        conn.send(model.time(*request))

@@ -276,9 +276,9 @@ class EvaluateParams(Section):
 
 class BenchmarkParams(Section):
     batch_sizes: list[BatchSize] = Field(default=[1, 64], min_length=1)
-    repeats: int = Field(default=200, ge=1, le=1_000_000,
+    repeats: int = Field(default=100, ge=1, le=1_000_000,
                          description="timed calls per model and batch size")
-    rounds: int = Field(default=20, ge=1, le=10_000,
+    rounds: int = Field(default=10, ge=1, le=10_000,
                         description="interleaved rounds spreading the calls")
     warmup: int = Field(default=10, ge=0, le=100_000)
     threads: int = Field(default=0, ge=0, le=1024, description="per model; 0 = all cores")
