@@ -25,9 +25,11 @@ from shrinkflow.compare import (
     write_compare,
 )
 from shrinkflow.errors import ShrinkflowError, run_stage
+from shrinkflow.metric_keys import read_model_list
 from shrinkflow.params import load_section
 
 OUT_DIR = "compare"  # not reports/: that folder is the report stage's DVC output
+MODEL_LIST = "models.yaml"
 
 
 def read_exp_show(input_path: str | None) -> list[dict[str, Any]]:
@@ -66,10 +68,14 @@ def main() -> None:
     max_drop = args.max_drop
     if max_drop is None:
         max_drop = load_section("report").max_drop_points
+    models = {m.name: m for m in read_model_list(MODEL_LIST)}
+    if args.model not in models:
+        raise ShrinkflowError(f"--model {args.model!r}: not a model of {MODEL_LIST} "
+                              f"({', '.join(models)})")
     records = parse_exp_show(read_exp_show(args.input), include_workspace=args.workspace)
     if not records:
         raise ShrinkflowError("no commits or experiments found in `dvc exp show` output")
-    df = experiment_table(records, model=args.model)
+    df = experiment_table(records, model=args.model, accuracy_of=models[args.model].accuracy_of)
     page, chart = write_compare(df, args.out_dir, max_drop)
     print(f"[compare] {len(df)} rows ({int((~df['is_baseline']).sum())} experiments), "
           f"model `{args.model}`, budget {max_drop:g} points")

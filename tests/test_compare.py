@@ -122,3 +122,29 @@ def test_fixed_ratio_experiments_draw_no_budget_curve(payload, tmp_path):
     page, _ = write_compare(df, tmp_path, max_drop=5.0)
     assert "compare_budget" not in page.read_text()
     assert not (tmp_path / "compare_budget.png").exists()
+
+
+def test_a_benchmark_only_model_takes_the_accuracy_and_macs_of_its_weights(payload):
+    # pruned_onnx-like: its own latency, the evaluated model's accuracy and MACs, no file size
+    for commit in payload:
+        for exp in commit.get("experiments") or []:
+            bench = exp["revs"][0]["data"]["metrics"]["metrics/benchmark.json"]["data"]
+            bench["bench_quantized_onnx_b64_p50_ms"] = 0.25
+    own = experiment_table(parse_exp_show(payload)).set_index("name")
+    df = experiment_table(parse_exp_show(payload), model="quantized_onnx",
+                          accuracy_of="quantized").set_index("name")
+    assert df.loc["r07", "accuracy"] == own.loc["r07", "accuracy"]
+    assert df.loc["r07", "macs"] == own.loc["r07", "macs"] == 300
+    assert df.loc["r07", "latency_ms"] == pytest.approx(0.25)
+    assert math.isnan(df.loc["r07", "file_bytes"])
+
+
+def test_cli_names_the_models_when_the_model_is_unknown(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "compare.py"), "--input", str(FIXTURE),
+         "--model", "prunned", "--out-dir", str(tmp_path)],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "--model 'prunned': not a model of models.yaml" in proc.stderr
+    assert "pruned_onnx" in proc.stderr and not (tmp_path / "compare.md").exists()

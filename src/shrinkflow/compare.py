@@ -107,15 +107,23 @@ def changed_params(base: dict[str, Any], exp: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in exp.items() if k not in base or base[k] != v}
 
 
-def experiment_table(records: list[dict[str, Any]], model: str = "quantized") -> pd.DataFrame:
-    """One row per experiment: its ``model``'s accuracy, drop vs its own teacher, size, speed."""
+def experiment_table(
+    records: list[dict[str, Any]], model: str = "quantized", accuracy_of: str | None = None
+) -> pd.DataFrame:
+    """One row per experiment: its ``model``'s accuracy, drop vs its own teacher, size, speed.
+
+    A benchmark-only model (``pruned_onnx``: the pruned weights in ONNX Runtime) has no evaluate
+    metrics of its own: ``accuracy_of`` (models.yaml) names the model whose accuracy and MACs it
+    shares; its file size is then unknown here (metrics/benchmark.csv has it).
+    """
+    weights = accuracy_of or model
     sizes = bench_batch_sizes({k for r in records for k in r["metrics"]}, model)
     batch = sizes[-1] if sizes else 64
     rows = []
     for r in records:
         m = r["metrics"]
         teacher = first_number(m, model_key(TEACHER, "acc"), model_key(TEACHER, "test_acc"))
-        acc = first_number(m, model_key(model, "acc"), model_key(model, "test_acc"))
+        acc = first_number(m, model_key(weights, "acc"), model_key(weights, "test_acc"))
         rows.append({
             "name": r["name"],
             "baseline": r["baseline"],
@@ -123,7 +131,7 @@ def experiment_table(records: list[dict[str, Any]], model: str = "quantized") ->
             "changed": ", ".join(f"{k}={v}" for k, v in sorted(r.get("changed", {}).items())),
             "accuracy": acc,
             "drop_points": (teacher - acc) * 100,
-            "macs": first_number(m, model_key(model, "macs")),
+            "macs": first_number(m, model_key(weights, "macs")),
             "file_bytes": first_number(m, model_key(model, "file_bytes")),
             "latency_ms": first_number(m, bench_key(model, batch, "p50_ms")),
             # budget-mode pruning's budget; NaN where the ratio is fixed (the key then does nothing)
