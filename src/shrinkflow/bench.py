@@ -269,13 +269,17 @@ def worker_env() -> dict[str, str]:
 # interpreters, each importing those on its own, took 11 s of the digits benchmark's 45 s on
 # 2 cores. A forked worker is still its own process: its own heap, peak RSS and thread pools
 # (the server runs no torch op, so no thread pool exists before the fork).
-_FORKSERVER = multiprocessing.get_context("forkserver")
+# Where there is no forkserver (Windows) workers are spawned, each importing on its own.
+_FORKS = "forkserver" in multiprocessing.get_all_start_methods()
+_FORKSERVER = multiprocessing.get_context("forkserver" if _FORKS else "spawn")
 _FORKSERVER_PRELOAD = ["__main__", "shrinkflow.bench"]
 
 
 def _start_forkserver() -> None:
     """Start the server (once per process) with ``MALLOC_TUNABLES`` in its environment: glibc
     reads them when a program starts, and every worker forked from the server inherits them."""
+    if not _FORKS:
+        return
     _FORKSERVER.set_forkserver_preload(_FORKSERVER_PRELOAD)
     saved = os.environ.get("GLIBC_TUNABLES")
     os.environ["GLIBC_TUNABLES"] = worker_env()["GLIBC_TUNABLES"]
