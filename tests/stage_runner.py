@@ -80,10 +80,12 @@ def _child(request: dict) -> None:
         try:
             runpy.run_path(script, run_name="__main__")
             code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            if not isinstance(exc.code, (int, type(None))):
+        except SystemExit as exc:  # as the interpreter treats it: None 0, int itself, else 1
+            if exc.code is None or isinstance(exc.code, int):
+                code = exc.code or 0
+            else:
                 print(exc.code, file=sys.stderr)
+                code = 1
     except BaseException:  # noqa: BLE001 - what the interpreter would print, then exit 1
         traceback.print_exc()
         code = 1

@@ -167,8 +167,8 @@ def _send_environment(conn):  # runs in a benchmark worker (forked from the serv
 def test_workers_get_the_malloc_tunables_and_this_process_keeps_its_environment():
     before = os.environ.get("GLIBC_TUNABLES")
     bench._start_forkserver()
-    ours, theirs = bench._FORKSERVER.Pipe()
-    worker = bench._FORKSERVER.Process(target=_send_environment, args=(theirs,))
+    ours, theirs = bench._WORKER_CONTEXT.Pipe()
+    worker = bench._WORKER_CONTEXT.Process(target=_send_environment, args=(theirs,))
     worker.start()
     seen = ours.recv()
     worker.join()

@@ -271,8 +271,8 @@ def worker_env() -> dict[str, str]:
 # (the server runs no torch op, so no thread pool exists before the fork).
 # Where there is no forkserver (Windows) workers are spawned, each importing on its own.
 _FORKS = "forkserver" in multiprocessing.get_all_start_methods()
-_FORKSERVER = multiprocessing.get_context("forkserver" if _FORKS else "spawn")
-_FORKSERVER_PRELOAD = ["__main__", "shrinkflow.bench"]
+_WORKER_CONTEXT = multiprocessing.get_context("forkserver" if _FORKS else "spawn")
+_WORKER_PRELOAD = ["__main__", "shrinkflow.bench"]
 
 
 def _start_forkserver() -> None:
@@ -280,7 +280,7 @@ def _start_forkserver() -> None:
     reads them when a program starts, and every worker forked from the server inherits them."""
     if not _FORKS:
         return
-    _FORKSERVER.set_forkserver_preload(_FORKSERVER_PRELOAD)
+    _WORKER_CONTEXT.set_forkserver_preload(_WORKER_PRELOAD)
     saved = os.environ.get("GLIBC_TUNABLES")
     os.environ["GLIBC_TUNABLES"] = worker_env()["GLIBC_TUNABLES"]
     try:
@@ -303,8 +303,8 @@ class Worker:
     def __init__(self, job: Job) -> None:
         self.job = job
         _start_forkserver()
-        self._conn, child_conn = _FORKSERVER.Pipe()
-        self._proc = _FORKSERVER.Process(target=_serve, args=(asdict(job), child_conn),
+        self._conn, child_conn = _WORKER_CONTEXT.Pipe()
+        self._proc = _WORKER_CONTEXT.Process(target=_serve, args=(asdict(job), child_conn),
                                          name=f"bench-{job.name}", daemon=True)
         self._proc.start()
         child_conn.close()  # the child holds its end: EOF here when it dies
