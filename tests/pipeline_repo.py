@@ -62,6 +62,14 @@ def dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProces
     return run(cwd, sys.executable, "-m", "dvc", *args, check=check)
 
 
+def finished_experiments(repo: Path) -> int:
+    """How many experiments of ``repo`` have finished with results: each has a git ref under
+    refs/exps/ (a failed one has none). Milliseconds of git, where `dvc queue status` costs a
+    second of the CPU that the queued runs need (measured: polling it took a third of a core)."""
+    refs = run(repo, "git", "for-each-ref", "--format=%(refname)", "refs/exps").stdout
+    return len(re.findall(r"^refs/exps/[0-9a-f]{2}/[0-9a-f]{38}/", refs, re.MULTILINE))
+
+
 def ran_stages(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pipeline_repo import copy_repo, dvc, env, ran_stages, run
+from pipeline_repo import copy_repo, dvc, env, finished_experiments, ran_stages, run
 
 pytestmark = pytest.mark.slow  # end to end: real stage processes
 
@@ -51,9 +51,7 @@ def wait_for_queue(repo: Path, expected: int, timeout: float = 900) -> str:
     """
     deadline, asked, status = time.time() + timeout, time.time(), ""
     while time.time() < deadline:
-        refs = run(repo, "git", "for-each-ref", "--format=%(refname)", "refs/exps").stdout
-        done = len(re.findall(r"^refs/exps/[0-9a-f]{2}/[0-9a-f]{38}/", refs, re.MULTILINE))
-        if done >= expected or time.time() - asked > 30:
+        if finished_experiments(repo) >= expected or time.time() - asked > 30:
             status, asked = dvc(repo, "queue", "status").stdout, time.time()
             if not re.search(r"\b(Queued|Running)\b", status):
                 return status
