@@ -10,12 +10,8 @@ order), so the two differ only in the loss, and kd_gain_points measures what the
 
 import time
 
-from shrinkflow.artifacts import (
-    check_outputs,
-    commit_outputs,
-    read_json,
-    require_inputs,
-)
+from shrinkflow.artifacts import check_outputs, commit_outputs, read_json, require_inputs
+from shrinkflow.checkpoints import write_model_file
 from shrinkflow.data import load_prepared
 from shrinkflow.distill import (
     FeatureKDLoss,
@@ -98,8 +94,8 @@ def main() -> None:
     m["distill_input_size"] = effective_input_size(spec, meta["shape"])  # MACs are at this size
     if is_main_process():  # every rank holds the same model; other ranks print nothing
         with commit_outputs() as out:
-            out.model(MODEL_OUT, student, spec, role="student", method=p.method, T=p.T,
-                      alpha=p.alpha)
+            write_model_file(out.file(MODEL_OUT), student, spec, role="student", method=p.method,
+                             T=p.T, alpha=p.alpha)
             out.csv(HISTORY_OUT, history)
             out.json(METRICS_OUT, m)
     print(f"[distill] student input {m['distill_input_size']} (data "

@@ -14,7 +14,8 @@ never re-export. Checks the written file against the PyTorch model on the test s
 import sys
 from pathlib import Path
 
-from shrinkflow.artifacts import check_role, commit_outputs, read_json, require_inputs
+from shrinkflow.artifacts import commit_outputs, read_json, require_inputs
+from shrinkflow.checkpoints import check_role
 from shrinkflow.data import load_prepared
 from shrinkflow.errors import ShrinkflowError, run_stage
 from shrinkflow.metric_keys import model_key

@@ -11,7 +11,8 @@ metrics/prune_steps.csv (budget mode's curve), metrics/prune_latency.csv (its la
 
 import time
 
-from shrinkflow.artifacts import check_outputs, commit_outputs, load_model, require_inputs
+from shrinkflow.artifacts import check_outputs, commit_outputs, require_inputs
+from shrinkflow.checkpoints import load_model, write_model_file
 from shrinkflow.data import load_prepared
 from shrinkflow.distill import KDLoss
 from shrinkflow.distributed import finish, is_main_process, launch
@@ -149,8 +150,9 @@ def main() -> None:
     }
     if is_main_process():  # every rank holds the same model; other ranks print nothing
         with commit_outputs() as out:
-            out.model(MODEL_OUT, pruned, spec, role="pruned", pruned=True, prune_mode=p.mode,
-                      prune_ratio=p.ratio, prune_importance=p.importance)
+            write_model_file(out.file(MODEL_OUT), pruned, spec, role="pruned", pruned=True,
+                             prune_mode=p.mode, prune_ratio=p.ratio,
+                             prune_importance=p.importance)
             out.csv(HISTORY_OUT, outcome.history)
             out.csv(SENSITIVITY_OUT, rows, SENSITIVITY_FIELDS)  # header even with the scan off
             out.csv(STEPS_OUT, steps, STEP_FIELDS)  # header only for a fixed ratio

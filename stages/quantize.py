@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from shrinkflow.artifacts import check_role, commit_outputs, read_json
+from shrinkflow.artifacts import commit_outputs, read_json
+from shrinkflow.checkpoints import check_role
 from shrinkflow.data import load_prepared
 from shrinkflow.distill import KDLoss
 from shrinkflow.ensemble import load_teacher, teacher_files

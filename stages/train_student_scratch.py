@@ -6,6 +6,7 @@ distill.train, so changing T / alpha / method does not rerun it; distill reports
 it."""
 
 from shrinkflow.artifacts import check_outputs, commit_outputs
+from shrinkflow.checkpoints import write_model_file
 from shrinkflow.data import load_prepared
 from shrinkflow.distributed import finish, is_main_process, launch
 from shrinkflow.errors import run_stage
@@ -33,7 +34,7 @@ def main() -> None:
                                                    input_size=p.input_size)
     if is_main_process():  # every rank holds the same model; other ranks print nothing
         with commit_outputs() as out:
-            out.model(MODEL_OUT, model, spec, role=NAME)
+            write_model_file(out.file(MODEL_OUT), model, spec, role=NAME)
             out.csv(HISTORY_OUT, history)
             out.json(METRICS_OUT, m)
     print(summary_line(NAME, spec, m), "->", MODEL_OUT)

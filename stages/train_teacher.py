@@ -12,6 +12,7 @@ import sys
 from functools import partial
 
 from shrinkflow.artifacts import check_outputs, commit_outputs
+from shrinkflow.checkpoints import write_model_file
 from shrinkflow.data import load_prepared
 from shrinkflow.distributed import finish, is_main_process, launch
 from shrinkflow.ensemble import member_file
@@ -63,7 +64,7 @@ def main() -> None:
         provenance["ensemble_seed"] = seed
     if is_main_process():  # every rank holds the same model; other ranks print nothing
         with commit_outputs() as out:
-            out.model(model_out, model, spec, role=NAME, **provenance)
+            write_model_file(out.file(model_out), model, spec, role=NAME, **provenance)
             out.csv(history_out, history, fieldnames=None if history else HISTORY_COLUMNS)
             out.json(metrics_out, m)
     print(summary_line(name, spec, m), "->", model_out)

@@ -16,10 +16,10 @@ from shrinkflow.artifacts import (
     atomic_path,
     check_outputs,
     commit_outputs,
-    load_checkpoint,
     write_csv,
     write_json,
 )
+from shrinkflow.checkpoints import load_checkpoint
 from shrinkflow.errors import ShrinkflowError
 
 
@@ -64,7 +64,7 @@ def test_pickled_module_files_are_refused(tmp_path):
 
 
 def test_saving_the_same_model_twice_gives_identical_bytes(tmp_path):
-    from shrinkflow.artifacts import save_model
+    from shrinkflow.checkpoints import save_model
     from shrinkflow.models import build_model, make_spec
     from shrinkflow.params import ModelSpec
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from shrinkflow import bench
-from shrinkflow.artifacts import save_model
 from shrinkflow.bench import (
     Job,
     LoadedModel,
@@ -23,6 +22,7 @@ from shrinkflow.bench import (
     time_calls,
     worker_env,
 )
+from shrinkflow.checkpoints import save_model
 from shrinkflow.errors import ShrinkflowError
 from shrinkflow.models import build_model, count_macs, count_params
 from shrinkflow.onnx_export import export_onnx

@@ -22,7 +22,7 @@ import yaml
 from torch import nn
 
 import shrinkflow.distributed
-from shrinkflow.artifacts import load_model
+from shrinkflow.checkpoints import load_model
 from shrinkflow.data import load_prepared, source_from_arrays, split_indices, write_prepared
 from shrinkflow.distributed import all_reduce_mean, maybe_relaunch
 from shrinkflow.errors import ShrinkflowError

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from shrinkflow.artifacts import load_model, save_model
+from shrinkflow.checkpoints import load_model, save_model
 from shrinkflow.errors import ShrinkflowError
 from shrinkflow.models import Resize, build_model, count_macs, make_spec
 from shrinkflow.onnx_export import export_onnx

@@ -17,7 +17,7 @@ from pipeline_repo import ROOT, pipeline_stages, run_stage_main, shipped_params
 from prepared_files import write_prepared_dir
 from test_deps import code_dep_problems
 
-from shrinkflow.artifacts import save_model
+from shrinkflow.checkpoints import save_model
 from shrinkflow.distill import KDLoss
 from shrinkflow.ensemble import (
     EnsembleTeacher,

@@ -12,7 +12,7 @@ import yaml
 from pipeline_repo import run_stage_main, shipped_params
 from prepared_files import write_prepared_dir
 
-from shrinkflow.artifacts import save_model
+from shrinkflow.checkpoints import save_model
 from shrinkflow.errors import ShrinkflowError
 from shrinkflow.models import build_model, make_spec
 from shrinkflow.onnx_export import export_parity

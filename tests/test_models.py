@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from shrinkflow.artifacts import load_model, save_model
+from shrinkflow.checkpoints import load_model, save_model
 from shrinkflow.models import build_model, count_macs, count_params, final_linear, make_spec
 from shrinkflow.params import ModelSpec
 

@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from shrinkflow.artifacts import save_model
 from shrinkflow.card import (
     CARD_FILE,
     CARD_KEY,
@@ -32,6 +31,7 @@ from shrinkflow.card import (
     pipeline_commit,
     write_model_card,
 )
+from shrinkflow.checkpoints import save_model
 from shrinkflow.errors import ShrinkflowError
 from shrinkflow.models import build_model, make_spec
 from shrinkflow.onnx_export import export_onnx, read_metadata

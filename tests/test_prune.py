@@ -16,7 +16,7 @@ from pipeline_repo import run_stage_main, shipped_params
 from prepared_files import write_prepared_dir
 from torch import nn
 
-from shrinkflow.artifacts import load_model, save_model
+from shrinkflow.checkpoints import load_model, save_model
 from shrinkflow.errors import ShrinkflowError
 from shrinkflow.models import build_model, count_macs, count_params, final_linear, make_spec
 from shrinkflow.params import ModelSpec, PruneParams, TrainConfig, validate_section

@@ -15,7 +15,7 @@ from pipeline_repo import run_stage_main, shipped_params
 from prepared_files import write_prepared_dir
 from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-from shrinkflow.artifacts import save_model
+from shrinkflow.checkpoints import save_model
 from shrinkflow.data import load_prepared
 from shrinkflow.distill import KDLoss
 from shrinkflow.errors import ShrinkflowError

@@ -15,7 +15,7 @@ import torch
 import yaml
 from prepared_files import write_prepared_dir
 
-from shrinkflow.artifacts import load_model, save_model
+from shrinkflow.checkpoints import load_model, save_model
 from shrinkflow.errors import ShrinkflowError
 from shrinkflow.metric_keys import (
     bench_batch_sizes,

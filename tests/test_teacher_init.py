@@ -17,7 +17,7 @@ import torch
 import yaml
 from torchvision.models import mobilenet_v2, resnet18
 
-from shrinkflow.artifacts import load_model, save_model
+from shrinkflow.checkpoints import load_model, save_model
 from shrinkflow.data import load_prepared, source_from_arrays, split_indices, write_prepared
 from shrinkflow.errors import ShrinkflowError
 from shrinkflow.models import build_model, make_spec

@@ -215,11 +215,11 @@ def _write_onnx_card(source: Path, target: Path, card: Mapping[str, Any]) -> Non
 
 
 def _write_pt_card(source: Path, target: Path, card: Mapping[str, Any]) -> None:
-    # torch (through shrinkflow.artifacts) is imported here for the same reason as onnx above:
+    # torch (through shrinkflow.checkpoints) is imported here for the same reason as onnx above:
     # the ONNX deploy path must not need it.
     import torch
 
-    from shrinkflow.artifacts import load_checkpoint
+    from shrinkflow.checkpoints import load_checkpoint
 
     payload = load_checkpoint(source)
     payload["meta"] = {**payload["meta"], "card": dict(card)}

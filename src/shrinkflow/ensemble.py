@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shrinkflow.artifacts import load_model
+from shrinkflow.checkpoints import load_model
 from shrinkflow.errors import ShrinkflowError
 from shrinkflow.train import accuracy, predict
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-import torch
 import yaml
 from pydantic import (
     AfterValidator,
@@ -47,11 +46,18 @@ class Section(BaseModel):
 
 
 def _cuda_visible(device: str) -> str:
-    """Refuse ``cuda`` when no GPU is visible, at load time, so the error names the key."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise PydanticCustomError(
-            "no_cuda", "no CUDA GPU is visible (torch.cuda.is_available() is False)"
-        )
+    """Refuse ``cuda`` when no GPU is visible, at load time, so the error names the key.
+
+    torch is imported here, only when ``cuda`` is asked for: every stage reads its params through
+    this module, and the stages that train nothing (select, report) then start without torch
+    (measured: its import was 1.8-2.3 s of their 3.5-4 s)."""
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise PydanticCustomError(
+                "no_cuda", "no CUDA GPU is visible (torch.cuda.is_available() is False)"
+            )
     return device
 
 

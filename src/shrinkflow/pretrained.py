@@ -7,7 +7,7 @@ A weights file is one of
     ``torch.save(resnet18(weights="IMAGENET1K_V1").state_dict(), path)``;
   * a training checkpoint wrapping such a state_dict under ``state_dict`` or ``model``
     (torchvision's reference scripts, Lightning), optionally with a DDP ``module.`` prefix;
-  * a shrinkflow ``.pt`` model file (read through ``shrinkflow.artifacts``).
+  * a shrinkflow ``.pt`` model file (read through ``shrinkflow.checkpoints``).
 
 Every file is read with ``torch.load(weights_only=True)``: nothing in it can run code, and a file
 holding anything but tensors and plain data gets a one-line error naming it.
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from shrinkflow.artifacts import MODEL_FORMAT, model_from_checkpoint
+from shrinkflow.checkpoints import MODEL_FORMAT, model_from_checkpoint
 from shrinkflow.errors import ShrinkflowError
 from shrinkflow.models import Classifier, build_model, final_linear, make_spec
 

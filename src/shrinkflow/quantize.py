@@ -15,7 +15,7 @@
   then int8 ONNX for ONNX Runtime (see ``quantize_qat_onnx`` for why through ORT's quantizer).
 
 A quantized torch module cannot be pickled safely, so ``save_torch_int8`` stores only tensors and
-plain data through ``artifacts.save_model`` (the fp32 spec, the int8 state_dict, and in ``meta``
+plain data through ``checkpoints.save_model`` (the fp32 spec, the int8 state_dict, and in ``meta``
 the fp32 layer shapes, input shape and ``quantized`` recipe); ``runtime.open_model`` rebuilds the
 module by re-running the same prepare/convert steps on the fp32 architecture, then loads the
 tensors. Opening and running every model, int8 or not, is ``runtime``'s job; the parity checks
@@ -46,7 +46,8 @@ from onnxruntime.quantization import (
 )
 from torch import nn
 
-from shrinkflow.artifacts import atomic_path, save_model
+from shrinkflow.artifacts import atomic_path
+from shrinkflow.checkpoints import save_model
 from shrinkflow.errors import ShrinkflowError
 from shrinkflow.models import count_macs, count_params
 from shrinkflow.onnx_export import copy_metadata, export_onnx
@@ -342,7 +343,7 @@ def save_torch_int8(
     calibration_x: torch.Tensor,
     **meta: Any,
 ) -> nn.Module:
-    """Quantize ``fp32_model`` with FX, store it through ``artifacts.save_model``, return it.
+    """Quantize ``fp32_model`` with FX, store it through ``checkpoints.save_model``, return it.
 
     ``meta`` gets everything ``runtime.open_model`` needs to rebuild the module (the fp32 tensor
     shapes, so pruned layers can be rebuilt; the input shape; the per-module state_dict format

@@ -3,7 +3,7 @@
 ``open_model(path)`` reads the file once and returns a ``Model`` that says how it runs and what
 it is, and runs batches of images:
 
-* ``.pt`` fp32 (``artifacts.save_model``) -> PyTorch eager, runtime ``torch``;
+* ``.pt`` fp32 (``checkpoints.save_model``) -> PyTorch eager, runtime ``torch``;
 * ``.pt`` int8 (``quantize.save_torch_int8``) -> a torch.ao FX int8 module, runtime
   ``torch_int8``, rebuilt from plain tensors (see ``fx_prepare`` / ``fx_convert`` below);
 * ``.onnx`` -> an ONNX Runtime CPU session, runtime ``onnxruntime`` (fp32 or int8).
@@ -46,7 +46,7 @@ from torch import nn
 from torch.ao.quantization import get_default_qconfig_mapping
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-from shrinkflow.artifacts import load_checkpoint, model_from_checkpoint
+from shrinkflow.checkpoints import load_checkpoint, model_from_checkpoint
 from shrinkflow.errors import ShrinkflowError
 from shrinkflow.models import build_model, count_macs, count_params, resize_to_state_dict
 
@@ -211,7 +211,7 @@ def fx_convert(prepared: nn.Module) -> nn.Module:
 
 
 # Non-tensor entries of a quantized state_dict: packed linear params record their dtype, which
-# artifacts.save_model stores as its name.
+# checkpoints.save_model stores as its name.
 _DTYPES = {str(d): d for d in (torch.qint8, torch.quint8, torch.float16, torch.float32)}
 
 
