@@ -217,14 +217,10 @@ def _write_onnx_card(source: Path, target: Path, card: Mapping[str, Any]) -> Non
 def _write_pt_card(source: Path, target: Path, card: Mapping[str, Any]) -> None:
     # torch (through shrinkflow.checkpoints) is imported here for the same reason as onnx above:
     # the ONNX deploy path must not need it.
-    import torch
-
-    from shrinkflow.checkpoints import load_checkpoint
+    from shrinkflow.checkpoints import load_checkpoint, write_checkpoint
 
     payload = load_checkpoint(source)
-    payload["meta"] = {**payload["meta"], "card": dict(card)}
-    with target.open("wb") as fh:  # a file handle: torch.save(path) puts the name in the bytes
-        torch.save(payload, fh)
+    write_checkpoint(target, {**payload, "meta": {**payload["meta"], "card": dict(card)}})
 
 
 def pipeline_commit(paths: Sequence[str], cwd: str | Path = ".") -> dict[str, Any]:

@@ -27,7 +27,12 @@ def write_model_file(
     """Write a model as {format, spec, state_dict, meta} to ``path``, which should be a temporary
     of ``commit_outputs`` (``out.file(target)``); ``save_model`` does both for a lone model."""
     state = {k: _plain(v) for k, v in model.state_dict().items()}
-    payload = {"format": MODEL_FORMAT, "spec": spec, "state_dict": state, "meta": meta}
+    write_checkpoint(path, {"format": MODEL_FORMAT, "spec": spec, "state_dict": state,
+                            "meta": meta})
+
+
+def write_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write an already-built payload (e.g. one ``load_checkpoint`` read, with a new ``meta``)."""
     # Save through a file handle: given a path, torch.save names the zip's root folder after
     # the (random) temp file, so identical models would get different bytes and DVC hashes.
     with Path(path).open("wb") as fh:
