@@ -26,7 +26,8 @@ from pathlib import Path
 
 # What the stage scripts import; anything else a script needs is imported in its child.
 PRELOAD = ["torch", "numpy", "onnxruntime", "torch_pruning", "dvclive",
-           "shrinkflow.artifacts", "shrinkflow.bench", "shrinkflow.data", "shrinkflow.distill",
+           "shrinkflow.artifacts", "shrinkflow.bench", "shrinkflow.bench_worker",
+           "shrinkflow.data", "shrinkflow.distill",
            "shrinkflow.ensemble", "shrinkflow.evaluate", "shrinkflow.live", "shrinkflow.params",
            "shrinkflow.prune", "shrinkflow.prune_budget", "shrinkflow.quantize",
            "shrinkflow.runtime", "shrinkflow.train"]

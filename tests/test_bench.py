@@ -11,22 +11,21 @@ import torch
 from shrinkflow import bench
 from shrinkflow.bench import (
     Job,
-    LoadedModel,
-    PeakRss,
     add_ratios,
     headline_metrics,
     latency_stats,
     p50_drift,
     run_interleaved,
     split_calls,
-    time_calls,
     worker_env,
 )
+from shrinkflow.bench_worker import LoadedModel, PeakRss
 from shrinkflow.checkpoints import save_model
 from shrinkflow.errors import ShrinkflowError
 from shrinkflow.models import build_model, count_macs, count_params
 from shrinkflow.onnx_export import export_onnx
 from shrinkflow.quantize import save_torch_int8
+from shrinkflow.timing import time_calls
 
 SHAPE = [1, 8, 8]
 

@@ -12,21 +12,12 @@ benchmark, so a slow period is shared by all models and each median covers the s
 time.
 
 Workers are forked from a server process that has already imported PyTorch and ONNX Runtime
-(see ``Worker``). Each loads one model and builds one seeded input per batch size; timing is
-``time.perf_counter`` around single calls under ``torch.inference_mode`` (``torch.cuda.synchronize``
-around each call on CUDA). Every round starts a model's turn with one untimed call, since the
-previous worker has just evicted its weights from the CPU caches.
-
-Memory: during warm-up of each batch size the worker resets the kernel's peak-RSS counter (writing
-``5`` to ``/proc/self/clear_refs`` resets ``VmHWM``, Linux >= 4.0) and reports ``VmHWM - VmRSS``
-afterwards: the extra resident memory inference needed beyond the loaded model and its input.
-Where that reset is not available, it falls back to ``getrusage`` max-RSS growth, which misses
-memory that was already at its peak before the run (the ``rss_method`` field says which).
-
-Each worker opens its file with ``runtime.open_model``, which decides the runtime (``torch``,
-``torch_int8`` or ``onnxruntime``) from the file, exactly as evaluate does; the timed call is the
-model's bare ``run`` on an input already converted by its ``prepare``. int8 and ONNX Runtime
-always run on the CPU.
+(see ``Worker``); what runs inside one (loading, warm-up, memory, the timed calls) is
+``shrinkflow.bench_worker``. This module, the parent's side, imports neither: the stage starts
+without them. Timing is ``time.perf_counter`` around single calls under
+``torch.inference_mode`` (``torch.cuda.synchronize`` around each call on CUDA). Every round
+starts a model's turn with one untimed call, since the previous worker has just evicted its
+weights from the CPU caches.
 
 Results: one row per model and batch size (``metrics/benchmark.csv``: every statistic, memory,
 size, counts, ratios and the software versions), and a few headline figures as flat metrics
@@ -40,9 +31,7 @@ import multiprocessing
 import os
 import platform
 import re
-import resource
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from multiprocessing import forkserver
@@ -51,12 +40,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime
-import torch
 
 from shrinkflow.errors import ShrinkflowError
 from shrinkflow.metric_keys import TEACHER, bench_key
-from shrinkflow.runtime import open_model
 
 
 @dataclass
@@ -114,116 +100,6 @@ def latency_stats(times_ms: list[float], batch_size: int) -> dict[str, float]:
     }
 
 
-def time_calls(
-    fn: Callable[[], Any], warmup: int, repeats: int, sync: Callable[[], None] | None = None
-) -> list[float]:
-    """Milliseconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones.
-
-    ``sync`` (``torch.cuda.synchronize`` on GPU) runs before starting and before stopping each
-    clock, so asynchronous kernels are counted in the call that launched them.
-    """
-    sync = sync or (lambda: None)
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return times
-
-
-# --- memory ---------------------------------------------------------------------------------
-
-
-def _proc_status_kb(key: str) -> int:
-    match = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
-    if not match:
-        raise OSError(f"{key} not in /proc/self/status")
-    return int(match.group(1))
-
-
-class PeakRss:
-    """Extra peak resident memory (MB) of the code run between ``start()`` and ``stop()``."""
-
-    def __init__(self) -> None:
-        self.method = "vmhwm_reset"
-        self._base_kb = 0
-
-    def start(self) -> None:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            self._base_kb = _proc_status_kb("VmRSS")
-        except OSError:
-            self.method = "maxrss_growth"
-            self._base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-    def stop(self) -> float:
-        if self.method == "vmhwm_reset":
-            peak_kb = _proc_status_kb("VmHWM")
-        else:
-            peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return round(max(peak_kb - self._base_kb, 0) / 1024.0, 3)
-
-
-# --- one model, loaded and ready to time -------------------------------------------------------
-
-
-def make_input(shape: list[int], batch_size: int, seed: int) -> torch.Tensor:
-    """A seeded random uint8 image batch (N, C, H, W); the model's ``prepare`` scales it."""
-    generator = torch.Generator().manual_seed(seed + batch_size)
-    return torch.randint(0, 256, (batch_size, *shape), generator=generator, dtype=torch.uint8)
-
-
-class LoadedModel:
-    """One job's model and inputs, loaded and warmed up in this process, ready to time calls."""
-
-    def __init__(self, job: Job) -> None:
-        self.job = job
-        self.threads = resolve_threads(job.threads)
-        torch.set_num_threads(self.threads)
-        if job.device == "cuda" and not torch.cuda.is_available():
-            raise ShrinkflowError(
-                "benchmark.device is 'cuda' but torch.cuda.is_available() is False"
-            )
-        self.model = open_model(job.path, job.input_shape, threads=self.threads,
-                                device=job.device)
-        on_cuda = self.model.device.type == "cuda"
-        self._sync = torch.cuda.synchronize if on_cuda else None
-        self._inputs: dict[int, Any] = {}
-        self.rss_mb: dict[int, float] = {}
-        memory = PeakRss()
-        for batch_size in sorted(job.batch_sizes):
-            x = make_input(job.input_shape, batch_size, job.seed)
-            self._inputs[batch_size] = self.model.prepare(x)
-            with torch.inference_mode():
-                memory.start()  # at least one call, so the peak is never of an empty run
-                time_calls(self._call(batch_size), max(job.warmup, 1), 0, self._sync)
-                self.rss_mb[batch_size] = memory.stop()
-        self.rss_method = memory.method
-
-    def _call(self, batch_size: int) -> Callable[[], Any]:
-        x, run = self._inputs[batch_size], self.model.run
-        return lambda: run(x)
-
-    def time(self, batch_size: int, calls: int) -> list[float]:
-        """Milliseconds of ``calls`` timed calls, after one untimed call to re-warm the caches."""
-        with torch.inference_mode():
-            return time_calls(self._call(batch_size), 1, calls, self._sync)
-
-    def describe(self) -> dict[str, Any]:
-        """What a result row needs besides the timings, in JSON-able form."""
-        m = self.model
-        return {"runtime": m.runtime.value, "precision": m.precision, "device": m.device.type,
-                "threads": self.threads, "params": m.params, "macs": m.macs,
-                "file_bytes": m.file_bytes, "rss_method": self.rss_method,
-                "rss_mb": {str(b): mb for b, mb in self.rss_mb.items()},
-                "cpu": cpu_name(), "torch_version": torch.__version__,
-                "onnxruntime_version": onnxruntime.__version__}
-
-
 def result_row(
     job: Job, described: dict[str, Any], batch_size: int, times_ms: list[float]
 ) -> dict[str, Any]:
@@ -265,14 +141,14 @@ def worker_env() -> dict[str, str]:
 
 
 # Workers are forked from one server process that has already imported torch, ONNX Runtime and
-# this module (multiprocessing's forkserver, the preload below). Starting 9 workers as fresh
+# ``bench_worker`` (multiprocessing's forkserver, the preload below). Starting 9 workers as fresh
 # interpreters, each importing those on its own, took 11 s of the digits benchmark's 45 s on
 # 2 cores. A forked worker is still its own process: its own heap, peak RSS and thread pools
 # (the server runs no torch op, so no thread pool exists before the fork).
 # Where there is no forkserver (Windows) workers are spawned, each importing on its own.
 _FORKS = "forkserver" in multiprocessing.get_all_start_methods()
 _WORKER_CONTEXT = multiprocessing.get_context("forkserver" if _FORKS else "spawn")
-_WORKER_PRELOAD = ["__main__", "shrinkflow.bench"]
+_WORKER_PRELOAD = ["__main__", "shrinkflow.bench_worker"]
 
 
 def _start_forkserver() -> None:
@@ -293,7 +169,7 @@ def _start_forkserver() -> None:
 
 
 class Worker:
-    """A child process holding one job's ``LoadedModel``, timing calls when asked.
+    """A child process holding one job's ``bench_worker.LoadedModel``, timing calls when asked.
 
     Protocol (objects over a pipe): the child sends ``describe()`` once it is loaded and warmed
     up (or ``{"error": line}`` for bad input, ``{"crash": traceback}`` for anything else), then
@@ -520,15 +396,10 @@ def p50_drift(
 
 
 def _serve(job: dict[str, Any], conn: Connection) -> None:
-    """A worker's body: see ``Worker`` for the protocol."""
-    try:
-        model = LoadedModel(Job(**job))
-    except ShrinkflowError as exc:
-        conn.send({"error": str(exc)})
-        return
-    except Exception:  # noqa: BLE001 - handed to the parent, which names the model
-        conn.send({"crash": traceback.format_exc(limit=-8)})
-        return
-    conn.send(model.describe())
-    while (request := conn.recv()) is not None:
-        conn.send(model.time(*request))
+    """A worker's body (``bench_worker.serve``), imported here, in the worker, so that the parent
+    runs without torch: the forkserver has already imported ``bench_worker`` (``_WORKER_PRELOAD``),
+    so this import costs the worker nothing, and the parent saves torch's import (about 2 s of
+    CPU per benchmark run on 2 cores, measured)."""
+    from shrinkflow.bench_worker import serve
+
+    serve(Job(**job), conn)

@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from shrinkflow.bench import time_calls
 from shrinkflow.models import count_macs, count_params
 from shrinkflow.onnx_export import export_onnx
 from shrinkflow.params import PruneParams
@@ -51,6 +50,7 @@ from shrinkflow.prune import (
     taylor_gradients,
 )
 from shrinkflow.runtime import ort_session
+from shrinkflow.timing import time_calls
 from shrinkflow.train import Split
 
 LATENCY_BATCH = 64  # the batch size the pipeline's headline latency uses
