@@ -96,7 +96,7 @@ def test_schema_defaults_equal_the_shipped_params_yaml(section):
 
 
 @pytest.mark.parametrize("key, shipped", [
-    ("distill.alpha", "0.5"), ("prune.ratio", "0.35"), ("prune.iterative_steps", "2"),
+    ("distill.alpha", "0.5"), ("prune.ratio", "0.35"), ("prune.iterative_steps", "4"),
     ("prune.train.lr", "0.02"), ("teacher.train.epochs", "10"),
     ("benchmark.batch_sizes", "[1, 64]"),
 ])

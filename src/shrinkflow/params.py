@@ -218,7 +218,7 @@ class PruneParams(Section):
                                    description="ratio auto: budget vs the student, on val")
     target: Literal["macs", "latency"] = "macs"
     importance: Literal["l1", "l2", "taylor", "random"] = "l2"
-    iterative_steps: int = Field(default=2, ge=1, le=100)
+    iterative_steps: int = Field(default=4, ge=1, le=100)
     round_to: int = Field(default=8, ge=1, le=1024,
                           description="keep channel counts multiples of this")
     ignore_layers: list[str] = []
@@ -226,8 +226,8 @@ class PruneParams(Section):
     sensitivity_ratios: list[Fraction] = [0.25, 0.5, 0.75]
     sensitivity_max_layers: int = Field(default=16, ge=0, description="0 = scan every group")
     seed: Seed = 0
-    kd: KDSettings = KDSettings()
-    train: TrainConfig = TrainConfig(epochs=8, lr=0.02)
+    kd: KDSettings = KDSettings(alpha=0.5)
+    train: TrainConfig = TrainConfig(epochs=16, lr=0.02)
 
     @field_validator("ratio")
     @classmethod
