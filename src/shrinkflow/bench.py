@@ -223,6 +223,16 @@ class Worker:
         self._conn.close()
 
 
+def _serve(job: dict[str, Any], conn: Connection) -> None:
+    """A worker's body (``bench_worker.serve``), imported here, in the worker, so that the parent
+    runs without torch: the forkserver has already imported ``bench_worker`` (``_WORKER_PRELOAD``),
+    so this import costs the worker nothing, and the parent saves torch's import (about 2 s of
+    CPU per benchmark run on 2 cores, measured)."""
+    from shrinkflow.bench_worker import serve
+
+    serve(Job(**job), conn)
+
+
 def split_calls(repeats: int, rounds: int) -> list[int]:
     """``repeats`` timed calls spread as evenly as possible over ``rounds`` (none empty)."""
     rounds = max(1, min(rounds, repeats))
@@ -393,13 +403,3 @@ def p50_drift(
                       "speedup_drift_pct": round((speedup_2 / speedup_1 - 1) * 100, 2)}
         drift.append(entry)
     return drift
-
-
-def _serve(job: dict[str, Any], conn: Connection) -> None:
-    """A worker's body (``bench_worker.serve``), imported here, in the worker, so that the parent
-    runs without torch: the forkserver has already imported ``bench_worker`` (``_WORKER_PRELOAD``),
-    so this import costs the worker nothing, and the parent saves torch's import (about 2 s of
-    CPU per benchmark run on 2 cores, measured)."""
-    from shrinkflow.bench_worker import serve
-
-    serve(Job(**job), conn)

@@ -78,6 +78,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ShrinkflowError(f"{path}: not a shrinkflow model file (expected {MODEL_FORMAT})")
     return payload
 
+
 def load_model(path: str | Path, role: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a saved fp32 model (pruned shapes included) in eval mode; returns (model, payload).
 
