@@ -12,7 +12,8 @@ mean time of ``--calls`` calls. Also: fp32 and the default int8 at each ORT grap
 level and at 1 thread, accuracy on the test split, and the node types ORT actually runs after
 its graph optimisations (does QDQ become QLinearConv, how many Quantize/DequantizeLinear stay).
 
-Nothing here is part of the pipeline; it calls the same ``shrinkflow.quantize`` functions the
+Nothing here is part of the pipeline; it calls the same ``shrinkflow.compress.quantize`` functions
+the
 quantize stage does.
 """
 
@@ -30,11 +31,15 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from shrinkflow.data import load_prepared
-from shrinkflow.onnx_export import export_onnx
-from shrinkflow.quantize import quantize_onnx_dynamic, quantize_onnx_static, select_calibration
-from shrinkflow.runtime import open_model
-from shrinkflow.train import accuracy
+from shrinkflow.compress.quantize import (
+    quantize_onnx_dynamic,
+    quantize_onnx_static,
+    select_calibration,
+)
+from shrinkflow.data.prepared import load_prepared
+from shrinkflow.measure.metrics import accuracy
+from shrinkflow.model_files.export_onnx import export_onnx
+from shrinkflow.model_files.open import open_model
 
 LEVELS = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
           "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,

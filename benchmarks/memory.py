@@ -100,8 +100,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/sf-memory"))
     args = parser.parse_args()
 
-    imports, _ = peak_rss_mb([sys.executable, "-c", "import shrinkflow.train, shrinkflow.data, "
-                              "shrinkflow.artifacts, shrinkflow.pretrained"], ROOT)
+    imports, _ = peak_rss_mb([sys.executable, "-c", "import shrinkflow.training.loop, "
+                              "shrinkflow.data.prepared, "
+                              "shrinkflow.core.outputs, shrinkflow.model_files.user_weights"], ROOT)
     tiny = run_stages(args.workdir, 600, args.size)
     big = run_stages(args.workdir, args.n, args.size)
     size_mb = big["data_mb"]

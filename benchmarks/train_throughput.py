@@ -12,7 +12,7 @@ Two loops per model, on random uint8 images:
 * ``step``: a bare training step on one batch already on the device (SGD, cross-entropy), as a
   hand-written loop would run it: ``fp32``; ``bf16`` autocast + channels_last; and with
   ``--compile`` the bf16 step through ``torch.compile``. This is what the hardware does.
-* ``fit``: ``shrinkflow.train.fit`` itself, the loop every training stage runs, after
+* ``fit``: ``shrinkflow.training.loop.fit`` itself, the loop every training stage runs, after
   ``seed_everything`` as the stages call it (deterministic kernels on, which on CUDA restricts
   cuDNN's choice of algorithms; ``--nondeterministic`` turns them off to measure what that
   costs). It keeps data that fits on the GPU there and uses bf16 + channels_last on CUDA, fp32
@@ -39,9 +39,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from shrinkflow.models import build_model, count_params, make_spec
-from shrinkflow.params import DistillParams, ModelSpec, TeacherParams, TrainConfig, validate_section
-from shrinkflow.train import fit, resolve_device, seed_everything
+from shrinkflow.nets.zoo import build_model, count_params, make_spec
+from shrinkflow.params.common import ModelSpec, TrainConfig
+from shrinkflow.params.distill import DistillParams
+from shrinkflow.params.load import validate_section
+from shrinkflow.params.teacher import TeacherParams
+from shrinkflow.training.loop import fit, resolve_device, seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_BF16 = 52_700  # img/s, H100, CIFAR-style ResNet-18, batch 512, bf16 + channels_last

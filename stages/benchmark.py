@@ -13,18 +13,13 @@ the runtime's gain (teacher in PyTorch -> teacher in ONNX Runtime).
 import argparse
 import time
 
-from shrinkflow.artifacts import commit_outputs, read_json, require_inputs
-from shrinkflow.bench import (
-    Job,
-    add_ratios,
-    headline_metrics,
-    p50_drift,
-    resolve_threads,
-    run_interleaved,
-)
-from shrinkflow.errors import run_stage
-from shrinkflow.metric_keys import TEACHER, ModelEntry, bench_key, read_model_list
-from shrinkflow.params import BenchmarkParams, load_section
+from shrinkflow.core.errors import run_stage
+from shrinkflow.core.metric_keys import TEACHER, ModelEntry, bench_key, read_model_list
+from shrinkflow.core.outputs import commit_outputs, read_json, require_inputs
+from shrinkflow.measure.benchmark import add_ratios, headline_metrics, p50_drift, run_interleaved
+from shrinkflow.measure.benchmark_job import Job, resolve_threads
+from shrinkflow.params.benchmark import BenchmarkParams
+from shrinkflow.params.load import load_section
 
 META = "data/prepared/meta.json"
 MODEL_LIST = "models.yaml"
@@ -37,7 +32,7 @@ def main() -> None:
     parser.add_argument("--stability", action="store_true",
                         help="run the whole benchmark twice and print the median-latency drift")
     args = parser.parse_args()
-    p = load_section("benchmark")
+    p = load_section(BenchmarkParams)
     models = read_model_list(MODEL_LIST)
     require_inputs("benchmark", {META: "prepare", **{m.file: m.stage for m in models}})
     shape = read_json(META)["shape"]

@@ -1,7 +1,8 @@
 """distill: train the small student from the teacher (KD, or KD + hint / attention transfer).
 
 With extra members (``teacher.ensemble_seeds``) the teacher is their ensemble: soft targets are
-the mean of the members' softened probabilities (shrinkflow.ensemble); hint / attention need a
+the mean of the members' softened probabilities (shrinkflow.compress.teacher_ensemble); hint /
+attention need a
 single teacher and are refused with one line.
 
 The student is seeded and built exactly as in train_student_scratch (same spec, same seed, same
@@ -10,22 +11,24 @@ order), so the two differ only in the loss, and kd_gain_points measures what the
 
 import time
 
-from shrinkflow.artifacts import check_outputs, commit_outputs, read_json, require_inputs
-from shrinkflow.checkpoints import write_model_file
-from shrinkflow.data import load_prepared
-from shrinkflow.distill import (
-    FeatureKDLoss,
-    build_loss,
+from shrinkflow.compress.distill import FeatureKDLoss, build_loss, distill_metrics
+from shrinkflow.compress.teacher_ensemble import (
+    check_feature_method,
     check_teacher_fits_data,
-    distill_metrics,
+    load_teacher,
+    teacher_files,
 )
-from shrinkflow.distributed import finish, is_main_process, launch
-from shrinkflow.ensemble import check_feature_method, load_teacher, teacher_files
-from shrinkflow.errors import ShrinkflowError, run_stage
-from shrinkflow.live import live_progress
-from shrinkflow.models import build_model, make_spec
-from shrinkflow.params import load_section
-from shrinkflow.train import check_input_size, effective_input_size, fit, seed_everything
+from shrinkflow.core.errors import ShrinkflowError, run_stage
+from shrinkflow.core.outputs import check_outputs, commit_outputs, read_json, require_inputs
+from shrinkflow.data.prepared import load_prepared
+from shrinkflow.model_files.pt import write_model_file
+from shrinkflow.nets.zoo import build_model, make_spec
+from shrinkflow.params.distill import DistillParams
+from shrinkflow.params.load import load_section
+from shrinkflow.params.teacher import TeacherParams
+from shrinkflow.training.distributed import finish, is_main_process, launch
+from shrinkflow.training.live import live_progress
+from shrinkflow.training.loop import check_input_size, effective_input_size, fit, seed_everything
 
 PARAMS = "params.yaml"
 DATA_DIR = "data/prepared"
@@ -54,9 +57,10 @@ def check_inputs(teachers: dict[str, str]) -> float:
 
 
 def main() -> None:
-    p = load_section("distill", PARAMS)
+    p = load_section(DistillParams, PARAMS)
     # only teacher.ensemble_seeds is read (dvc.yaml lists just that key)
-    teachers = teacher_files(TEACHER, MEMBERS_DIR, load_section("teacher", PARAMS).ensemble_seeds)
+    seeds = load_section(TeacherParams, PARAMS).ensemble_seeds
+    teachers = teacher_files(TEACHER, MEMBERS_DIR, seeds)
     check_feature_method(p.method, len(teachers))
     scratch_acc = check_inputs(teachers)
     data = load_prepared(DATA_DIR)

@@ -1,7 +1,8 @@
 """evaluate: test-set metrics for one model (one DVC foreach item per model of models.yaml).
 
 Usage: python stages/evaluate.py NAME MODEL_FILE
-Any model file (.pt fp32 or int8, .onnx) opens through shrinkflow.runtime, checked against the
+Any model file (.pt fp32 or int8, .onnx) opens through shrinkflow.model_files.open, checked against
+the
 data's image shape and class count first. Writes metrics/eval_NAME.json (keys NAME_*),
 metrics/confusion_NAME.csv (one row per test image, for DVC's confusion template) and
 metrics/per_class_NAME.csv.
@@ -11,13 +12,14 @@ import re
 import sys
 from pathlib import Path
 
-from shrinkflow.artifacts import commit_outputs, read_json
-from shrinkflow.data import load_prepared
-from shrinkflow.errors import ShrinkflowError, run_stage
-from shrinkflow.evaluate import classification_metrics
-from shrinkflow.metric_keys import model_key
-from shrinkflow.params import load_section
-from shrinkflow.runtime import open_model
+from shrinkflow.core.errors import ShrinkflowError, run_stage
+from shrinkflow.core.metric_keys import model_key
+from shrinkflow.core.outputs import commit_outputs, read_json
+from shrinkflow.data.prepared import load_prepared
+from shrinkflow.measure.evaluate import classification_metrics
+from shrinkflow.model_files.open import open_model
+from shrinkflow.params.evaluate import EvaluateParams
+from shrinkflow.params.load import load_section
 
 DATA_DIR = "data/prepared"
 METRICS_DIR = Path("metrics")
@@ -29,7 +31,7 @@ def main() -> None:
             "usage: python stages/evaluate.py NAME MODEL_FILE (NAME: [A-Za-z0-9_])"
         )
     name, model_path = sys.argv[1], Path(sys.argv[2])
-    p = load_section("evaluate")
+    p = load_section(EvaluateParams)
     meta = read_json(f"{DATA_DIR}/meta.json")  # small: check the model fits before loading data
     model = open_model(model_path, meta["shape"], meta["num_classes"])
     data = load_prepared(DATA_DIR)

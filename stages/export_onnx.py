@@ -1,4 +1,5 @@
-"""export@NAME: an fp32 ONNX form of the teacher or the distilled student (a foreach item each).
+"""export_onnx@NAME: an fp32 ONNX form of the teacher or the distilled student (a foreach item
+each).
 
     python stages/export_onnx.py teacher   # models/teacher.pt -> models/teacher.onnx
     python stages/export_onnx.py student   # models/student.pt -> models/student.onnx
@@ -14,14 +15,16 @@ never re-export. Checks the written file against the PyTorch model on the test s
 import sys
 from pathlib import Path
 
-from shrinkflow.artifacts import commit_outputs, read_json, require_inputs
-from shrinkflow.checkpoints import check_role
-from shrinkflow.data import load_prepared
-from shrinkflow.errors import ShrinkflowError, run_stage
-from shrinkflow.metric_keys import model_key
-from shrinkflow.onnx_export import export_onnx, export_parity
-from shrinkflow.params import load_section
-from shrinkflow.runtime import open_model
+from shrinkflow.core.errors import ShrinkflowError, run_stage
+from shrinkflow.core.metric_keys import model_key
+from shrinkflow.core.outputs import commit_outputs, read_json, require_inputs
+from shrinkflow.data.prepared import load_prepared
+from shrinkflow.measure.metrics import logit_parity
+from shrinkflow.model_files.export_onnx import export_onnx
+from shrinkflow.model_files.open import open_model
+from shrinkflow.model_files.pt import check_role
+from shrinkflow.params.load import load_section
+from shrinkflow.params.quantize import QuantizeParams
 
 DATA_DIR = "data/prepared"
 SOURCES = {"teacher": "train_teacher", "student": "distill"}  # model -> the stage that writes it
@@ -35,8 +38,9 @@ def main() -> None:
     name = sys.argv[1]
     source, onnx_out = f"models/{name}.pt", Path(f"models/{name}.onnx")
     metrics_out = f"metrics/export_{name}.json"
-    opset = load_section("quantize").opset
-    require_inputs(f"export@{name}", {source: SOURCES[name], f"{DATA_DIR}/meta.json": "prepare"})
+    opset = load_section(QuantizeParams).opset
+    require_inputs(f"export_onnx@{name}",
+                   {source: SOURCES[name], f"{DATA_DIR}/meta.json": "prepare"})
     meta = read_json(f"{DATA_DIR}/meta.json")
     model = open_model(source, meta["shape"], meta["num_classes"])
     check_role(model.meta, name, source)
@@ -45,7 +49,7 @@ def main() -> None:
         onnx_path = out.file(onnx_out)
         export_onnx(model.module, tuple(meta["shape"]), onnx_path, opset)
         exported = open_model(onnx_path, meta["shape"], meta["num_classes"])
-        parity = export_parity(model.predict(x), exported.predict(x))
+        parity = logit_parity(model.predict(x), exported.predict(x))
         if parity["max_abs_diff"] > MAX_ABS_DIFF:
             raise ShrinkflowError(
                 f"{onnx_out}: exported model differs from {source} by up to "
@@ -58,7 +62,7 @@ def main() -> None:
             model_key(onnx_name, "agreement"): round(parity["agreement"], 6),
             model_key(onnx_name, "bytes"): onnx_path.stat().st_size,
         })
-    print(f"[export@{name}] {source} -> {onnx_out} (opset {opset}): max |diff| "
+    print(f"[export_onnx@{name}] {source} -> {onnx_out} (opset {opset}): max |diff| "
           f"{parity['max_abs_diff']:.2e}, agreement {parity['agreement']:.2%} on {len(x)} test "
           "images")
 

@@ -5,16 +5,18 @@ opened memory-mapped by the later stages, and meta.json (class names, shape, cou
 was used, train-only normalisation mean/std, sha256 of the source).
 """
 
-from shrinkflow.artifacts import commit_outputs
-from shrinkflow.data import check_source, load_source, make_splits, write_prepared
-from shrinkflow.errors import run_stage
-from shrinkflow.params import load_section
+from shrinkflow.core.errors import run_stage
+from shrinkflow.core.outputs import commit_outputs
+from shrinkflow.data.prepare import make_splits, write_prepared
+from shrinkflow.data.sources import check_source, load_source
+from shrinkflow.params.load import load_section
+from shrinkflow.params.prepare import PrepareParams
 
 OUT_DIR = "data/prepared"
 
 
 def main() -> None:
-    p = load_section("prepare")
+    p = load_section(PrepareParams)
     check_source(p.source, p.path)  # fail before touching data/prepared
     source = load_source(p.source, p.path, p.image_size, p.channels)
     counts = {part.name: len(part.labels) for part in source.parts}

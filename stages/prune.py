@@ -3,7 +3,7 @@
 structured: whole channels removed with torch-pruning (smaller, faster dense model).
 unstructured: smallest weights zeroed (sparsity only: same shapes, same speed).
 ratio auto (budget mode): per-layer widths from the sensitivity scan, pruned step by step while
-the validation drop stays within max_drop_points (shrinkflow.prune_budget).
+the validation drop stays within max_drop_points (shrinkflow.compress.prune_budget).
 Outputs: models/pruned.pt (pruned state_dict + the student's spec; load_model resizes layers),
 metrics/prune.json, metrics/history_prune.csv, metrics/prune_sensitivity.csv,
 metrics/prune_steps.csv (budget mode's curve), metrics/prune_latency.csv (its latency table).
@@ -11,16 +11,8 @@ metrics/prune_steps.csv (budget mode's curve), metrics/prune_latency.csv (its la
 
 import time
 
-from shrinkflow.artifacts import check_outputs, commit_outputs, require_inputs
-from shrinkflow.checkpoints import load_model, write_model_file
-from shrinkflow.data import load_prepared
-from shrinkflow.distill import KDLoss
-from shrinkflow.distributed import finish, is_main_process, launch
-from shrinkflow.ensemble import load_teacher, teacher_files
-from shrinkflow.errors import ShrinkflowError, run_stage
-from shrinkflow.live import live_progress
-from shrinkflow.params import load_section
-from shrinkflow.prune import (
+from shrinkflow.compress.distill import KDLoss
+from shrinkflow.compress.prune import (
     make_finetune,
     model_accuracy,
     resolve_ignored,
@@ -29,14 +21,24 @@ from shrinkflow.prune import (
     size_summary,
     sparsity,
 )
-from shrinkflow.prune_budget import (
+from shrinkflow.compress.prune_budget import (
     LATENCY_FIELDS,
     STEP_FIELDS,
     conv_widths,
     format_widths,
     run_budget_pruning,
 )
-from shrinkflow.train import seed_everything
+from shrinkflow.compress.teacher_ensemble import load_teacher, teacher_files
+from shrinkflow.core.errors import ShrinkflowError, run_stage
+from shrinkflow.core.outputs import check_outputs, commit_outputs, require_inputs
+from shrinkflow.data.prepared import load_prepared
+from shrinkflow.model_files.pt import load_model, write_model_file
+from shrinkflow.params.load import load_section
+from shrinkflow.params.prune import PruneParams
+from shrinkflow.params.teacher import TeacherParams
+from shrinkflow.training.distributed import finish, is_main_process, launch
+from shrinkflow.training.live import live_progress
+from shrinkflow.training.loop import seed_everything
 
 DATA_DIR = "data/prepared"
 STUDENT_IN = "models/student.pt"
@@ -64,9 +66,9 @@ def check_shapes(student_spec: dict, teacher_spec: dict, meta: dict) -> None:
 
 
 def main() -> None:
-    p = load_section("prune")
+    p = load_section(PruneParams)
     # every teacher member (teacher.ensemble_seeds is the only teacher key read)
-    teachers = teacher_files(TEACHER_IN, MEMBERS_DIR, load_section("teacher").ensemble_seeds)
+    teachers = teacher_files(TEACHER_IN, MEMBERS_DIR, load_section(TeacherParams).ensemble_seeds)
     require_inputs("prune", {f"{DATA_DIR}/meta.json": "prepare", STUDENT_IN: "distill",
                              **teachers})
     check_outputs(MODEL_OUT, HISTORY_OUT, SENSITIVITY_OUT, STEPS_OUT, LATENCY_OUT, METRICS_OUT)

@@ -15,16 +15,8 @@ from pathlib import Path
 
 import torch
 
-from shrinkflow.artifacts import commit_outputs, read_json
-from shrinkflow.checkpoints import check_role
-from shrinkflow.data import load_prepared
-from shrinkflow.distill import KDLoss
-from shrinkflow.ensemble import load_teacher, teacher_files
-from shrinkflow.errors import ShrinkflowError, run_stage
-from shrinkflow.onnx_export import export_onnx
-from shrinkflow.params import load_section
-from shrinkflow.quantize import (
-    compare_logits,
+from shrinkflow.compress.distill import KDLoss
+from shrinkflow.compress.quantize import (
     parity_metrics,
     qat_finetune,
     quantize_onnx_dynamic,
@@ -33,8 +25,18 @@ from shrinkflow.quantize import (
     save_torch_int8,
     select_calibration,
 )
-from shrinkflow.runtime import open_model
-from shrinkflow.train import accuracy, predict, seed_everything
+from shrinkflow.compress.teacher_ensemble import load_teacher, teacher_files
+from shrinkflow.core.errors import ShrinkflowError, run_stage
+from shrinkflow.core.outputs import commit_outputs, read_json
+from shrinkflow.data.prepared import load_prepared
+from shrinkflow.measure.metrics import accuracy, logit_parity
+from shrinkflow.model_files.export_onnx import export_onnx
+from shrinkflow.model_files.open import open_model
+from shrinkflow.model_files.pt import check_role
+from shrinkflow.params.load import load_section
+from shrinkflow.params.quantize import QuantizeParams
+from shrinkflow.params.teacher import TeacherParams
+from shrinkflow.training.loop import predict, seed_everything
 
 DATA_DIR = "data/prepared"
 INPUTS = {"pruned": ("models/pruned.pt", "prune"), "student": ("models/student.pt", "distill")}
@@ -48,7 +50,7 @@ METRICS_OUT = "metrics/quantize.json"
 
 
 def main() -> None:
-    p = load_section("quantize")
+    p = load_section(QuantizeParams)
     model_path, maker = INPUTS[p.input]
     if not Path(model_path).is_file():
         raise ShrinkflowError(
@@ -62,7 +64,8 @@ def main() -> None:
     teacher = None
     if p.mode == "qat":
         # every teacher member (teacher.ensemble_seeds is the only teacher key read)
-        teachers = teacher_files(TEACHER_IN, MEMBERS_DIR, load_section("teacher").ensemble_seeds)
+        seeds = load_section(TeacherParams).ensemble_seeds
+        teachers = teacher_files(TEACHER_IN, MEMBERS_DIR, seeds)
         missing = [path for path in teachers if not Path(path).is_file()]
         if missing:
             raise ShrinkflowError(f"quantize.mode = 'qat' needs {', '.join(missing)} (the "
@@ -126,7 +129,7 @@ def main() -> None:
                 "quantize_qat_val_acc": qat.history[-1]["val_acc"] if qat.history else 0.0,
                 "quantize_qat_fake_quant_test_acc": round(fq_acc, 6),
                 "quantize_qat_int8_agreement": round(
-                    compare_logits(fake_quant, onnx_int8)["agreement"], 6),
+                    logit_parity(fake_quant, onnx_int8)["agreement"], 6),
                 "quantize_qat_int8_gap_points": round(100 * (fq_acc - m["int8_test_acc"]), 4),
             }
         fp32_bytes, int8_bytes = fp32_onnx.stat().st_size, int8_onnx.stat().st_size

@@ -1,14 +1,16 @@
-"""report: reports/summary.md and PNG charts from every metrics file (see shrinkflow.report).
+"""report: reports/summary.md and PNG charts from every metrics file (see
+shrinkflow.results.report).
 
 One table row per model of models.yaml."""
 
 from pathlib import Path
 
-from shrinkflow.artifacts import commit_outputs
-from shrinkflow.errors import ShrinkflowError, run_stage
-from shrinkflow.metric_keys import read_model_list
-from shrinkflow.params import load_section
-from shrinkflow.report import build_report
+from shrinkflow.core.errors import ShrinkflowError, run_stage
+from shrinkflow.core.metric_keys import read_model_list
+from shrinkflow.core.outputs import commit_outputs
+from shrinkflow.params.load import load_section
+from shrinkflow.params.report import ReportParams
+from shrinkflow.results.report import build_report
 
 METRICS_DIR = "metrics"
 OUT_DIR = "reports"
@@ -16,7 +18,7 @@ MODEL_LIST = "models.yaml"
 
 
 def main() -> None:
-    p = load_section("report")
+    p = load_section(ReportParams)
     if not Path(METRICS_DIR).is_dir():
         raise ShrinkflowError(f"{METRICS_DIR}/ not found: run the pipeline before the report")
     models = read_model_list(MODEL_LIST)

@@ -1,4 +1,5 @@
-"""select: the one deployable model, chosen under the accuracy budget (see shrinkflow.selection).
+"""select_final: the one deployable model, chosen under the accuracy budget (see
+shrinkflow.results.select_final).
 
 Reads every evaluated model's metrics/eval_NAME.json and metrics/benchmark.csv, picks the
 fastest candidate at ``select.batch_size`` within ``select.max_drop_points`` of the teacher (of
@@ -9,7 +10,7 @@ the teacher ensemble's accuracy in metrics/teacher_ensemble.json when there is o
   wins), with its model card inside (shrinkflow.card), and the same card as ``card.json``.
   A fixed DVC path (``dvc get REPO models/final``) whose model keeps the suffix its runtime
   opens by; declaring both ``final.onnx`` and ``final.pt`` as outs would fail, since DVC
-  requires every declared out to exist after the stage. ``python -m shrinkflow.predict
+  requires every declared out to exist after the stage. ``python -m shrinkflow.cli.predict
   models/final/model.onnx IMAGES...`` runs it from the card alone;
 * ``metrics/final.json``: flat ``final_*`` keys (model, format, accuracy, drop, size, latency,
   speed-ups, runner-up) for ``dvc exp show``.
@@ -17,19 +18,21 @@ the teacher ensemble's accuracy in metrics/teacher_ensemble.json when there is o
 When no candidate is within budget the stage fails with one line naming the closest, and the
 previous models/final/ and metrics/final.json stay as they were.
 
-Named select_final.py, not select.py: Python puts a script's folder first on sys.path, and a
-``select.py`` there would shadow the standard library module that subprocess imports.
+The stage, this script and its module are all select_final, not select: Python puts a script's
+folder first on sys.path, and a ``select.py`` there would shadow the standard library module that
+subprocess imports.
 """
 
 import csv
 from pathlib import Path
 
-from shrinkflow.artifacts import commit_outputs, read_json, require_inputs
-from shrinkflow.card import CARD_FILE, card_json, pipeline_commit, write_model_card
-from shrinkflow.errors import ShrinkflowError, run_stage
-from shrinkflow.metric_keys import TEACHER, read_model_list
-from shrinkflow.params import load_section
-from shrinkflow.selection import build_candidates, choose, final_card, final_metrics
+from shrinkflow.core.errors import ShrinkflowError, run_stage
+from shrinkflow.core.metric_keys import TEACHER, read_model_list
+from shrinkflow.core.outputs import commit_outputs, read_json, require_inputs
+from shrinkflow.model_files.card import CARD_FILE, card_json, pipeline_commit, write_model_card
+from shrinkflow.params.load import load_section
+from shrinkflow.params.select import SelectParams
+from shrinkflow.results.select_final import build_candidates, choose, final_card, final_metrics
 
 MODEL_LIST = "models.yaml"
 BENCH_CSV = "metrics/benchmark.csv"
@@ -42,7 +45,7 @@ ENSEMBLE_METRICS = "metrics/teacher_ensemble.json"
 
 
 def main() -> None:
-    p = load_section("select")
+    p = load_section(SelectParams)
     models = read_model_list(MODEL_LIST)
     names = [m.name for m in models]
     unknown = [n for n in p.exclude if n not in names]
@@ -51,7 +54,7 @@ def main() -> None:
     evals = {f"metrics/eval_{m.name}.json": f"evaluate@{m.name}" for m in models if m.evaluated}
     # and the ensemble's accuracy, the drops' reference when there are extra members ({} else)
     sources = {**evals, ENSEMBLE_METRICS: "teacher_ensemble"}
-    require_inputs("select", {BENCH_CSV: "benchmark", DATA_META: "prepare", **sources})
+    require_inputs("select_final", {BENCH_CSV: "benchmark", DATA_META: "prepare", **sources})
     with open(BENCH_CSV, newline="") as fh:
         rows = list(csv.DictReader(fh))
     sizes = sorted({int(r["batch_size"]) for r in rows})

@@ -8,12 +8,17 @@ metrics/teacher_SEED.json. With one teacher the file is ``{}``: no model is load
 is added, so a single-teacher pipeline keeps exactly its metrics (the teacher is the reference).
 """
 
-from shrinkflow.artifacts import check_outputs, commit_outputs, require_inputs
-from shrinkflow.data import load_prepared
-from shrinkflow.distill import check_teacher_fits_data
-from shrinkflow.ensemble import ensemble_metrics, load_teacher, teacher_files
-from shrinkflow.errors import run_stage
-from shrinkflow.params import load_section
+from shrinkflow.compress.teacher_ensemble import (
+    check_teacher_fits_data,
+    ensemble_metrics,
+    load_teacher,
+    teacher_files,
+)
+from shrinkflow.core.errors import run_stage
+from shrinkflow.core.outputs import check_outputs, commit_outputs, require_inputs
+from shrinkflow.data.prepared import load_prepared
+from shrinkflow.params.load import load_section
+from shrinkflow.params.teacher import TeacherParams
 
 DATA_DIR = "data/prepared"
 TEACHER = "models/teacher.pt"
@@ -22,7 +27,7 @@ METRICS_OUT = "metrics/teacher_ensemble.json"
 
 
 def main() -> None:
-    seeds = list(load_section("teacher").ensemble_seeds)
+    seeds = list(load_section(TeacherParams).ensemble_seeds)
     teachers = teacher_files(TEACHER, MEMBERS_DIR, seeds)
     check_outputs(METRICS_OUT)
     metrics: dict = {}

@@ -5,14 +5,15 @@ and the same input size, but no teacher. It reads only distill.student, distill.
 distill.train, so changing T / alpha / method does not rerun it; distill reports kd_gain against
 it."""
 
-from shrinkflow.artifacts import check_outputs, commit_outputs
-from shrinkflow.checkpoints import write_model_file
-from shrinkflow.data import load_prepared
-from shrinkflow.distributed import finish, is_main_process, launch
-from shrinkflow.errors import run_stage
-from shrinkflow.live import live_progress
-from shrinkflow.params import load_section
-from shrinkflow.train import check_input_size, summary_line, train_supervised
+from shrinkflow.core.errors import run_stage
+from shrinkflow.core.outputs import check_outputs, commit_outputs
+from shrinkflow.data.prepared import load_prepared
+from shrinkflow.model_files.pt import write_model_file
+from shrinkflow.params.distill import DistillParams
+from shrinkflow.params.load import load_section
+from shrinkflow.training.distributed import finish, is_main_process, launch
+from shrinkflow.training.live import live_progress
+from shrinkflow.training.loop import check_input_size, summary_line, train_supervised
 
 NAME = "student_scratch"
 DATA_DIR = "data/prepared"
@@ -23,7 +24,7 @@ LIVE_DIR = "dvclive/student_scratch"  # per-epoch progress while it runs
 
 
 def main() -> None:
-    p = load_section("distill")
+    p = load_section(DistillParams)
     check_outputs(MODEL_OUT, HISTORY_OUT, METRICS_OUT)
     data = load_prepared(DATA_DIR)
     check_input_size(p.input_size, data.meta["shape"], "distill.input_size")

@@ -11,16 +11,22 @@ exactly the single teacher of before (same paths, keys and bytes).
 import sys
 from functools import partial
 
-from shrinkflow.artifacts import check_outputs, commit_outputs
-from shrinkflow.checkpoints import write_model_file
-from shrinkflow.data import load_prepared
-from shrinkflow.distributed import finish, is_main_process, launch
-from shrinkflow.ensemble import member_file
-from shrinkflow.errors import ShrinkflowError, run_stage
-from shrinkflow.live import live_progress
-from shrinkflow.params import load_section
-from shrinkflow.pretrained import HISTORY_COLUMNS, import_model, load_into, read_weights
-from shrinkflow.train import summary_line, supervised_metrics, train_supervised
+from shrinkflow.compress.teacher_ensemble import member_file
+from shrinkflow.core.errors import ShrinkflowError, run_stage
+from shrinkflow.core.outputs import check_outputs, commit_outputs
+from shrinkflow.data.prepared import load_prepared
+from shrinkflow.model_files.pt import write_model_file
+from shrinkflow.model_files.user_weights import (
+    HISTORY_COLUMNS,
+    import_model,
+    load_into,
+    read_weights,
+)
+from shrinkflow.params.load import load_section
+from shrinkflow.params.teacher import TeacherParams
+from shrinkflow.training.distributed import finish, is_main_process, launch
+from shrinkflow.training.live import live_progress
+from shrinkflow.training.loop import summary_line, supervised_metrics, train_supervised
 
 NAME = "teacher"  # member 0; an extra member is teacher_SEED
 DATA_DIR = "data/prepared"
@@ -40,7 +46,7 @@ def member_seed(argv: list[str], seeds: list[int]) -> int | None:
 
 
 def main() -> None:
-    p = load_section("teacher")
+    p = load_section(TeacherParams)
     seed = member_seed(sys.argv[1:], list(p.ensemble_seeds))
     name = NAME if seed is None else f"{NAME}_{seed}"
     model_out = MODEL_OUT if seed is None else str(member_file(MEMBERS_DIR, seed))

@@ -18,7 +18,7 @@ import torch
 from filelock import FileLock
 from pipeline_repo import copy_repo, env, make_repo, run
 
-from shrinkflow.data import Prepared
+from shrinkflow.data.prepared import Prepared
 
 
 def make_split(n: int, channels: int = 1, size: int = 8, classes: int = 4, seed: int = 0):

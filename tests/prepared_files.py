@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shrinkflow.data import Prepared, source_from_arrays, write_prepared
+from shrinkflow.data.prepare import write_prepared
+from shrinkflow.data.prepared import Prepared
+from shrinkflow.data.sources import source_from_arrays
 
 
 def write_prepared_dir(out_dir: Path, prepared: Prepared) -> dict:

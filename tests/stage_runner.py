@@ -25,12 +25,28 @@ import traceback
 from pathlib import Path
 
 # What the stage scripts import; anything else a script needs is imported in its child.
-PRELOAD = ["torch", "numpy", "onnxruntime", "torch_pruning", "dvclive",
-           "shrinkflow.artifacts", "shrinkflow.bench", "shrinkflow.bench_worker",
-           "shrinkflow.data", "shrinkflow.distill",
-           "shrinkflow.ensemble", "shrinkflow.evaluate", "shrinkflow.live", "shrinkflow.params",
-           "shrinkflow.prune", "shrinkflow.prune_budget", "shrinkflow.quantize",
-           "shrinkflow.runtime", "shrinkflow.train"]
+PRELOAD = [
+    "torch",
+    "numpy",
+    "onnxruntime",
+    "torch_pruning",
+    "dvclive",
+    "shrinkflow.core.outputs",
+    "shrinkflow.measure.benchmark",
+    "shrinkflow.measure.benchmark_worker",
+    "shrinkflow.data.prepared",
+    "shrinkflow.data.sources",
+    "shrinkflow.compress.distill",
+    "shrinkflow.compress.teacher_ensemble",
+    "shrinkflow.measure.evaluate",
+    "shrinkflow.training.live",
+    "shrinkflow.params.load",
+    "shrinkflow.compress.prune",
+    "shrinkflow.compress.prune_budget",
+    "shrinkflow.compress.quantize",
+    "shrinkflow.model_files.open",
+    "shrinkflow.training.loop",
+]
 
 
 class StageRunner:

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import shrinkflow
-from shrinkflow.artifacts import (
+from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.core.outputs import (
     atomic_dir,
     atomic_path,
     check_outputs,
@@ -19,8 +20,7 @@ from shrinkflow.artifacts import (
     write_csv,
     write_json,
 )
-from shrinkflow.checkpoints import load_checkpoint
-from shrinkflow.errors import ShrinkflowError
+from shrinkflow.model_files.pt import load_checkpoint
 
 
 def test_atomic_path_keeps_previous_file_when_interrupted(tmp_path):
@@ -64,9 +64,9 @@ def test_pickled_module_files_are_refused(tmp_path):
 
 
 def test_saving_the_same_model_twice_gives_identical_bytes(tmp_path):
-    from shrinkflow.checkpoints import save_model
-    from shrinkflow.models import build_model, make_spec
-    from shrinkflow.params import ModelSpec
+    from shrinkflow.model_files.pt import save_model
+    from shrinkflow.nets.zoo import build_model, make_spec
+    from shrinkflow.params.common import ModelSpec
 
     spec = make_spec(ModelSpec(widths=[4]), 1, 3, [0.5], [0.5])
     torch.manual_seed(0)
@@ -77,7 +77,7 @@ def test_saving_the_same_model_twice_gives_identical_bytes(tmp_path):
 
 
 def test_require_inputs_names_missing_files_and_their_stages(tmp_path):
-    from shrinkflow.artifacts import require_inputs
+    from shrinkflow.core.outputs import require_inputs
 
     present = tmp_path / "teacher.pt"
     present.write_bytes(b"x")
@@ -92,7 +92,7 @@ def test_require_inputs_names_missing_files_and_their_stages(tmp_path):
 CHILD = """
 import os, signal, sys
 from pathlib import Path
-from shrinkflow import artifacts
+from shrinkflow.core import outputs as artifacts
 real, calls = os.replace, []
 def replace_then_die(src, dst):
     calls.append(dst)

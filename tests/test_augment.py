@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from shrinkflow.augment import make_augment, random_crop_flip
-from shrinkflow.models import build_model
-from shrinkflow.params import TrainConfig
-from shrinkflow.train import fit, iterate_batches
+from shrinkflow.data.augment import make_augment, random_crop_flip
+from shrinkflow.nets.zoo import build_model
+from shrinkflow.params.common import TrainConfig
+from shrinkflow.training.loop import fit, iterate_batches
 
 
 def batch(n=16, c=2, h=6, w=5):

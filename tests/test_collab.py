@@ -9,7 +9,7 @@
 - A queued grid, two at a time: paused mid-run, a running experiment's current epoch (the
   training stage's DVCLive file) is what `dvc exp show` reports; both runs train at once and
   each result matches its own params; a failed run is found in `dvc queue logs` and removed;
-  the results go out as CSV and, as JSON, into stages/compare.py.
+  the results go out as CSV and, as JSON, into shrinkflow-compare.
 - DVC's run cache stays empty: every out is `persist: true` (README, "Where the pipeline runs").
 """
 

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from shrinkflow.compare import answer, experiment_table, flatten, parse_exp_show, write_compare
+from shrinkflow.results.compare import (
+    answer,
+    experiment_table,
+    flatten,
+    parse_exp_show,
+    write_compare,
+)
 
 FIXTURE = Path(__file__).parent / "data" / "exp_show.json"
 REPO = Path(__file__).resolve().parents[1]
@@ -76,14 +82,14 @@ def test_write_compare(payload, tmp_path):
 
 def test_cli_with_input(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(REPO / "stages" / "compare.py"), "--input", str(FIXTURE),
+        [sys.executable, "-m", "shrinkflow.cli.compare", "--input", str(FIXTURE),
          "--max-drop", "5", "--out-dir", str(tmp_path)],
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert "2 of 3 runs" in proc.stdout
     assert (tmp_path / "compare.md").is_file()
-    bad = subprocess.run([sys.executable, str(REPO / "stages" / "compare.py"), "--input",
+    bad = subprocess.run([sys.executable, "-m", "shrinkflow.cli.compare", "--input",
                           str(tmp_path / "missing.json")], capture_output=True, text=True,
                          cwd=REPO, timeout=120)
     assert bad.returncode == 2 and "not found" in bad.stderr
@@ -141,7 +147,7 @@ def test_a_benchmark_only_model_takes_the_accuracy_and_macs_of_its_weights(paylo
 
 def test_cli_names_the_models_when_the_model_is_unknown(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(REPO / "stages" / "compare.py"), "--input", str(FIXTURE),
+        [sys.executable, "-m", "shrinkflow.cli.compare", "--input", str(FIXTURE),
          "--model", "prunned", "--out-dir", str(tmp_path)],
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )

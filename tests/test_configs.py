@@ -6,7 +6,8 @@ import pytest
 import torch
 import yaml
 
-from shrinkflow.params import SECTIONS, load_section
+from shrinkflow.params.all_sections import SECTIONS
+from shrinkflow.params.load import load_section
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -24,17 +25,17 @@ def test_config_validates_against_every_schema(config, monkeypatch):
     raw = yaml.safe_load(config.read_text())
     assert set(raw) == set(SECTIONS), f"{config.name}: sections {sorted(raw)}"
     for section in SECTIONS:
-        load_section(section, config)  # raises on a missing, unknown or invalid key
+        load_section(SECTIONS[section], config)  # raises on a missing, unknown or invalid key
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_config_matches_its_name(config, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     shape, colour, device = config.stem.split("-")
-    prepare = load_section("prepare", config)
+    prepare = load_section(SECTIONS["prepare"], config)
     assert prepare.split == "source" and prepare.path.startswith("data/raw/")
     assert prepare.channels == (1 if colour == "gray" else 3)
     if prepare.source == "imagefolder":
         assert f"{prepare.image_size}x{prepare.image_size}" == shape
-    trains = [load_section("teacher", config).train, load_section("distill", config).train]
+    trains = [load_section(SECTIONS[name], config).train for name in ("teacher", "distill")]
     assert all(t.device == ("cuda" if device == "gpu" else "auto") for t in trains)

@@ -6,21 +6,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shrinkflow import data
-from shrinkflow.data import (
+from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.data import sources as data
+from shrinkflow.data.prepare import make_splits, split_indices, write_prepared
+from shrinkflow.data.prepared import load_prepared
+from shrinkflow.data.sources import (
     check_source,
     load_cifar_source,
     load_digits_source,
     load_idx_source,
     load_imagefolder_source,
-    load_prepared,
     load_source,
-    make_splits,
     read_idx,
-    split_indices,
-    write_prepared,
 )
-from shrinkflow.errors import ShrinkflowError
 
 
 def write_idx(path, array, gz=False):

@@ -10,9 +10,10 @@ Why it matters, measured on the drift it was written for: with `src/shrinkflow/d
 from every stage, a change to `load_prepared` reran nothing; with `models.py` missing from
 evaluate, a change to `count_macs` left evaluate's recorded MACs stale.
 
-The package's `__init__.py` runs for every stage, but listing it everywhere would make a version
-bump retrain every model. So the rule is: it is not listed, and it must hold no code (a docstring
-and dunder constants only), which `test_package_init_holds_no_code` enforces.
+The package's `__init__.py` files (the top one and each subpackage's) run for every stage that
+imports a module below them, but listing them would make a version bump retrain every model. So
+the rule is: they are not listed, and each must hold no code (a docstring and dunder constants
+only), which `test_package_inits_hold_no_code` enforces for every one of them.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pipeline_repo import pipeline_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
-PACKAGE_INIT = SRC / "shrinkflow" / "__init__.py"
+PACKAGE_INITS = sorted((SRC / "shrinkflow").rglob("__init__.py"))
 
 
 def dep_paths(stage: dict[str, Any]) -> list[str]:
@@ -132,7 +133,7 @@ STAGES = pipeline_stages(ROOT)
 
 def code_dep_problems(name: str, stage: dict[str, Any]) -> list[str]:
     """One line per file the stage runs but does not list, or lists but does not run."""
-    runs = code_files(script_of(stage["cmd"])) - {PACKAGE_INIT.resolve()}
+    runs = code_files(script_of(stage["cmd"])) - {p.resolve() for p in PACKAGE_INITS}
     needed = {rel(p) for p in runs}
     listed = {d.rstrip("/") for d in dep_paths(stage) if is_code_dep(d)}
     problems = [f"dvc.yaml stage '{name}' misses dep {f} (the stage imports it)"
@@ -153,8 +154,8 @@ def test_drift_is_reported_both_ways():
     name = "report" if "report" in STAGES else sorted(STAGES)[0]
     stage = STAGES[name]
     script = script_of(stage["cmd"])
-    unused = next(p for p in sorted((SRC / "shrinkflow").glob("*.py"))
-                  if p.resolve() not in code_files(script))
+    unused = next(p for p in sorted((SRC / "shrinkflow").rglob("*.py"))
+                  if p.name != "__init__.py" and p.resolve() not in code_files(script))
     drifted = {**stage, "deps": [d for d in dep_paths(stage) if ROOT / d != script]
                + [rel(unused)]}
     assert code_dep_problems(name, drifted) == [
@@ -193,21 +194,31 @@ def test_templated_stages_resolve_like_dvc():
     assert all("${" not in str(stage.get("cmd")) for stage in STAGES.values())
 
 
-def test_package_init_holds_no_code():
-    """No stage lists __init__.py (see the module docstring), so it may hold nothing a stage
+@pytest.mark.parametrize("init", PACKAGE_INITS, ids=lambda p: rel(p))
+def test_package_inits_hold_no_code(init):
+    """No stage lists an __init__.py (see the module docstring), so none may hold anything a stage
     could depend on: a docstring and dunder constants (`__version__`) only."""
-    tree = ast.parse(PACKAGE_INIT.read_text())
+    tree = ast.parse(init.read_text())
     for node in tree.body:
         docstring = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
         dunder = (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
                   and all(isinstance(t, ast.Name) and t.id.startswith("__") for t in node.targets))
         assert docstring or dunder, (
-            f"{rel(PACKAGE_INIT)} line {node.lineno} runs code for every stage: move it into a "
-            "module, or list __init__.py in every stage's deps and change this test")
+            f"{rel(init)} line {node.lineno} runs code for every stage below it: move it into a "
+            "module, or list that __init__.py in those stages' deps and change this test")
+
+
+def test_every_subpackage_has_an_init():
+    """A folder of modules without __init__.py would be a namespace package: still importable,
+    but the walker above (and a reader) would not see it as part of the package."""
+    for folder in (SRC / "shrinkflow").rglob("*"):
+        if folder.is_dir() and any(folder.glob("*.py")):
+            assert (folder / "__init__.py").is_file(), f"{rel(folder)} has no __init__.py"
 
 
 def test_script_is_found_under_launchers_and_as_a_module():
     assert script_of("torchrun --nproc_per_node 2 stages/x.py ${item}") == ROOT / "stages/x.py"
-    assert script_of(["python", "-m", "shrinkflow.errors"]) == SRC / "shrinkflow/errors.py"
+    errors = SRC / "shrinkflow/core/errors.py"
+    assert script_of(["python", "-m", "shrinkflow.core.errors"]) == errors
     with pytest.raises(AssertionError, match="no project script"):
         script_of("dvc exp show")

@@ -13,20 +13,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shrinkflow.distill import (
+from shrinkflow.compress.distill import (
     FeatureKDLoss,
     KDLoss,
     attention_map,
     build_loss,
-    check_teacher_fits_data,
     default_feature_layer,
     distill_metrics,
-    top1_agreement,
 )
-from shrinkflow.errors import ShrinkflowError
-from shrinkflow.models import build_model, count_params
-from shrinkflow.params import DistillParams, ModelSpec, TrainConfig
-from shrinkflow.train import accuracy, fit, predict, seed_everything
+from shrinkflow.compress.teacher_ensemble import check_teacher_fits_data
+from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.measure.metrics import accuracy, logit_parity
+from shrinkflow.nets.zoo import build_model, count_params
+from shrinkflow.params.common import ModelSpec, TrainConfig
+from shrinkflow.params.distill import DistillParams
+from shrinkflow.training.loop import fit, predict, seed_everything
 
 STAGE = Path(__file__).resolve().parents[1] / "stages" / "distill.py"
 
@@ -232,7 +233,7 @@ def test_building_the_loss_leaves_the_student_untouched():
 def test_top1_agreement():
     a = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.2, 0.1]])
     b = torch.tensor([[2.0, 0.0], [1.0, 0.0], [0.0, 3.0], [0.5, 0.4]])
-    assert top1_agreement(a, b) == pytest.approx(0.5)
+    assert logit_parity(a, b)["agreement"] == pytest.approx(0.5)
 
 
 def test_teacher_must_match_the_data():

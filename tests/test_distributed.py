@@ -21,14 +21,19 @@ import torch.multiprocessing as mp
 import yaml
 from torch import nn
 
-import shrinkflow.distributed
-from shrinkflow.checkpoints import load_model
-from shrinkflow.data import load_prepared, source_from_arrays, split_indices, write_prepared
-from shrinkflow.distributed import all_reduce_mean, maybe_relaunch
-from shrinkflow.errors import ShrinkflowError
-from shrinkflow.models import build_model, make_spec
-from shrinkflow.params import ModelSpec, TeacherParams, TrainConfig, validate_section
-from shrinkflow.train import accuracy, fit, iterate_batches, predict, train_supervised
+import shrinkflow.training.distributed
+from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.data.prepare import split_indices, write_prepared
+from shrinkflow.data.prepared import load_prepared
+from shrinkflow.data.sources import source_from_arrays
+from shrinkflow.measure.metrics import accuracy
+from shrinkflow.model_files.pt import load_model
+from shrinkflow.nets.zoo import build_model, make_spec
+from shrinkflow.params.common import ModelSpec, TrainConfig
+from shrinkflow.params.load import validate_section
+from shrinkflow.params.teacher import TeacherParams
+from shrinkflow.training.distributed import all_reduce_mean, maybe_relaunch
+from shrinkflow.training.loop import fit, iterate_batches, predict, train_supervised
 
 pytestmark = pytest.mark.slow  # end to end: real stage processes
 
@@ -186,7 +191,7 @@ def no_torchrun(monkeypatch):
     def refuse(_args):
         raise AssertionError("torchrun was started")
 
-    monkeypatch.setattr(shrinkflow.distributed.torchrun, "run", refuse)
+    monkeypatch.setattr(shrinkflow.training.distributed.torchrun, "run", refuse)
     for var in ("LOCAL_RANK", "RANK", "WORLD_SIZE"):
         monkeypatch.delenv(var, raising=False)
     return monkeypatch
@@ -263,8 +268,8 @@ def test_teacher_stage_on_two_processes(tmp_path):
 def test_a_failing_rank_fails_the_launch_with_its_exit_code(tmp_path):
     script = tmp_path / "job.py"
     script.write_text(
-        "from shrinkflow.distributed import finish, launch, rank_and_world\n"
-        "from shrinkflow.errors import ShrinkflowError, run_stage\n"
+        "from shrinkflow.training.distributed import finish, launch, rank_and_world\n"
+        "from shrinkflow.core.errors import ShrinkflowError, run_stage\n"
         "def main():\n"
         "    launch(2, 'cpu')\n"
         "    if rank_and_world()[0] == 1:\n"

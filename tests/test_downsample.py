@@ -11,15 +11,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from shrinkflow.checkpoints import load_model, save_model
-from shrinkflow.errors import ShrinkflowError
-from shrinkflow.models import Resize, build_model, count_macs, make_spec
-from shrinkflow.onnx_export import export_onnx
-from shrinkflow.params import ModelSpec, PruneParams
-from shrinkflow.prune import run_pruning
-from shrinkflow.quantize import quantize_onnx_static, save_torch_int8
-from shrinkflow.runtime import open_model
-from shrinkflow.train import check_input_size, effective_input_size
+from shrinkflow.compress.prune import run_pruning
+from shrinkflow.compress.quantize import quantize_onnx_static, save_torch_int8
+from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.model_files.export_onnx import export_onnx
+from shrinkflow.model_files.open import open_model
+from shrinkflow.model_files.pt import load_model, save_model
+from shrinkflow.nets.zoo import Resize, build_model, count_macs, make_spec
+from shrinkflow.params.common import ModelSpec
+from shrinkflow.params.prune import PruneParams
+from shrinkflow.training.loop import check_input_size, effective_input_size
 
 SHAPE = (1, 16, 16)
 

@@ -1,4 +1,5 @@
-"""Teacher ensembles (shrinkflow.ensemble): the soft targets are exactly the members' mean
+"""Teacher ensembles (shrinkflow.compress.teacher_ensemble): the soft targets are exactly the
+members' mean
 softened probability, one member is passed through untouched, the ensemble's accuracy becomes the
 reference of every drop, bad member params fail with one line, and dvc.yaml gives each extra
 member its own stage without touching the single-teacher stages."""
@@ -17,9 +18,8 @@ from pipeline_repo import ROOT, pipeline_stages, run_stage_main, shipped_params
 from prepared_files import write_prepared_dir
 from test_deps import code_dep_problems
 
-from shrinkflow.checkpoints import save_model
-from shrinkflow.distill import KDLoss
-from shrinkflow.ensemble import (
+from shrinkflow.compress.distill import KDLoss
+from shrinkflow.compress.teacher_ensemble import (
     EnsembleTeacher,
     check_feature_method,
     ensemble_metrics,
@@ -27,13 +27,16 @@ from shrinkflow.ensemble import (
     member_file,
     teacher_files,
 )
-from shrinkflow.errors import ShrinkflowError
-from shrinkflow.metric_keys import ENSEMBLE_ACC, read_model_list
-from shrinkflow.models import build_model
-from shrinkflow.params import TeacherParams, validate_section
-from shrinkflow.report import ensemble_lines, model_table
-from shrinkflow.selection import build_candidates
-from shrinkflow.train import accuracy, predict
+from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.core.metric_keys import ENSEMBLE_ACC, read_model_list
+from shrinkflow.measure.metrics import accuracy
+from shrinkflow.model_files.pt import save_model
+from shrinkflow.nets.zoo import build_model
+from shrinkflow.params.load import validate_section
+from shrinkflow.params.teacher import TeacherParams
+from shrinkflow.results.report import ensemble_lines, model_table
+from shrinkflow.results.select_final import build_candidates
+from shrinkflow.training.loop import predict
 
 STAGE = ROOT / "stages" / "teacher_ensemble.py"
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from shrinkflow.evaluate import classification_metrics, expected_calibration_error
+from shrinkflow.measure.evaluate import classification_metrics, expected_calibration_error
 
 
 def test_metrics_on_a_hand_made_example():

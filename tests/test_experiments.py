@@ -137,7 +137,7 @@ def test_exp_diff_shows_the_changed_params(experiments):
 
 
 def test_compare_script_answers_the_question(own_copy):
-    result = run(own_copy, "python", "stages/compare.py", "--max-drop", "100")
+    result = run(own_copy, sys.executable, "-m", "shrinkflow.cli.compare", "--max-drop", "100")
     # with every run inside the budget, the smallest file is the most pruned recipe
     smallest = next(line for line in result.stdout.splitlines() if "Smallest file:" in line)
     assert "prune.ratio=0.7" in smallest, result.stdout

@@ -1,4 +1,4 @@
-"""export@NAME: the teacher / student as ONNX, checked against PyTorch on the test split."""
+"""export_onnx@NAME: the teacher / student as ONNX, checked against PyTorch on the test split."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import yaml
 from pipeline_repo import run_stage_main, shipped_params
 from prepared_files import write_prepared_dir
 
-from shrinkflow.checkpoints import save_model
-from shrinkflow.errors import ShrinkflowError
-from shrinkflow.models import build_model, make_spec
-from shrinkflow.onnx_export import export_parity
-from shrinkflow.params import ModelSpec
-from shrinkflow.runtime import open_model
+from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.measure.metrics import logit_parity
+from shrinkflow.model_files.open import open_model
+from shrinkflow.model_files.pt import save_model
+from shrinkflow.nets.zoo import build_model, make_spec
+from shrinkflow.params.common import ModelSpec
 
 STAGE = Path(__file__).resolve().parents[1] / "stages" / "export_onnx.py"
 
@@ -39,7 +39,7 @@ def workspace(tmp_path, tiny_data, monkeypatch):
 
 def test_export_parity_measures_difference_and_agreement():
     ref = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0]])
-    out = export_parity(ref, torch.tensor([[1.0, 0.5], [1.5, 1.0], [2.0, 1.0]]))
+    out = logit_parity(ref, torch.tensor([[1.0, 0.5], [1.5, 1.0], [2.0, 1.0]]))
     assert out["max_abs_diff"] == 1.5 and out["agreement"] == pytest.approx(2 / 3)
 
 

@@ -5,10 +5,10 @@ import json
 
 import torch
 
-from shrinkflow.live import live_progress
-from shrinkflow.models import build_model, make_spec
-from shrinkflow.params import ModelSpec, TrainConfig
-from shrinkflow.train import fit
+from shrinkflow.nets.zoo import build_model, make_spec
+from shrinkflow.params.common import ModelSpec, TrainConfig
+from shrinkflow.training.live import live_progress
+from shrinkflow.training.loop import fit
 
 
 def tiny_model(data):

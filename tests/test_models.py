@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from shrinkflow.checkpoints import load_model, save_model
-from shrinkflow.models import build_model, count_macs, count_params, final_linear, make_spec
-from shrinkflow.params import ModelSpec
+from shrinkflow.model_files.pt import load_model, save_model
+from shrinkflow.nets.zoo import build_model, count_macs, count_params, final_linear, make_spec
+from shrinkflow.params.common import ModelSpec
 
 ARCHS = [ModelSpec(arch="cnn", widths=[8, 16]), ModelSpec(arch="resnet18"),
          ModelSpec(arch="mobilenet_v2", width_mult=0.25)]

@@ -6,8 +6,10 @@ import pytest
 import torch
 import yaml
 
-from shrinkflow.errors import ShrinkflowError
-from shrinkflow.params import SECTIONS, TrainConfig, load_section
+from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.params.all_sections import SECTIONS
+from shrinkflow.params.common import TrainConfig
+from shrinkflow.params.load import load_section
 
 SHIPPED = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
 
@@ -20,13 +22,13 @@ def write(tmp_path, data):
 
 def test_repo_params_yaml_is_valid_for_every_section():
     for section in SECTIONS:
-        load_section(section, "params.yaml")
+        load_section(SECTIONS[section], "params.yaml")
 
 
 def test_unknown_key_names_full_key_and_allowed(tmp_path):
     path = write(tmp_path, {"teacher": {"train": {"epocs": 3}}})
     with pytest.raises(ShrinkflowError) as err:
-        load_section("teacher", path)
+        load_section(SECTIONS["teacher"], path)
     msg = str(err.value)
     assert "teacher.train.epocs: unknown key" in msg and "epochs" in msg
 
@@ -34,37 +36,37 @@ def test_unknown_key_names_full_key_and_allowed(tmp_path):
 def test_wrong_type_names_key_and_value(tmp_path):
     path = write(tmp_path, {"teacher": {"train": {"epochs": "ten"}}})
     with pytest.raises(ShrinkflowError, match=r"teacher\.train\.epochs.*'ten'"):
-        load_section("teacher", path)
+        load_section(SECTIONS["teacher"], path)
 
 
 def test_unknown_arch_lists_allowed(tmp_path):
     path = write(tmp_path, {"teacher": {"model": {"arch": "vit"}}})
     with pytest.raises(ShrinkflowError, match=r"teacher\.model\.arch.*'cnn'.*mobilenet_v2"):
-        load_section("teacher", path)
+        load_section(SECTIONS["teacher"], path)
 
 
 def test_unknown_source_lists_allowed(tmp_path):
     path = write(tmp_path, {"prepare": {"source": "mnist"}})
     with pytest.raises(ShrinkflowError, match=r"prepare\.source.*digits.*cifar"):
-        load_section("prepare", path)
+        load_section(SECTIONS["prepare"], path)
 
 
 def test_missing_section_and_bad_yaml(tmp_path):
     with pytest.raises(ShrinkflowError, match="missing section 'prune'"):
-        load_section("prune", write(tmp_path, {"teacher": {}}))
+        load_section(SECTIONS["prune"], write(tmp_path, {"teacher": {}}))
     bad = tmp_path / "bad.yaml"
     bad.write_text("teacher: [unclosed")
     with pytest.raises(ShrinkflowError, match="not valid YAML"):
-        load_section("teacher", bad)
+        load_section(SECTIONS["teacher"], bad)
 
 
 def test_range_checks(tmp_path):
     path = write(tmp_path, {"prepare": {"val_fraction": 0.5, "test_fraction": 0.5}})
     with pytest.raises(ShrinkflowError, match="val_fraction \\+ test_fraction"):
-        load_section("prepare", path)
+        load_section(SECTIONS["prepare"], path)
     path = write(tmp_path, {"distill": {"alpha": 1.5}})
     with pytest.raises(ShrinkflowError, match="distill.alpha"):
-        load_section("distill", path)
+        load_section(SECTIONS["distill"], path)
 
 
 def shipped_with(key: str, value=None, delete: bool = False) -> dict:
@@ -84,7 +86,7 @@ def shipped_with(key: str, value=None, delete: bool = False) -> dict:
 def error_for(tmp_path, key: str, value=None, delete: bool = False) -> str:
     path = write(tmp_path, shipped_with(key, value, delete))
     with pytest.raises(ShrinkflowError) as err:
-        load_section(key.split(".")[0], path)
+        load_section(SECTIONS[key.split(".")[0]], path)
     return str(err.value)
 
 
@@ -171,7 +173,8 @@ def test_cuda_without_a_gpu_names_the_key(tmp_path, monkeypatch, key):
     msg = error_for(tmp_path, key, "cuda")
     assert msg.startswith(f"invalid params: {key}: no CUDA GPU is visible"), msg
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    load_section(key.split(".")[0], write(tmp_path, shipped_with(key, "cuda")))  # a GPU: fine
+    # a GPU: fine
+    load_section(SECTIONS[key.split(".")[0]], write(tmp_path, shipped_with(key, "cuda")))
 
 
 def test_library_callers_may_still_build_partial_sections():

@@ -15,7 +15,7 @@ import torch
 import yaml
 from pipeline_repo import dvc, pipeline_stages, ran_stages, set_params
 
-from shrinkflow.checkpoints import load_model
+from shrinkflow.model_files.pt import load_model
 
 pytestmark = pytest.mark.slow
 

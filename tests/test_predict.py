@@ -1,4 +1,5 @@
-"""The deploy command (shrinkflow.predict) and the model card it runs from (shrinkflow.card).
+"""The deploy command (shrinkflow.cli.predict) and the model card it runs from
+(shrinkflow.model_files.card).
 
 One tiny model, trained for a few steps on the shared synthetic data, is saved as .pt, exported
 to ONNX and given a card exactly as the select stage does (card.write_model_card). The test
@@ -22,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from shrinkflow.card import (
+from shrinkflow.cli.predict import cli
+from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.model_files.card import (
     CARD_FILE,
     CARD_KEY,
     card_from_json,
@@ -31,13 +34,11 @@ from shrinkflow.card import (
     pipeline_commit,
     write_model_card,
 )
-from shrinkflow.checkpoints import save_model
-from shrinkflow.errors import ShrinkflowError
-from shrinkflow.models import build_model, make_spec
-from shrinkflow.onnx_export import export_onnx, read_metadata
-from shrinkflow.params import ModelSpec
-from shrinkflow.predict import cli
-from shrinkflow.runtime import open_model
+from shrinkflow.model_files.export_onnx import export_onnx, read_metadata
+from shrinkflow.model_files.open import open_model
+from shrinkflow.model_files.pt import save_model
+from shrinkflow.nets.zoo import build_model, make_spec
+from shrinkflow.params.common import ModelSpec
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 N_IMAGES = 12
@@ -118,7 +119,7 @@ def env_with(*paths: Path) -> dict[str, str]:
 
 
 def run_predict(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shrinkflow.predict", *args],
+    return subprocess.run([sys.executable, "-m", "shrinkflow.cli.predict", *args],
                           env=env or env_with(), capture_output=True, text=True, timeout=120)
 
 

@@ -16,11 +16,7 @@ from pipeline_repo import run_stage_main, shipped_params
 from prepared_files import write_prepared_dir
 from torch import nn
 
-from shrinkflow.checkpoints import load_model, save_model
-from shrinkflow.errors import ShrinkflowError
-from shrinkflow.models import build_model, count_macs, count_params, final_linear, make_spec
-from shrinkflow.params import ModelSpec, PruneParams, TrainConfig, validate_section
-from shrinkflow.prune import (
+from shrinkflow.compress.prune import (
     evenly_spaced,
     group_roots,
     make_finetune,
@@ -31,7 +27,7 @@ from shrinkflow.prune import (
     sparsity,
     split_epochs,
 )
-from shrinkflow.prune_budget import (
+from shrinkflow.compress.prune_budget import (
     current_widths,
     make_plan,
     plan_steps,
@@ -40,7 +36,13 @@ from shrinkflow.prune_budget import (
     step_loop,
     width_options,
 )
-from shrinkflow.train import fit
+from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.model_files.pt import load_model, save_model
+from shrinkflow.nets.zoo import build_model, count_macs, count_params, final_linear, make_spec
+from shrinkflow.params.common import ModelSpec, TrainConfig
+from shrinkflow.params.load import validate_section
+from shrinkflow.params.prune import PruneParams
+from shrinkflow.training.loop import fit
 
 SHAPE = (3, 8, 8)
 # torchvision models take seconds each (import, tracing, ONNX export): the fast loop skips them

@@ -15,15 +15,8 @@ from pipeline_repo import run_stage_main, shipped_params
 from prepared_files import write_prepared_dir
 from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-from shrinkflow.checkpoints import save_model
-from shrinkflow.data import load_prepared
-from shrinkflow.distill import KDLoss
-from shrinkflow.errors import ShrinkflowError
-from shrinkflow.models import build_model, count_macs, count_params, make_spec
-from shrinkflow.onnx_export import export_onnx, read_metadata
-from shrinkflow.params import ModelSpec, QATParams, TrainConfig, load_section
-from shrinkflow.quantize import (
-    compare_logits,
+from shrinkflow.compress.distill import KDLoss
+from shrinkflow.compress.quantize import (
     parity_metrics,
     pt2e_export,
     qat_finetune,
@@ -35,8 +28,17 @@ from shrinkflow.quantize import (
     select_calibration,
     x86_quantizer,
 )
-from shrinkflow.runtime import Runtime, open_model, ort_session
-from shrinkflow.train import accuracy, fit, predict, seed_everything
+from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.data.prepared import load_prepared
+from shrinkflow.measure.metrics import accuracy, logit_parity
+from shrinkflow.model_files.export_onnx import export_onnx, read_metadata
+from shrinkflow.model_files.open import Runtime, open_model, ort_session
+from shrinkflow.model_files.pt import save_model
+from shrinkflow.nets.zoo import build_model, count_macs, count_params, make_spec
+from shrinkflow.params.common import ModelSpec, TrainConfig
+from shrinkflow.params.load import load_section
+from shrinkflow.params.quantize import QATParams, QuantizeParams
+from shrinkflow.training.loop import fit, predict, seed_everything
 
 CPU = torch.device("cpu")
 STAGE = Path(__file__).resolve().parents[1] / "stages" / "quantize.py"
@@ -72,7 +74,7 @@ def test_export_onnx_matches_torch_and_carries_metadata(tiny_data, model_and_spe
     onnx = open_model(fp32_onnx)
     for batch_size in (7, 64):  # dynamic batch axis: odd sizes and a short last batch
         out = onnx.predict(x, batch_size=batch_size)
-        diff = compare_logits(ref, out)
+        diff = logit_parity(ref, out)
         assert diff["max_abs_diff"] < 1e-4
         assert diff["agreement"] == 1.0
     assert (onnx.params, onnx.macs, onnx.num_classes) == (
@@ -98,7 +100,7 @@ def test_static_int8_agrees_and_is_smaller(tmp_path, tiny_data, model_and_spec, 
     opened = open_model(out)
     ref, int8 = predict(model, x), opened.predict(x)
     assert opened.precision == "int8" and opened.macs == count_macs(model, (1, 8, 8))
-    assert compare_logits(ref, int8)["agreement"] >= 0.9
+    assert logit_parity(ref, int8)["agreement"] >= 0.9
     assert accuracy(int8, y) >= accuracy(ref, y) - 0.1
     assert out.stat().st_size < 0.6 * fp32_onnx.stat().st_size
     proto = onnx.load(str(out))
@@ -122,7 +124,7 @@ def test_dynamic_int8_runs_with_integer_convs(tmp_path, tiny_data, model_and_spe
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert "ConvInteger" in ops and "DynamicQuantizeLinear" in ops
     x = tiny_data.test[0]
-    assert compare_logits(predict(model, x), open_model(out).predict(x))["agreement"] >= 0.9
+    assert logit_parity(predict(model, x), open_model(out).predict(x))["agreement"] >= 0.9
     assert out.stat().st_size < fp32_onnx.stat().st_size
 
 
@@ -143,7 +145,7 @@ def test_torch_int8_round_trip_is_exact_and_safe(tmp_path, tiny_data):
     x = tiny_data.test[0]
     before, after = predict(quantized, x, device=CPU), reloaded.predict(x)
     assert torch.equal(before, after)
-    assert compare_logits(predict(model, x), after)["agreement"] >= 0.9
+    assert logit_parity(predict(model, x), after)["agreement"] >= 0.9
     assert any(p.dtype == torch.qint8 for p in reloaded.module.state_dict().values()
                if isinstance(p, torch.Tensor))
 
@@ -198,7 +200,7 @@ def test_select_calibration_is_seeded_and_checked(tiny_data):
 def test_compare_logits_known_values():
     ref = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 0.0]])
     other = torch.tensor([[1.5, 0.0], [0.0, 2.0], [0.0, 1.0]])  # last row flips class
-    m = compare_logits(ref, other)
+    m = logit_parity(ref, other)
     assert m["max_abs_diff"] == pytest.approx(1.0) and m["agreement"] == pytest.approx(2 / 3)
 
 
@@ -243,9 +245,9 @@ def test_qat_gives_an_int8_onnx_that_follows_the_fake_quantized_model(
     assert (opened.precision, opened.meta["shrinkflow.quantization"]) == ("int8", "qat-minmax")
     x, y = tiny_data.test
     fake_quant, int8 = predict(qat.fake_quant, x, device=CPU), opened.predict(x)
-    assert compare_logits(fake_quant, int8)["agreement"] >= 0.9
+    assert logit_parity(fake_quant, int8)["agreement"] >= 0.9
     assert abs(accuracy(fake_quant, y) - accuracy(int8, y)) <= 0.1
-    assert compare_logits(predict(qat.fp32, x), fake_quant)["agreement"] >= 0.9
+    assert logit_parity(predict(qat.fp32, x), fake_quant)["agreement"] >= 0.9
 
 
 @pytest.mark.parametrize(("train", "match"), [
@@ -257,7 +259,7 @@ def test_bad_qat_params_give_one_line(tmp_path, train, match):
     params = shipped_params({"quantize": {"mode": "qat", "qat": {"train": train}}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(ShrinkflowError, match=match) as err:
-        load_section("quantize", tmp_path / "params.yaml")
+        load_section(QuantizeParams, tmp_path / "params.yaml")
     assert "\n" not in str(err.value)
     assert QATParams().train.nproc == 1
 

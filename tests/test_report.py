@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from shrinkflow.errors import ShrinkflowError
-from shrinkflow.metric_keys import read_model_list
-from shrinkflow.report import (
+from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.core.metric_keys import read_model_list
+from shrinkflow.results.report import (
     best_within,
     build_report,
     load_metrics,

@@ -15,20 +15,20 @@ import torch
 import yaml
 from prepared_files import write_prepared_dir
 
-from shrinkflow.checkpoints import load_model, save_model
-from shrinkflow.errors import ShrinkflowError
-from shrinkflow.metric_keys import (
+from shrinkflow.compress.quantize import quantize_onnx_static, save_torch_int8
+from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.core.metric_keys import (
     bench_batch_sizes,
     bench_key,
     model_key,
     parse_bench_key,
     read_model_list,
 )
-from shrinkflow.models import build_model, count_macs, count_params, make_spec
-from shrinkflow.onnx_export import export_onnx
-from shrinkflow.params import ModelSpec
-from shrinkflow.quantize import quantize_onnx_static, save_torch_int8
-from shrinkflow.runtime import Runtime, open_model
+from shrinkflow.model_files.export_onnx import export_onnx
+from shrinkflow.model_files.open import Runtime, open_model
+from shrinkflow.model_files.pt import load_model, save_model
+from shrinkflow.nets.zoo import build_model, count_macs, count_params, make_spec
+from shrinkflow.params.common import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (1, 8, 8)
@@ -250,7 +250,7 @@ def test_models_yaml_drives_dvc_yaml():
     assert "models.yaml" in bench_deps and "models.yaml" in dvc["stages"]["report"]["deps"]
     for m in models:
         assert m.file in bench_deps, f"dvc.yaml: benchmark must depend on {m.file} ({m.name})"
-        stage, _, item = m.stage.partition("@")  # export@teacher: a foreach item
+        stage, _, item = m.stage.partition("@")  # export_onnx@teacher: a foreach item
         definition = dvc["stages"][stage]
         if item:
             assert item in definition["foreach"], f"dvc.yaml: {stage} has no item {item}"

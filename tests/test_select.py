@@ -1,4 +1,5 @@
-"""The final-model choice (shrinkflow.selection) on hand-made metrics, and the select stage's
+"""The final-model choice (shrinkflow.results.select_final) on hand-made metrics, and the select
+stage's
 declared deps against models.yaml."""
 
 from __future__ import annotations
@@ -8,10 +9,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shrinkflow.card import check_card
-from shrinkflow.errors import ShrinkflowError
-from shrinkflow.metric_keys import ModelEntry, read_model_list
-from shrinkflow.selection import Candidate, build_candidates, choose, final_card, final_metrics
+from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.core.metric_keys import ModelEntry, read_model_list
+from shrinkflow.model_files.card import check_card
+from shrinkflow.results.select_final import (
+    Candidate,
+    build_candidates,
+    choose,
+    final_card,
+    final_metrics,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +92,7 @@ def test_no_candidates_at_all_is_one_line():
 
 MODELS = [
     ModelEntry("teacher", "models/teacher.pt", "train_teacher", True, "teacher"),
-    ModelEntry("teacher_onnx", "models/teacher.onnx", "export@teacher", False, "teacher",
+    ModelEntry("teacher_onnx", "models/teacher.onnx", "export_onnx@teacher", False, "teacher",
                "teacher"),
     ModelEntry("student_scratch", "models/student_scratch.pt", "s", True, "student_scratch"),
     ModelEntry("pruned", "models/pruned.pt", "prune", True, "pruned"),
@@ -160,7 +167,7 @@ def test_final_card_carries_the_choice_and_what_running_it_needs():
 
 def test_select_stage_deps_list_every_model_file_and_eval_metrics():
     """DVC cannot template a deps list from models.yaml: check the hand-written one."""
-    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["select"]
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["select_final"]
     models = read_model_list(ROOT / "models.yaml")
     expected = {m.file for m in models} | {f"metrics/eval_{m.name}.json" for m in models
                                             if m.evaluated}

@@ -1,4 +1,4 @@
-"""End to end on a tiny copy of the project: export@teacher/student and select in dvc.yaml.
+"""End to end on a tiny copy of the project: export_onnx@teacher/student and select in dvc.yaml.
 
 Tiny models are far from the teacher, so the budget is opened wide (select.max_drop_points 100)
 to get a choice, then closed with a 1-byte file limit to check the failure path.
@@ -9,7 +9,7 @@ import json
 import pytest
 from pipeline_repo import copy_repo, dvc, ran_stages, set_params
 
-from shrinkflow.card import CARD_FILE, read_card_file
+from shrinkflow.model_files.card import CARD_FILE, read_card_file
 
 pytestmark = pytest.mark.slow  # end to end: real stage processes
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow  # end to end: real stage processes
 def repo(reproduced_template, tmp_path_factory):
     """A copy of the session's reproduced tiny project (TINY opens select's budget to 100)."""
     ran = ran_stages(reproduced_template.first_repro)
-    assert {"export@teacher", "export@student", "select", "report"} <= ran, ran
+    assert {"export_onnx@teacher", "export_onnx@student", "select", "report"} <= ran, ran
     return copy_repo(reproduced_template.path, tmp_path_factory.mktemp("select") / "repo")
 
 
@@ -47,7 +47,7 @@ def test_select_ships_one_model_and_names_it(repo):
 def test_quantize_settings_do_not_reexport_the_teacher(repo):
     set_params(repo, {"quantize": {"calibration_method": "percentile"}})
     status = dvc(repo, "status").stdout
-    assert "quantize:" in status and "export@" not in status, status
+    assert "quantize:" in status and "export_onnx@" not in status, status
     set_params(repo, {"quantize": {"calibration_method": "minmax"}})
 
 

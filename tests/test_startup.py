@@ -3,7 +3,8 @@
 Importing torch costs about 2 s of CPU per stage run on 2 cores (measured: the benchmark's
 parent imported its modules in 2.0-2.1 s with torch, 0.3 s without), paid again by every
 experiment that reruns the stage. select, report and compare only read metrics; the benchmark's
-parent only schedules the workers that time the models (``shrinkflow.bench_worker``, imported
+parent only schedules the workers that time the models (``shrinkflow.measure.benchmark_worker``,
+imported
 by the workers alone). A new import that pulls torch back into one of them fails here.
 """
 
@@ -24,10 +25,11 @@ print(" ".join(m for m in ("torch", "onnxruntime") if m in sys.modules))
 """
 
 
-@pytest.mark.parametrize("script", ["benchmark", "select_final", "report", "compare"])
+@pytest.mark.parametrize("script", ["stages/benchmark.py", "stages/select_final.py",
+                                    "stages/report.py", "src/shrinkflow/cli/compare.py"])
 def test_stage_imports_no_torch(script):
-    path = ROOT / "stages" / f"{script}.py"
+    path = ROOT / script
     loaded = subprocess.run([sys.executable, "-c", LOAD_AND_LIST, str(path)],
                             capture_output=True, text=True, cwd=ROOT)
     assert loaded.returncode == 0, loaded.stderr
-    assert loaded.stdout.split() == [], f"stages/{script}.py imports {loaded.stdout.strip()}"
+    assert loaded.stdout.split() == [], f"{script} imports {loaded.stdout.strip()}"

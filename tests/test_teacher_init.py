@@ -17,13 +17,18 @@ import torch
 import yaml
 from torchvision.models import mobilenet_v2, resnet18
 
-from shrinkflow.checkpoints import load_model, save_model
-from shrinkflow.data import load_prepared, source_from_arrays, split_indices, write_prepared
-from shrinkflow.errors import ShrinkflowError
-from shrinkflow.models import build_model, make_spec
-from shrinkflow.params import ModelSpec, TeacherParams, TrainConfig, validate_section
-from shrinkflow.pretrained import import_model, load_into, read_weights
-from shrinkflow.train import accuracy, predict, seed_everything, train_supervised
+from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.data.prepare import split_indices, write_prepared
+from shrinkflow.data.prepared import load_prepared
+from shrinkflow.data.sources import source_from_arrays
+from shrinkflow.measure.metrics import accuracy
+from shrinkflow.model_files.pt import load_model, save_model
+from shrinkflow.model_files.user_weights import import_model, load_into, read_weights
+from shrinkflow.nets.zoo import build_model, make_spec
+from shrinkflow.params.common import ModelSpec, TrainConfig
+from shrinkflow.params.load import validate_section
+from shrinkflow.params.teacher import TeacherParams
+from shrinkflow.training.loop import predict, seed_everything, train_supervised
 
 REPO = Path(__file__).resolve().parents[1]
 RESNET = ModelSpec(arch="resnet18")

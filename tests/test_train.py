@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from shrinkflow.errors import ShrinkflowError
-from shrinkflow.models import build_model, make_spec
-from shrinkflow.params import ModelSpec, TrainConfig
-from shrinkflow.train import (
+from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.nets.zoo import build_model, make_spec
+from shrinkflow.params.common import ModelSpec, TrainConfig
+from shrinkflow.training.loop import (
     CrossEntropy,
     NonFiniteLossGuard,
     fit,

@@ -1,0 +1,261 @@
+"""Run a deployed model on image files: ``python -m shrinkflow.cli.predict MODEL PATH... [--top
+K]``.
+
+For each image (PATHs are files, or folders searched recursively for image files, sorted) it
+prints the top K classes with their probabilities (softmax of the logits), using the class names
+and preprocessing of the model's card (``shrinkflow.card``)::
+
+    digits/3.png: 3 0.9812 | 8 0.0101 | 5 0.0040
+
+``--json`` prints one JSON object per image instead (file, and the top classes with index, name
+and probability), for scripts.
+
+With an ONNX model this needs only onnxruntime, numpy and Pillow: no torch, no DVC (the card is
+read through ONNX Runtime's metadata; tests/test_predict.py runs it with ``import torch``
+failing). A ``.pt`` model needs torch (``shrinkflow.model_files.open``).
+
+Preprocessing, as the card says and as ``prepare`` did to image files: PIL ``convert`` to the
+model's mode (``L`` for a 1-channel model, ``RGB`` for 3), a bilinear resize to the model's
+height x width when the image has another size (the aspect ratio is not kept, as in prepare),
+8-bit pixels divided by 255; mean/std normalisation happens inside shrinkflow models.
+
+Channels: a 1-channel model gets colour images converted to grey (ITU-R 601-2 luma) and a
+3-channel model gets grey images replicated to RGB, with any alpha channel dropped: exactly what
+``prepare`` did to the training images, so the model sees what it was trained on. Images that
+cannot be mapped that way are refused with one line: other channel layouts (CMYK, YCbCr, LAB,
+HSV) and pixels of more than 8 bits (16-bit or float images: their values would be clipped to
+255, which silently destroys them).
+
+Bad input (a missing file, a file that is not an image, an image of the wrong kind, a model
+without a card, an unknown model suffix) stops the command before any prediction with one line,
+``error: FILE: ...``, exit code 2. Every image is decoded (and kept at the model's size) before
+the first prediction, so a damaged image late in a folder still stops the run before any output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image, UnidentifiedImageError
+
+from shrinkflow.core.errors import ShrinkflowError, run_stage
+from shrinkflow.model_files.card import card_from_onnx_metadata, card_from_pt_meta
+
+# 8-bit modes PIL converts to L or RGB as prepare did; anything else is refused (module docstring)
+CONVERTIBLE_MODES = {"1", "L", "P", "LA", "PA", "La", "RGB", "RGBA", "RGBa", "RGBX"}
+BATCH_SIZE = 64  # images per model call: bounds memory on large folders
+
+
+@dataclass
+class Deployed:
+    """A model file opened for prediction: its card, and a call from a float32 NCHW batch in
+    [0, 1] (normalised when the card says so) to float32 logits."""
+
+    path: Path
+    card: dict[str, Any]
+    run: Callable[[np.ndarray], np.ndarray]
+    input_shape: tuple[int | None, ...]  # (C, H, W) the model file declares; None = any
+    num_classes: int | None
+
+
+def open_deployed(path: str | Path) -> Deployed:
+    """Open ``path`` (.onnx or .pt) and its card; one line naming the file when either is bad."""
+    path = Path(path)
+    if path.suffix not in (".onnx", ".pt"):
+        raise ShrinkflowError(f"{path}: unknown model file type {path.suffix!r} (expected .onnx "
+                              "or .pt)")
+    if not path.is_file():
+        raise ShrinkflowError(f"{path}: model file not found")
+    model = _open_onnx(path) if path.suffix == ".onnx" else _open_pt(path)
+    _check_model_fits_card(model)
+    return model
+
+
+def _open_onnx(path: Path) -> Deployed:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # ORT's warnings about unused initializers are noise here
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own types (InvalidProtobuf, Fail, InvalidGraph...)
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ShrinkflowError(f"{path}: not a loadable ONNX model ({reason})") from None
+    card = card_from_onnx_metadata(session.get_modelmeta().custom_metadata_map, path)
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 4:
+        found = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs)
+        raise ShrinkflowError(f"{path}: expected one float32 NCHW image input, found {found}")
+    shape = tuple(d if isinstance(d, int) else None for d in inputs[0].shape[1:])
+    head = outputs[0].shape[-1] if outputs[0].shape else None
+    input_name, output_name = inputs[0].name, outputs[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return session.run([output_name], {input_name: x})[0]
+
+    return Deployed(path, card, run, shape, head if isinstance(head, int) else None)
+
+
+def _open_pt(path: Path) -> Deployed:
+    # torch is imported here and not at the top: the ONNX path must run with onnxruntime, numpy
+    # and Pillow alone (tests/test_predict.py proves it with `import torch` failing).
+    import torch
+
+    from shrinkflow.model_files.open import open_model
+
+    model = open_model(path)
+    card = card_from_pt_meta(model.meta, path)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return model.predict(torch.from_numpy(x), BATCH_SIZE).numpy()
+
+    return Deployed(path, card, run, model.input_shape, model.num_classes)
+
+
+def _check_model_fits_card(model: Deployed) -> None:
+    """A card copied onto another model would mislabel every prediction: check it fits."""
+    s = model.card["input"]
+    want = (s["channels"], s["height"], s["width"])
+    if any(h is not None and h != w for h, w in zip(model.input_shape, want, strict=True)):
+        shown = "x".join("?" if d is None else str(d) for d in model.input_shape)
+        raise ShrinkflowError(f"{model.path}: the model takes {shown} images but its card says "
+                              f"{'x'.join(map(str, want))}: the card is not this model's")
+    classes = len(model.card["classes"])
+    if model.num_classes is not None and model.num_classes != classes:
+        raise ShrinkflowError(f"{model.path}: the model predicts {model.num_classes} classes but "
+                              f"its card names {classes}: the card is not this model's")
+
+
+# --- images ------------------------------------------------------------------------------------
+
+
+def image_files(paths: Sequence[str | Path]) -> list[Path]:
+    """Files as given, folders expanded to their image files (recursively, sorted by path).
+
+    In a folder only files with a suffix Pillow opens are taken (a README beside the images is
+    not an error); a file named explicitly must be an image.
+    """
+    suffixes = {s.lower() for s in Image.registered_extensions()}
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in suffixes)
+            if not found:
+                raise ShrinkflowError(f"{p}/: no image files in this folder")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise ShrinkflowError(f"{p}: no such file or folder")
+    return files
+
+
+def load_image(path: Path, card: dict[str, Any]) -> np.ndarray:
+    """One image as the model's uint8 (C, H, W), preprocessed as the card says (module
+    docstring); one line naming the file when it cannot be."""
+    s, pre = card["input"], card["preprocessing"]
+    mode, size = pre["color_mode"], (s["width"], s["height"])
+    try:
+        with Image.open(path) as im:
+            if im.mode not in CONVERTIBLE_MODES:
+                raise ShrinkflowError(f"{path}: {_describe_mode(im.mode)} image; the model takes "
+                                      f"{s['channels']}-channel 8-bit {_kind(mode)} images "
+                                      f"(save it as 8-bit greyscale or RGB)")
+            im = im.convert(mode)
+            if im.size != size:
+                im = im.resize(size, Image.Resampling.BILINEAR)  # antialiased, as in prepare
+            arr = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError,
+            SyntaxError) as exc:  # what Pillow raises for damaged or hostile files
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ShrinkflowError(f"{path}: not a readable image ({reason})") from None
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _kind(mode: str) -> str:
+    return "grey" if mode == "L" else "RGB"
+
+
+def _describe_mode(mode: str) -> str:
+    bands = Image.getmodebands(mode) if mode in Image.MODES else None
+    if mode.startswith("I") or mode == "F":
+        return f"a {'16' if ';16' in mode else '32'}-bit greyscale (mode {mode}, more than 8 bits)"
+    return f"a {bands}-channel {mode}" if bands else f"a mode {mode}"
+
+
+def to_input(images: np.ndarray, card: dict[str, Any]) -> np.ndarray:
+    """uint8 (N, C, H, W) -> the float32 batch the model takes (the card's scaling, and mean/std
+    when the model does not normalise itself)."""
+    pre = card["preprocessing"]
+    x = images.astype(np.float32) / np.float32(pre["divide_by"])
+    if not pre["normalize_in_model"]:
+        mean = np.asarray(pre["mean"], dtype=np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(pre["std"], dtype=np.float32).reshape(1, -1, 1, 1)
+        x = (x - mean) / std
+    return np.ascontiguousarray(x)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def predict(model: Deployed, images: np.ndarray) -> np.ndarray:
+    """Class probabilities (N, classes) of uint8 images, ``BATCH_SIZE`` at a time."""
+    out = [softmax(model.run(to_input(images[i : i + BATCH_SIZE], model.card)))
+           for i in range(0, len(images), BATCH_SIZE)]
+    return np.concatenate(out) if out else np.zeros((0, len(model.card["classes"])))
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="shrinkflow-predict",
+        description="Top classes of each image by a shrinkflow model (.onnx: needs only "
+                    "onnxruntime, numpy and Pillow) and its model card.")
+    parser.add_argument("model", type=Path, help="model file, e.g. models/final/model.onnx")
+    parser.add_argument("paths", nargs="+", type=Path, help="image files or folders")
+    parser.add_argument("--top", type=int, default=3, metavar="K",
+                        help="classes shown per image (default 3)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per image")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.top < 1:
+        raise ShrinkflowError(f"--top {args.top}: expected a positive number of classes")
+    # every input is checked (model, card, each image decoded) before the first prediction
+    model = open_deployed(args.model)
+    files = image_files(args.paths)
+    images = np.stack([load_image(f, model.card) for f in files])
+    classes = model.card["classes"]
+    k = min(args.top, len(classes))
+    for start in range(0, len(files), BATCH_SIZE):
+        probs = predict(model, images[start : start + BATCH_SIZE])
+        for f, p in zip(files[start : start + BATCH_SIZE], probs, strict=True):
+            top = np.argsort(-p, kind="stable")[:k]
+            if args.json:
+                print(json.dumps({"file": str(f), "top": [
+                    {"index": int(i), "class": classes[i], "prob": round(float(p[i]), 6)}
+                    for i in top]}))
+            else:
+                print(f"{f}: " + " | ".join(f"{classes[i]} {p[i]:.4f}" for i in top))
+
+
+def cli(argv: Sequence[str] | None = None) -> None:
+    """Entry point (``shrinkflow-predict``): bad input is one ``error:`` line, exit code 2."""
+    run_stage(lambda: main(argv))
+
+
+if __name__ == "__main__":
+    cli(sys.argv[1:])

@@ -1,0 +1,64 @@
+"""Reading the prepared dataset back: what every training, evaluation and export stage opens.
+
+``prepare`` writes ``{train,val,test}_x.npy`` (uint8 images) + ``_y.npy`` (int64 labels) and
+``meta.json``; this module maps them copy-on-write, so peak RSS stays near one batch and not the
+whole set. Its own module, apart from the sources and the split, so that a change to how a source
+is read reruns ``prepare`` only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from shrinkflow.core.errors import ShrinkflowError
+
+SPLITS = ("train", "val", "test")
+
+FORMAT = "shrinkflow-prepared/2"
+
+
+@dataclass
+class Prepared:
+    """The prepared splits as (uint8 images, int64 labels) tensors, memory-mapped from disk."""
+
+    train: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
+    meta: dict[str, Any]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.meta["shape"])  # type: ignore[return-value]
+
+
+def load_prepared(data_dir: str | Path) -> Prepared:
+    """Open what ``prepare`` wrote: memory-mapped uint8 images, int64 labels, the meta dict.
+
+    Images are mapped copy-on-write (``mmap_mode="c"``): nothing is read until a batch gathers
+    it, and torch gets a writable array without a copy. Nobody writes to them.
+    """
+    data_dir = Path(data_dir)
+    meta_path = data_dir / "meta.json"
+    if not meta_path.is_file():
+        raise ShrinkflowError(f"{meta_path}: not found (run the prepare stage first)")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT:
+        raise ShrinkflowError(f"{data_dir}: prepared by another shrinkflow version (format "
+                              f"{meta.get('format')!r}, expected {FORMAT}); run `dvc repro "
+                              "prepare -f`")
+    splits = []
+    for name in SPLITS:
+        try:
+            x = np.load(data_dir / f"{name}_x.npy", mmap_mode="c")
+            y = np.load(data_dir / f"{name}_y.npy")
+        except (OSError, ValueError) as exc:
+            raise ShrinkflowError(f"{data_dir}/{name}_*.npy: unreadable ({exc}); run "
+                                  "`dvc repro prepare -f`") from None
+        splits.append((torch.from_numpy(x), torch.from_numpy(y)))
+    return Prepared(*splits, meta=meta)

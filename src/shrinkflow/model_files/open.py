@@ -1,0 +1,305 @@
+"""Open any model file of the pipeline and run it: one object, whatever the runtime.
+
+``open_model(path)`` reads the file once and returns a ``Model`` that says how it runs and what
+it is, and runs batches of images:
+
+* ``.pt`` fp32 (``checkpoints.save_model``) -> PyTorch eager, runtime ``torch``;
+* ``.pt`` int8 (``quantize.save_torch_int8``) -> a torch.ao FX int8 module, runtime
+  ``torch_int8``, rebuilt from plain tensors (see ``fx_prepare`` / ``fx_convert`` below);
+* ``.onnx`` -> an ONNX Runtime CPU session, runtime ``onnxruntime`` (fp32 or int8).
+
+Input: a torch batch (N, C, H, W) of uint8 images (0..255) or of floats already in [0, 1].
+Output of ``predict``: float32 logits as a CPU ``torch.Tensor`` for every runtime (ORT's numpy
+result is wrapped without a copy), so metrics code never branches on the runtime. uint8 images
+are scaled exactly as ``train.to_input`` does (float, then / 255): every runtime sees
+bit-identical inputs, and a difference in logits is the runtime's or the quantizer's.
+
+Timing code uses the two halves of ``predict``: ``prepare`` converts a batch once to what the
+runtime takes natively (a tensor on the model's device, or a numpy array for ORT) and ``run`` is
+the bare call, so a benchmark measures the model and not the conversion.
+
+MACs are those of the fp32 graph: FLOP counters report 0 for int8 kernels, so int8 files carry
+the MACs and params of the fp32 model they were made from (``.pt`` int8 in ``meta``, ``.onnx`` in
+``metadata_props``), and every flavour of one model reports the same figures.
+
+A damaged or mismatched file is a ``ShrinkflowError`` of one line naming the file; ``input_shape``
+and ``num_classes``, when given, are checked against the model before any use.
+
+This module imports onnxruntime (0.07 s after torch, measured) but not the ``onnx`` package
+(~1 s): ONNX metadata is read through the ORT session.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+from torch.ao.quantization import get_default_qconfig_mapping
+from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.model_files.pt import load_checkpoint, model_from_checkpoint
+from shrinkflow.nets.zoo import build_model, count_macs, count_params, resize_to_state_dict
+
+
+class Runtime(str, Enum):
+    """How a model file runs. The one spelling of each runtime in the project."""
+
+    TORCH = "torch"  # fp32 eager PyTorch
+    TORCH_INT8 = "torch_int8"  # torch.ao FX int8 (x86 backend), CPU only
+    ONNXRUNTIME = "onnxruntime"  # ONNX Runtime CPU session, fp32 or int8
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# Names and metadata keys of the ONNX files we export (``onnx_export``) and read back here.
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+META_MACS = "shrinkflow.macs"
+META_PARAMS = "shrinkflow.params"
+META_CLASSES = "shrinkflow.num_classes"
+META_QUANTIZATION = "shrinkflow.quantization"  # set on int8 files by ``quantize``
+
+# PyTorch int8 files: ``meta["quantized"]`` names the recipe, so a file made by another recipe is
+# refused rather than rebuilt wrongly. Producing (``quantize``) and opening (here) share
+# ``fx_prepare`` / ``fx_convert``, because the int8 module is rebuilt by re-running them.
+TORCH_INT8_KIND = "torch.ao-fx-x86/1"
+TORCH_BACKEND = "x86"
+
+
+@dataclass
+class Model:
+    """An opened model file: what it is, and how to run it (see the module docstring)."""
+
+    path: Path
+    runtime: Runtime
+    precision: str  # "fp32" | "int8"
+    params: int | None  # of the fp32 model
+    macs: int | None  # per image, of the fp32 graph; None when it cannot be known
+    file_bytes: int
+    input_shape: tuple[int | None, ...]  # (C, H, W); None where the model accepts any size
+    num_classes: int | None
+    device: torch.device
+    meta: dict[str, Any] = field(repr=False)  # .pt: its meta (role, provenance); ONNX: metadata
+    # native batch (from ``prepare``) -> native logits; call it under torch.inference_mode()
+    run: Callable[[Any], Any] = field(repr=False)
+    module: nn.Module | None = field(default=None, repr=False)  # torch runtimes only
+    spec: dict[str, Any] | None = None  # the architecture spec of a .pt file
+
+    def prepare(self, x: torch.Tensor) -> Any:
+        """A batch as this runtime takes it: [0, 1] float32 on the device, numpy for ORT."""
+        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+        if self.runtime is Runtime.ONNXRUNTIME:
+            return np.ascontiguousarray(x.cpu().numpy())
+        return x.to(self.device)
+
+    def predict(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """float32 CPU logits of ``x`` (uint8 or [0, 1] float images), ``batch_size`` at a time."""
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(x), batch_size):
+                logits = self.run(self.prepare(x[start : start + batch_size]))
+                out.append(torch.as_tensor(logits).float().cpu())
+        return torch.cat(out) if out else torch.empty(0, self.num_classes or 0)
+
+
+def open_model(
+    path: str | Path,
+    input_shape: Sequence[int] | None = None,
+    num_classes: int | None = None,
+    threads: int = 0,
+    device: str = "cpu",
+) -> Model:
+    """Open a ``.pt`` or ``.onnx`` model file for inference.
+
+    ``input_shape`` (C, H, W of the data) is checked against the model and is the shape fp32
+    MACs are counted at (an fp32 ``.pt`` does not record H, W; without it ``macs`` is None).
+    ``num_classes`` is checked against the model's head. ``threads`` sets ONNX Runtime's
+    intra-op threads (0 = ORT's default, all cores); PyTorch's are per process
+    (``torch.set_num_threads``). ``device`` applies to fp32 PyTorch models; int8 kernels and
+    our ORT sessions run on the CPU only.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ShrinkflowError(f"{path}: model file not found (has the stage that writes it run?)")
+    if path.stat().st_size == 0:
+        raise ShrinkflowError(f"{path}: empty file (0 bytes), not a model")
+    if path.suffix == ".onnx":
+        model = _open_onnx(path, threads)
+    elif path.suffix == ".pt":
+        model = _open_pt(path, torch.device(device), input_shape)
+    else:
+        raise ShrinkflowError(f"{path}: unknown model file type {path.suffix!r} "
+                              "(expected .pt or .onnx)")
+    check_fits(model, input_shape, num_classes)
+    return model
+
+
+def check_fits(
+    model: Model, input_shape: Sequence[int] | None, num_classes: int | None
+) -> None:
+    """Fail in one line when the data's image shape or class count is not the model's."""
+    if input_shape is not None:
+        want = tuple(int(s) for s in input_shape)
+        have = model.input_shape
+        if len(want) != len(have) or any(
+            h is not None and h != w for h, w in zip(have, want, strict=True)
+        ):
+            shown = "x".join("?" if s is None else str(s) for s in have)
+            raise ShrinkflowError(
+                f"{model.path}: the model takes {shown} images (C x H x W) but the data has "
+                f"{'x'.join(map(str, want))}: was it built for other data?"
+            )
+    if num_classes is not None and model.num_classes not in (None, num_classes):
+        raise ShrinkflowError(
+            f"{model.path}: the model predicts {model.num_classes} classes but the data has "
+            f"{num_classes}: was it built for other data?"
+        )
+
+
+# --- PyTorch (fp32 and int8) -------------------------------------------------------------------
+
+
+def _open_pt(path: Path, device: torch.device, input_shape: Sequence[int] | None) -> Model:
+    with warnings.catch_warnings():
+        # torch's own unpickling of quantized tensors warns about its deprecated internals
+        warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions")
+        payload = load_checkpoint(path)
+        meta, spec = payload["meta"], payload["spec"]
+        module = torch_int8_from_checkpoint(payload, path) if meta.get("quantized") else None
+    if module is not None:
+        runtime, precision, device = Runtime.TORCH_INT8, "int8", torch.device("cpu")
+        params, macs = meta.get("params"), meta.get("macs")
+        shape: tuple[int | None, ...] = tuple(meta["input_shape"])
+    else:
+        module = model_from_checkpoint(payload, path).to(device)
+        runtime, precision = Runtime.TORCH, "fp32"
+        params = count_params(module)
+        shape = (spec["in_channels"], None, None)  # global pooling: any image size works
+        macs = None
+        if input_shape is not None and int(input_shape[0]) == spec["in_channels"]:
+            macs = count_macs(module, tuple(int(s) for s in input_shape))
+    return Model(path, runtime, precision, params, macs, path.stat().st_size, shape,
+                 spec.get("num_classes"), device, meta, run=module, module=module, spec=spec)
+
+
+def fx_prepare(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
+    """Fuse conv-BN-ReLU and insert observers (x86 qconfig); deterministic given the model.
+
+    FX's tracer records a Python stack trace for every graph node, for error messages only; with
+    that off (``torch.fx.config.do_not_emit_stack_traces``) the tiny test project's quantize
+    stage took 4.5 instead of 7.0 s of CPU and evaluate@quantized_torch 3.0 instead of 5.0 s
+    (symbolizing the traces and importing the modules that filter them); the int8 files are
+    byte-identical."""
+    torch.backends.quantized.engine = TORCH_BACKEND
+    example = (torch.zeros(1, *input_shape),)
+    saved = torch.fx.config.do_not_emit_stack_traces
+    torch.fx.config.do_not_emit_stack_traces = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # deprecation notices of torch.ao.quantization
+            return prepare_fx(model.eval(), get_default_qconfig_mapping(TORCH_BACKEND), example)
+    finally:
+        torch.fx.config.do_not_emit_stack_traces = saved
+
+
+def fx_convert(prepared: nn.Module) -> nn.Module:
+    """Observed model -> int8 module (CPU only)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # also "must run observer before calling calculate_qparams"
+        return convert_fx(prepared).eval()
+
+
+# Non-tensor entries of a quantized state_dict: packed linear params record their dtype, which
+# checkpoints.save_model stores as its name.
+_DTYPES = {str(d): d for d in (torch.qint8, torch.quint8, torch.float16, torch.float32)}
+
+
+def torch_int8_from_checkpoint(payload: dict[str, Any], path: str | Path) -> nn.Module:
+    """Rebuild a ``save_torch_int8`` file already read: the fp32 architecture at its stored
+    (pruned) shapes -> the same FX prepare/convert (no calibration needed for the structure) ->
+    load the int8 tensors, with the per-module format versions quantized modules need."""
+    meta = payload["meta"]
+    if meta.get("quantized") != TORCH_INT8_KIND:
+        raise ShrinkflowError(
+            f"{path}: int8 recipe {meta.get('quantized')!r} is not the one this version "
+            f"rebuilds ({TORCH_INT8_KIND!r}); rerun the quantize stage"
+        )
+    try:
+        model = build_model(payload["spec"])
+        resize_to_state_dict(model, {k: torch.empty(s) for k, s in meta["fp32_shapes"].items()})
+        quantized = fx_convert(fx_prepare(model, tuple(meta["input_shape"])))
+        state = OrderedDict(
+            (k, _DTYPES.get(v, v) if isinstance(v, str) else v)
+            for k, v in payload["state_dict"].items()
+        )
+        state._metadata = OrderedDict(meta["state_versions"])  # type: ignore[attr-defined]
+        quantized.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ShrinkflowError(
+            f"{path}: int8 model cannot be rebuilt from its spec and tensors ({first})"
+        ) from exc
+    return quantized.eval()
+
+
+# --- ONNX Runtime ------------------------------------------------------------------------------
+
+
+def ort_session(path: str | Path, threads: int = 0) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session; ``threads`` = intra-op threads (0 = ORT's default, all cores).
+
+    Benchmarks pin the thread count to compare runtimes fairly, hence the argument. A file ORT
+    cannot load is one line naming it, not ORT's traceback.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ShrinkflowError(f"{path}: ONNX model not found (has the stage that writes it run?)")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # warnings about unused initializers etc. are noise here
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own types (InvalidProtobuf, Fail, InvalidGraph...)
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ShrinkflowError(f"{path}: not a loadable ONNX model ({reason})") from exc
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _open_onnx(path: Path, threads: int) -> Model:
+    session = ort_session(path, threads)
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 4:
+        found = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs)
+        raise ShrinkflowError(f"{path}: expected one float32 NCHW image input, found {found}")
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    shape = tuple(d if isinstance(d, int) else None for d in inputs[0].shape[1:])
+    head = outputs[0].shape[-1] if outputs and outputs[0].shape else None
+    classes = head if isinstance(head, int) else _int_or_none(meta.get(META_CLASSES))
+    input_name, output_name = inputs[0].name, outputs[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return session.run([output_name], {input_name: x})[0]
+
+    precision = "int8" if META_QUANTIZATION in meta else "fp32"
+    return Model(path, Runtime.ONNXRUNTIME, precision, _int_or_none(meta.get(META_PARAMS)),
+                 _int_or_none(meta.get(META_MACS)), path.stat().st_size, shape, classes,
+                 torch.device("cpu"), meta, run=run)
