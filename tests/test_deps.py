@@ -222,3 +222,30 @@ def test_script_is_found_under_launchers_and_as_a_module():
     assert script_of(["python", "-m", "shrinkflow.core.errors"]) == errors
     with pytest.raises(AssertionError, match="no project script"):
         script_of("dvc exp show")
+
+
+def test_no_import_circle():
+    """No module of the package imports itself back through others, lazily or not: a circle
+    (as `bench` <-> `bench_worker` once were) means neither module can be read, tested or
+    cached on its own."""
+    modules = {p.resolve() for p in (SRC / "shrinkflow").rglob("*.py") if p.name != "__init__.py"}
+    edges: dict[Path, set[Path]] = {}
+    for path in modules:
+        package = ".".join(path.relative_to(SRC.resolve()).parent.parts)
+        names, _ = imported_names(path, package)
+        found = {module_file(n, [SRC]) for n in names}
+        edges[path] = {f.resolve() for f in found if f is not None} & modules
+    done: set[Path] = set()
+
+    def visit(node: Path, trail: list[Path]) -> None:
+        if node in trail:
+            circle = trail[trail.index(node):] + [node]
+            raise AssertionError("import circle: " + " -> ".join(rel(p) for p in circle))
+        if node in done:
+            return
+        for nxt in sorted(edges[node]):
+            visit(nxt, [*trail, node])
+        done.add(node)
+
+    for module in sorted(modules):
+        visit(module, [])
