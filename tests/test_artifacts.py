@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -267,3 +268,25 @@ def test_a_prepared_old_left_by_the_previous_swap_is_put_back(tmp_path):
     with pytest.raises(RuntimeError), atomic_dir(tmp_path / "prepared"):
         raise RuntimeError
     assert contents(tmp_path) == {"prepared/meta.json": "{}"}
+
+
+def test_a_full_disk_is_one_line_naming_the_folder_and_the_bytes(tmp_path, monkeypatch):
+    """ENOSPC from a write through a file handle (as torch.save writes): the folder, about the
+    bytes the outputs need and the bytes free; the previous outputs stay, no temporary left."""
+    import errno
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/m.pt").write_bytes(b"x" * 5000)
+    (tmp_path / "m.json").write_text("{}")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(ShrinkflowError) as err:
+        with commit_outputs() as out:
+            out.json(tmp_path / "m.json", {"a": 1})
+            with out.file(tmp_path / "models/m.pt").open("wb") as fh:
+                fh.write(b"y" * 100)
+                raise OSError(errno.ENOSPC, "No space left on device")
+    assert re.fullmatch(rf"{tmp_path}/models/: no space left on the device while writing m\.pt: "
+                        r"the stage's outputs need about 5,002 bytes \([\d,]+ bytes free\); "
+                        r"nothing was replaced, free some space and run the stage again",
+                        str(err.value)), str(err.value)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
