@@ -102,6 +102,7 @@ def main() -> None:
                              T=p.T, alpha=p.alpha)
             out.csv(HISTORY_OUT, history)
             out.json(METRICS_OUT, m)
+            out.adopt(LIVE_DIR)  # the run's live progress (training.live)
     print(f"[distill] student input {m['distill_input_size']} (data "
           f"{meta['shape'][1]}x{meta['shape'][2]}), {m['distill_student_params']:,} params "
           f"({m['distill_params_ratio']:.1f}x fewer), {m['distill_student_macs']:,} MACs "

@@ -160,6 +160,7 @@ def main() -> None:
             out.csv(STEPS_OUT, steps, STEP_FIELDS)  # header only for a fixed ratio
             out.csv(LATENCY_OUT, getattr(outcome, "latency_table", []), LATENCY_FIELDS)
             out.json(METRICS_OUT, metrics)
+            out.adopt(LIVE_DIR)  # the run's live progress (training.live)
     method = "global L1 magnitude" if p.mode == "unstructured" else f"{p.importance} importance"
     kind = "sparsity (not speed)" if p.mode == "unstructured" else "channels removed"
     share = metrics["prune_sparsity"] if p.mode == "unstructured" else metrics[

@@ -38,6 +38,7 @@ def main() -> None:
             write_model_file(out.file(MODEL_OUT), model, spec, role=NAME)
             out.csv(HISTORY_OUT, history)
             out.json(METRICS_OUT, m)
+            out.adopt(LIVE_DIR)  # the run's live progress (training.live)
     print(summary_line(NAME, spec, m), "->", MODEL_OUT)
     finish()
 

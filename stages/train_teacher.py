@@ -73,6 +73,7 @@ def main() -> None:
             write_model_file(out.file(model_out), model, spec, role=NAME, **provenance)
             out.csv(history_out, history, fieldnames=None if history else HISTORY_COLUMNS)
             out.json(metrics_out, m)
+            out.adopt(f"dvclive/{name}")  # the run's live progress (training.live)
     print(summary_line(name, spec, m), "->", model_out)
     finish()
 

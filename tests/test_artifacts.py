@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -56,11 +57,70 @@ def test_json_and_csv(tmp_path):
 
 def test_pickled_module_files_are_refused(tmp_path):
     torch.save(torch.nn.Linear(2, 2), tmp_path / "evil.pt")  # a whole module: needs unpickling
-    with pytest.raises(ShrinkflowError, match="not a loadable shrinkflow model"):
+    with pytest.raises(ShrinkflowError, match=r"evil\.pt: holds a Python object .*refuses "
+                                              r"\(torch\.nn\.modules\.linear\.Linear\)"):
         load_checkpoint(tmp_path / "evil.pt")
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(ShrinkflowError, match="not a shrinkflow model file"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def _small_payload() -> dict:
+    from shrinkflow.model_files.pt import MODEL_FORMAT
+    from shrinkflow.nets.zoo import build_model, make_spec
+    from shrinkflow.params.common import ModelSpec
+
+    spec = make_spec(ModelSpec(widths=[4, 8], depth=1), 1, 3, [0.5], [0.25])
+    state = {k: v.clone() for k, v in build_model(spec).state_dict().items()}
+    return {"format": MODEL_FORMAT, "spec": spec, "state_dict": state, "meta": {"role": "x"}}
+
+
+HOSTILE = [  # (what is changed, the field the one error line must name)
+    (lambda p: p.pop("meta"), r"meta: expected a mapping, got missing"),
+    (lambda p: p.__setitem__("state_dict", list(p["state_dict"].values())),
+     r"state_dict: expected a mapping, got list"),
+    (lambda p: p["spec"].pop("num_classes"), r"spec\.num_classes: expected an integer"),
+    (lambda p: p["spec"].__setitem__("arch", "x" * 5000),  # the echoed value is capped
+     r"spec\.arch: .*got 'x{90,100}\.\.\.x{90,100}'$"),
+    (lambda p: p["spec"].__setitem__("mean", [0.5, 0.5]), r"spec\.mean: expected 1 finite"),
+    (lambda p: p["state_dict"].__setitem__("body.x", "text"),
+     r"state_dict\.body\.x: expected a tensor, got str"),
+    (lambda p: p["spec"].__setitem__("widths", [4096] * 16) or p["spec"].__setitem__("depth", 16),
+     r"weights do not match its spec .*: tensor 'body\.features\.3\.weight' is missing"),
+    (lambda p: p["state_dict"].__setitem__("mean", torch.zeros(1, 1, 1, 1, dtype=torch.float64)),
+     r"state_dict\.mean: dtype torch\.float64, expected torch\.float32"),
+]
+
+
+@pytest.mark.parametrize("damage, expect", HOSTILE)
+def test_model_files_are_checked_before_anything_is_built(tmp_path, damage, expect):
+    """Missing or mistyped fields, and a spec far bigger than the file's tensors (16 x 16 convs
+    of 4096 channels: 38 billion parameters), are one line naming the field; the huge spec is
+    built on the meta device only, so this allocates nothing."""
+    from shrinkflow.model_files.pt import load_model
+
+    payload = _small_payload()
+    damage(payload)
+    torch.save(payload, tmp_path / "m.pt")
+    with pytest.raises(ShrinkflowError, match=expect) as err:
+        load_model(tmp_path / "m.pt")
+    assert str(err.value).startswith(f"{tmp_path / 'm.pt'}: ") and "\n" not in str(err.value)
+
+
+def test_a_loaded_model_holds_the_files_tensors(tmp_path):
+    """Built on the meta device then given the file's tensors: same values, same outputs as a
+    model built normally, and no tensor left on the meta device."""
+    from shrinkflow.model_files.pt import load_model
+    from shrinkflow.nets.zoo import build_model
+
+    payload = _small_payload()
+    torch.save(payload, tmp_path / "m.pt")
+    loaded, _ = load_model(tmp_path / "m.pt")
+    reference = build_model(payload["spec"])
+    reference.load_state_dict(payload["state_dict"])
+    x = torch.rand(2, 1, 8, 8)
+    assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
+    assert torch.equal(loaded(x), reference.eval()(x))
 
 
 def test_saving_the_same_model_twice_gives_identical_bytes(tmp_path):
@@ -208,3 +268,25 @@ def test_a_prepared_old_left_by_the_previous_swap_is_put_back(tmp_path):
     with pytest.raises(RuntimeError), atomic_dir(tmp_path / "prepared"):
         raise RuntimeError
     assert contents(tmp_path) == {"prepared/meta.json": "{}"}
+
+
+def test_a_full_disk_is_one_line_naming_the_folder_and_the_bytes(tmp_path, monkeypatch):
+    """ENOSPC from a write through a file handle (as torch.save writes): the folder, about the
+    bytes the outputs need and the bytes free; the previous outputs stay, no temporary left."""
+    import errno
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/m.pt").write_bytes(b"x" * 5000)
+    (tmp_path / "m.json").write_text("{}")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(ShrinkflowError) as err:
+        with commit_outputs() as out:
+            out.json(tmp_path / "m.json", {"a": 1})
+            with out.file(tmp_path / "models/m.pt").open("wb") as fh:
+                fh.write(b"y" * 100)
+                raise OSError(errno.ENOSPC, "No space left on device")
+    assert re.fullmatch(rf"{tmp_path}/models/: no space left on the device while writing m\.pt: "
+                        r"the stage's outputs need about 5,002 bytes \([\d,]+ bytes free\); "
+                        r"nothing was replaced, free some space and run the stage again",
+                        str(err.value)), str(err.value)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before

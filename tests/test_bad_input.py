@@ -14,11 +14,13 @@ that damages files in the project copy).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import math
 import pickle
 import re
 import shutil
+import struct
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,7 +39,7 @@ from test_data import write_cifar10, write_idx
 pytestmark = pytest.mark.slow  # end to end: real stage processes
 
 DELETE = object()  # a params value meaning "remove this key"
-ARTIFACTS = ["models", "metrics", "data", "reports", "dvc.lock"]
+ARTIFACTS = ["models", "metrics", "data", "reports", "dvclive", "dvc.lock"]
 
 def metrics_is_a_file(root: Path) -> None:
     """An output folder that cannot be written. Tests run as root here, and chmod does not stop
@@ -59,7 +61,9 @@ def idx_source(root: Path, damage: str) -> None:
         write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 4, True)
     bad = raw / "train-images-idx3-ubyte.gz"
     data = bad.read_bytes()
-    bad.write_bytes(data[: len(data) // 2] if damage == "truncated" else data[:10] + b"\0" * 40)
+    if damage != "none":
+        bad.write_bytes(data[: len(data) // 2] if damage == "truncated"
+                        else data[:10] + b"\0" * 40)
 
 
 def image_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog"), sub: str = "",
@@ -99,9 +103,69 @@ def student_as_teacher(root: Path) -> None:
     shutil.copy(root / "models" / "student.pt", root / "models" / "teacher.pt")
 
 
+def hostile_pt(root: Path, name: str, damage: Callable[[dict], None]) -> None:
+    """models/NAME: the teacher's file with its payload damaged (a careful attacker's edit)."""
+    payload = torch.load(root / "models" / "teacher.pt", weights_only=True)
+    damage(payload)
+    torch.save(payload, root / "models" / name)
+
+
+def huge_spec(payload: dict) -> None:
+    """A spec asking for 16 stages of 16 convs of 4096 channels (38 billion parameters) and no
+    tensors at all: a 1.5 KB file that used to grow the process to 24 GB."""
+    payload["spec"].update(widths=[4096] * 16, depth=16)
+    payload["state_dict"] = {}
+
+
+def reordered_card(payload: dict) -> None:
+    """The teacher with a model card whose class list swaps two classes of the data's."""
+    payload["meta"]["card"] = {"classes": [str(c) for c in (0, 1, 2, 3, 4, 5, 6, 7, 9, 8)]}
+
+
+def idx_labels(root: Path, labels: list[int], code: int = 0x08) -> None:
+    """An IDX source (idx_source without damage) whose train labels are ``labels``, written with
+    IDX element type ``code`` (0x09: signed bytes, so a label can be negative)."""
+    idx_source(root, "none")
+    n = 40
+    values = (np.arange(n) % 4).astype(np.int64)
+    values[: len(labels)] = labels
+    dtype = ">i1" if code == 0x09 else ">u1"
+    body = struct.pack(">BBBBI", 0, 0, code, 1, n) + values.astype(dtype).tobytes()
+    (root / RAW / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(body))
+
+
+def cifar_label(root: Path) -> None:
+    """CIFAR-10 whose batches.meta names 3 classes and one label says 7."""
+    (root / RAW).mkdir(parents=True)
+    write_cifar10(root / RAW, n=4)
+    path = root / RAW / "cifar-10-batches-py" / "data_batch_4"
+    batch = pickle.loads(path.read_bytes())
+    batch[b"labels"][1] = 7
+    path.write_bytes(pickle.dumps(batch))
+
+
+def params_text(text: str, append: bool = False) -> Callable[[Path], None]:
+    def setup(root: Path) -> None:
+        path = root / "params.yaml"
+        path.write_text((path.read_text() if append else "") + text)
+    return setup
+
+
+def aliases(levels: int = 9) -> list:
+    """Lists shared 10 ways at each level: yaml.safe_dump writes them as a few anchors and
+    aliases (a short file) that stand for 10**levels items."""
+    value: list = [1] * 10
+    for _ in range(levels):
+        value = [value] * 10
+    return value
+
+
 def data(source: str, split: str = "pooled") -> dict[str, Any]:
     return {"prepare.source": source, "prepare.path": RAW, "prepare.split": split,
             "prepare.image_size": 8, "prepare.channels": 1}
+
+
+IMPORT = {"teacher.mode": "import", "teacher.init": "models/hostile.pt"}
 
 
 @dataclass(frozen=True)
@@ -186,6 +250,56 @@ CASES = [
          r"\[teacher\] the training loss is not finite .* epoch \d+, batch \d+: training stopped "
          r"and nothing was written\. Most likely responsible: teacher\.train\.lr = 10",
          DIVERGING),
+    # round two (issue 25). Model files are checked before anything is built from them:
+    Case("hostile .pt: huge spec (evaluate)", "evaluate hostile models/hostile.pt",
+         r"models/hostile\.pt: weights do not match its spec \(cnn, widths \[4096, .*\]\): "
+         r"tensor '[\w.]+' is missing",
+         setup=lambda r: hostile_pt(r, "hostile.pt", huge_spec)),
+    Case("hostile .pt: huge spec (import)", "train_teacher",
+         r"models/hostile\.pt: weights do not match its spec", IMPORT,
+         setup=lambda r: hostile_pt(r, "hostile.pt", huge_spec)),
+    Case(".pt without meta", "evaluate nometa models/nometa.pt",
+         r"models/nometa\.pt: meta: expected a mapping, got missing",
+         setup=lambda r: hostile_pt(r, "nometa.pt", lambda p: p.pop("meta"))),
+    Case(".pt without num_classes (import)", "train_teacher",
+         r"teacher\.init = 'models/hostile\.pt': spec\.num_classes: expected an integer", IMPORT,
+         setup=lambda r: hostile_pt(r, "hostile.pt", lambda p: p["spec"].pop("num_classes"))),
+    Case(".pt whose state_dict is a list", "evaluate listed models/listed.pt",
+         r"models/listed\.pt: state_dict: expected a mapping, got list",
+         setup=lambda r: hostile_pt(r, "listed.pt", lambda p: p.update(
+             state_dict=list(p["state_dict"].values())))),
+    Case("imported model names the classes in another order", "train_teacher",
+         r"teacher\.init = 'models/hostile\.pt': class 8 is '9' in the model but '8' in the "
+         r"prepared data", IMPORT, setup=lambda r: hostile_pt(r, "hostile.pt", reordered_card)),
+    # labels outside the class range: the file, the value and its position
+    Case("IDX label 200", "prepare",
+         rf"{RAW}/train-labels-idx1-ubyte\.gz: label 200 at position 5 is outside the class "
+         r"range 0\.\.3", data("idx"), setup=lambda r: idx_labels(r, [0, 1, 2, 3, 0, 200])),
+    Case("IDX label -1", "prepare",
+         rf"{RAW}/train-labels-idx1-ubyte\.gz: label -1 at position 2 is outside the class "
+         r"range 0\.\.3", data("idx"), setup=lambda r: idx_labels(r, [0, 1, -1], code=0x09)),
+    Case("CIFAR label beyond the meta file's classes", "prepare",
+         r"data_batch_4: label 7 at position 1 is outside the class range 0\.\.2 \(.*batches\.meta "
+         r"names 3 classes", {**data("cifar"), "prepare.channels": 3}, setup=cifar_label),
+    # params.yaml as a whole
+    Case("misspelled section", "distill",
+         r"params\.yaml: unknown section\(s\) distil \(known sections: benchmark, distill, "
+         r"evaluate, prepare, prune, quantize, report, select, teacher\)",
+         setup=params_text("distil:\n  T: 2.0\n", append=True)),
+    Case("empty params.yaml", "train_teacher", r"params\.yaml: params file is empty; expected "
+         r"the sections benchmark, distill", setup=params_text("# all commented out\n")),
+    Case("missing params.yaml", "report", r"params\.yaml: params file not found",
+         setup=lambda r: (r / "params.yaml").unlink()),
+    Case("a megabyte value is echoed capped", "report",
+         r"^error: invalid params: report\.max_drop_points: .{20,400}$",
+         {"report.max_drop_points": "x" * 2**20}),
+    Case("an alias bomb is echoed capped", "report",
+         r"^error: invalid params: report\.max_drop_points: .{20,700}$",
+         {"report.max_drop_points": aliases()}),
+    # live progress: a failure after DVCLive started keeps the last good run's files
+    Case("teacher.init for another architecture (live kept)", "train_teacher",
+         r"teacher\.init = 'models/student\.pt': looks like weights for another architecture",
+         {"teacher.init": "models/student.pt"}),
 ]
 
 
@@ -269,3 +383,41 @@ def test_dvc_repro_fails_cleanly_and_recovers(project):
     assert "up to date" in dvc(project, "status", "--with-deps", "distill").stdout
     assert snapshot(project) == before
 
+
+
+def small_tmpfs(folder: Path) -> bool:
+    """Mount a tmpfs over ``folder`` holding exactly its files, full to the last page, so the
+    next byte written there fails with ENOSPC (a full disk without filling the real one).
+    False where mounting is not allowed (not root, no CAP_SYS_ADMIN)."""
+    files = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    pages = sum(-(-len(b) // 4096) for b in files.values())
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={pages * 4096}", "tmpfs",
+                              str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        return False
+    for rel, data in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(data)
+    return shutil.disk_usage(folder).free == 0
+
+
+def test_a_full_disk_is_one_line_and_keeps_every_artifact(project, runner):
+    """ENOSPC while evaluate writes its metrics (a tmpfs full to the last page over metrics/):
+    one line naming the folder and the bytes the outputs need; nothing replaced or left."""
+    folder = project / "metrics"
+    if not small_tmpfs(folder):
+        pytest.skip("cannot mount a tmpfs here (needs root); tests/test_artifacts.py covers the "
+                    "same path with a simulated ENOSPC")
+    try:
+        before = snapshot(project)
+        result = run_stage(runner, project, "evaluate teacher models/teacher.pt", {})
+        after = snapshot(project)
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert re.fullmatch(r"error: metrics/: no space left on the device while writing "
+                        r"eval_teacher\.json: the stage's outputs need about [1-9][\d,]* bytes "
+                        r"\(0 bytes free\); nothing was replaced, free some space and run the "
+                        r"stage again", lines[0]), lines[0]
+    assert after == before

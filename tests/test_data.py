@@ -302,3 +302,44 @@ def test_cifar_batch_of_the_wrong_structure_names_the_file(tmp_path, payload):
 def test_load_prepared_missing_says_run_prepare(tmp_path):
     with pytest.raises(ShrinkflowError, match="prepare"):
         load_prepared(tmp_path)
+
+
+# --- labels outside the class range -------------------------------------------------------------
+
+
+def write_idx_labels(path, labels, code=0x08, dtype=np.uint8):
+    """A 1-D IDX label file of any element type (write_idx writes uint8 only)."""
+    labels = np.asarray(labels, dtype=np.dtype(dtype).newbyteorder(">"))
+    path.write_bytes(struct.pack(">BBBBI", 0, 0, code, 1, len(labels)) + labels.tobytes())
+
+
+@pytest.mark.parametrize("labels, code, dtype, expect", [
+    ([0, 1, 2, 200, 1, 2], 0x08, np.uint8,
+     r"train-labels-idx1-ubyte: label 200 at position 3 is outside the class range 0\.\.2 "
+     r"\(the labels count 0\.\.2 without a gap; 1 label\(s\)"),
+    ([0, 1, -1, 0, 1, 2], 0x09, np.int8,
+     r"train-labels-idx1-ubyte: label -1 at position 2 is outside the class range 0\.\.2"),
+    ([1, 2, 3, 1, 2, 3], 0x08, np.uint8,  # with t10k's labels 1 and 2 below
+     r"labels-idx1-ubyte: label [12] at position 0: no image has label 0"),
+    ([0, 1, 2, 0, 1, 2], 0x0D, np.float32, r"train-labels-idx1-ubyte: labels must be integers"),
+])
+def test_idx_labels_outside_the_class_range_are_refused(tmp_path, labels, code, dtype, expect):
+    write_mnist_like(tmp_path)
+    write_idx_labels(tmp_path / "train-labels-idx1-ubyte", labels, code, dtype)
+    write_idx_labels(tmp_path / "t10k-labels-idx1-ubyte", [2, 2, 1, 1])
+    with pytest.raises(ShrinkflowError, match=expect):
+        load_idx_source(tmp_path)
+
+
+def test_cifar_labels_must_index_the_meta_files_class_names(tmp_path):
+    write_cifar10(tmp_path)
+    base = tmp_path / "cifar-10-batches-py"
+    batch = pickle.loads((base / "data_batch_3").read_bytes())
+    batch[b"labels"][2] = 7  # the meta file names 3 classes
+    (base / "data_batch_3").write_bytes(pickle.dumps(batch))
+    with pytest.raises(ShrinkflowError, match=r"data_batch_3: label 7 at position 2 is outside "
+                                              r"the class range 0\.\.2 \(.*batches\.meta names 3"):
+        load_cifar_source(tmp_path)
+    (base / "batches.meta").unlink()  # without names: labels must count from 0 without a gap
+    with pytest.raises(ShrinkflowError, match=r"data_batch_3: label 7 at position 2 .* 0\.\.2"):
+        load_cifar_source(tmp_path)

@@ -60,6 +60,41 @@ def test_missing_section_and_bad_yaml(tmp_path):
         load_section(SECTIONS["teacher"], bad)
 
 
+def test_known_sections_are_the_schema_modules():
+    """load.py lists the section modules instead of importing them (deps): the same names."""
+    from shrinkflow.params.load import known_sections
+
+    assert known_sections() == sorted(SECTIONS)
+
+
+def test_unknown_missing_or_empty_params_file_is_named(tmp_path):
+    path = write(tmp_path, {**SHIPPED, "distil": {"T": 2.0}})  # a misspelled section
+    with pytest.raises(ShrinkflowError, match=r"params\.yaml: unknown section\(s\) distil "
+                                              r"\(known sections: benchmark, distill, .*teacher\)"):
+        load_section(SECTIONS["distill"], path)
+    path.write_text("# nothing but a comment\n")
+    with pytest.raises(ShrinkflowError, match=r"params\.yaml: params file is empty; expected the "
+                                              r"sections benchmark, distill"):
+        load_section(SECTIONS["distill"], path)
+    path.unlink()
+    with pytest.raises(ShrinkflowError, match=r"params\.yaml: params file not found"):
+        load_section(SECTIONS["distill"], path)
+
+
+def test_an_echoed_value_is_capped():
+    """A value made of shared lists (what YAML aliases load as: 10 levels of 10 give 10**10 items
+    written out) is echoed in a few hundred characters, without ever being expanded."""
+    from shrinkflow.params.load import validate_section
+
+    value = [1] * 10
+    for _ in range(9):
+        value = [value] * 10
+    with pytest.raises(ShrinkflowError) as err:
+        validate_section("report", {**SHIPPED["report"], "max_drop_points": value},
+                         SECTIONS["report"])
+    assert "report.max_drop_points: " in str(err.value) and len(str(err.value)) < 700
+
+
 def test_range_checks(tmp_path):
     path = write(tmp_path, {"prepare": {"val_fraction": 0.5, "test_fraction": 0.5}})
     with pytest.raises(ShrinkflowError, match="val_fraction \\+ test_fraction"):

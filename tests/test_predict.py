@@ -267,6 +267,37 @@ def test_bad_model_file_is_one_line(deployed, tmp_path, capsys, name, expected):
     assert err.startswith(f"error: {model}: {expected}") and err.count("\n") == 1
 
 
+# Peak RSS allowed to predict on a hostile file: the process itself (torch and ONNX Runtime
+# imported) peaked at 0.68 GB here (/usr/bin/time -v, 1 run); the same 1.8 KB file made the
+# opener before this grow to 24 GB until the kernel killed it (issue 25).
+HOSTILE_RSS_BYTES = 2 * 2**30
+
+
+def test_hostile_pt_is_one_line_in_bounded_memory(deployed, tmp_path):
+    """A 1.8 KB .pt whose spec asks for 16 x 16 convs of 4096 channels (38 billion parameters)
+    and holds no tensors: one line naming the file, and the peak RSS of the process stays far
+    below what building the network would take (it is built on the meta device only)."""
+    _, card, *_, pngs, _ = deployed
+    channels = card["input"]["channels"]
+    spec = {"arch": "cnn", "widths": [4096] * 16, "depth": 16, "width_mult": 1.0,
+            "in_channels": channels, "num_classes": len(card["classes"]),
+            "mean": [0.5] * channels, "std": [0.25] * channels}
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"format": "shrinkflow-model/1", "spec": spec, "state_dict": {},
+                "meta": {"card": card}}, hostile)
+    with open(tmp_path / "err", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "shrinkflow.cli.predict", str(hostile),
+                                 str(pngs[0])], env=env_with(), stdout=subprocess.DEVNULL,
+                                stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    lines = (tmp_path / "err").read_text().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {hostile}: weights do not match its spec (cnn, widths "
+                               "[4096, ")
+    assert usage.ru_maxrss * 1024 < HOSTILE_RSS_BYTES  # ru_maxrss is in KiB on Linux
+
+
 def test_card_of_another_model_is_refused(deployed, tmp_path, capsys):
     _, card, _, _, plain_onnx, pngs, _ = deployed
     wrong = tmp_path / "wrong.onnx"

@@ -33,3 +33,14 @@ def test_stage_imports_no_torch(script):
                             capture_output=True, text=True, cwd=ROOT)
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.split() == [], f"{script} imports {loaded.stdout.strip()}"
+
+
+@pytest.mark.parametrize("module", ["shrinkflow.cli.predict", "shrinkflow.model_files.open"])
+def test_the_one_opener_and_predict_import_no_torch(module):
+    """open_model is the one opener of model files, predict's too: its ONNX path must not need
+    torch (tests/test_predict.py also runs predict with torch failing to import)."""
+    loaded = subprocess.run([sys.executable, "-c", f"import sys, {module}; "
+                             "print(' '.join(m for m in ('torch', 'onnx') if m in sys.modules))"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.split() == [], f"{module} imports {loaded.stdout.strip()}"

@@ -263,3 +263,16 @@ def test_stage_imports_a_model(tmp_path, tiny_data):
     assert metrics["teacher_train_seconds"] == 0
     header = (tmp_path / "metrics" / "history_teacher.csv").read_text().splitlines()
     assert header == ["epoch,train_loss,train_acc,val_loss,val_acc,lr"]
+
+
+def test_import_checks_the_models_class_names_against_the_data():
+    from shrinkflow.model_files.user_weights import check_class_names
+
+    with pytest.raises(ShrinkflowError, match=r"^teacher\.init = 'm\.pt': class 1 is 'b' in the "
+                                              r"model but 'c' in the prepared data"):
+        check_class_names({"card": {"classes": ["a", "b", "c"]}}, {"classes": ["a", "c", "b"]},
+                          "m.pt")
+    with pytest.raises(ShrinkflowError, match=r"names 2 classes but the prepared data has 3"):
+        check_class_names({"card": {"classes": ["a", "b"]}}, {"classes": ["a", "b", "c"]},
+                          "m.pt")
+    check_class_names({"role": "teacher"}, {"classes": ["a"]}, "m.pt")  # no names: nothing to check

@@ -12,7 +12,9 @@ and probability), for scripts.
 
 With an ONNX model this needs only onnxruntime, numpy and Pillow: no torch, no DVC (the card is
 read through ONNX Runtime's metadata; tests/test_predict.py runs it with ``import torch``
-failing). A ``.pt`` model needs torch (``shrinkflow.model_files.open``).
+failing). A ``.pt`` model needs torch. Both open through ``shrinkflow.model_files.open``, the one
+opener, which checks a ``.pt`` file against its tensors before building anything: a hostile file
+whose spec asks for a huge network is one line, not gigabytes (docs/bad-input.md).
 
 Preprocessing, as the card says and as ``prepare`` did to image files: PIL ``convert`` to the
 model's mode (``L`` for a 1-channel model, ``RGB`` for 3), a bilinear resize to the model's
@@ -37,17 +39,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from PIL import Image, UnidentifiedImageError
 
 from shrinkflow.core.errors import ShrinkflowError, run_stage
 from shrinkflow.model_files.card import card_from_onnx_metadata, card_from_pt_meta
+from shrinkflow.model_files.open import Model, Runtime, open_model
 
 # 8-bit modes PIL converts to L or RGB as prepare did; anything else is refused (module docstring)
 CONVERTIBLE_MODES = {"1", "L", "P", "LA", "PA", "La", "RGB", "RGBA", "RGBa", "RGBX"}
@@ -56,77 +58,36 @@ BATCH_SIZE = 64  # images per model call: bounds memory on large folders
 
 @dataclass
 class Deployed:
-    """A model file opened for prediction: its card, and a call from a float32 NCHW batch in
-    [0, 1] (normalised when the card says so) to float32 logits."""
+    """A model file opened by the one opener (``open_model``), with its card."""
 
-    path: Path
+    model: Model
     card: dict[str, Any]
-    run: Callable[[np.ndarray], np.ndarray]
-    input_shape: tuple[int | None, ...]  # (C, H, W) the model file declares; None = any
-    num_classes: int | None
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.model.run_numpy(x)
 
 
 def open_deployed(path: str | Path) -> Deployed:
-    """Open ``path`` (.onnx or .pt) and its card; one line naming the file when either is bad."""
-    path = Path(path)
-    if path.suffix not in (".onnx", ".pt"):
-        raise ShrinkflowError(f"{path}: unknown model file type {path.suffix!r} (expected .onnx "
-                              "or .pt)")
-    if not path.is_file():
-        raise ShrinkflowError(f"{path}: model file not found")
-    model = _open_onnx(path) if path.suffix == ".onnx" else _open_pt(path)
-    _check_model_fits_card(model)
-    return model
+    """Open ``path`` (.onnx or .pt) and its card; one line naming the file when either is bad.
 
-
-def _open_onnx(path: Path) -> Deployed:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # ORT's warnings about unused initializers are noise here
-    try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own types (InvalidProtobuf, Fail, InvalidGraph...)
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise ShrinkflowError(f"{path}: not a loadable ONNX model ({reason})") from None
-    card = card_from_onnx_metadata(session.get_modelmeta().custom_metadata_map, path)
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    if len(inputs) != 1 or inputs[0].type != "tensor(float)" or len(inputs[0].shape) != 4:
-        found = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs)
-        raise ShrinkflowError(f"{path}: expected one float32 NCHW image input, found {found}")
-    shape = tuple(d if isinstance(d, int) else None for d in inputs[0].shape[1:])
-    head = outputs[0].shape[-1] if outputs[0].shape else None
-    input_name, output_name = inputs[0].name, outputs[0].name
-
-    def run(x: np.ndarray) -> np.ndarray:
-        return session.run([output_name], {input_name: x})[0]
-
-    return Deployed(path, card, run, shape, head if isinstance(head, int) else None)
-
-
-def _open_pt(path: Path) -> Deployed:
-    # torch is imported here and not at the top: the ONNX path must run with onnxruntime, numpy
-    # and Pillow alone (tests/test_predict.py proves it with `import torch` failing).
-    import torch
-
-    from shrinkflow.model_files.open import open_model
-
+    ``check_card`` bounds the card's image sides (``card.MAX_SIDE``): every image is resized to
+    them, so a hostile card cannot make each image gigabytes."""
     model = open_model(path)
-    card = card_from_pt_meta(model.meta, path)
-
-    def run(x: np.ndarray) -> np.ndarray:
-        return model.predict(torch.from_numpy(x), BATCH_SIZE).numpy()
-
-    return Deployed(path, card, run, model.input_shape, model.num_classes)
+    card = (card_from_onnx_metadata(model.meta, model.path)
+            if model.runtime is Runtime.ONNXRUNTIME else card_from_pt_meta(model.meta, model.path))
+    _check_model_fits_card(model, card)
+    return Deployed(model, card)
 
 
-def _check_model_fits_card(model: Deployed) -> None:
+def _check_model_fits_card(model: Model, card: dict[str, Any]) -> None:
     """A card copied onto another model would mislabel every prediction: check it fits."""
-    s = model.card["input"]
+    s = card["input"]
     want = (s["channels"], s["height"], s["width"])
     if any(h is not None and h != w for h, w in zip(model.input_shape, want, strict=True)):
         shown = "x".join("?" if d is None else str(d) for d in model.input_shape)
         raise ShrinkflowError(f"{model.path}: the model takes {shown} images but its card says "
                               f"{'x'.join(map(str, want))}: the card is not this model's")
-    classes = len(model.card["classes"])
+    classes = len(card["classes"])
     if model.num_classes is not None and model.num_classes != classes:
         raise ShrinkflowError(f"{model.path}: the model predicts {model.num_classes} classes but "
                               f"its card names {classes}: the card is not this model's")

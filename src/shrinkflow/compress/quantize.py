@@ -50,14 +50,9 @@ from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.core.outputs import atomic_path
 from shrinkflow.measure.metrics import accuracy, logit_parity
 from shrinkflow.model_files.export_onnx import copy_metadata, export_onnx
-from shrinkflow.model_files.open import (
-    META_QUANTIZATION,
-    TORCH_INT8_KIND,
-    fx_convert,
-    fx_prepare,
-    ort_session,
-)
+from shrinkflow.model_files.open import META_QUANTIZATION, ort_session
 from shrinkflow.model_files.pt import save_model
+from shrinkflow.model_files.torch_int8 import TORCH_INT8_KIND, fx_convert, fx_prepare
 from shrinkflow.nets.zoo import count_macs, count_params
 from shrinkflow.params.common import TrainConfig
 from shrinkflow.training.loop import LossFn, Split, fit

@@ -18,7 +18,9 @@ importing torch (measured: 1.8-2.3 s of their 3.5-4 s).
 
 from __future__ import annotations
 
+import atexit
 import csv
+import errno
 import json
 import os
 import re
@@ -108,6 +110,21 @@ def recover_folder(folder: str | Path) -> None:
             _remove(entry)
 
 
+# Write failures that are the user's to fix (a full disk or quota, a read-only or forbidden
+# folder), reported in one line; any other OSError is a bug and keeps its traceback.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _size(path: Path) -> int:
+    """Bytes of a file or of every file under a directory; 0 for what is not there."""
+    try:
+        if path.is_dir():
+            return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def _unwritable(folder: Path, exc: OSError) -> ShrinkflowError:
     return ShrinkflowError(
         f"{folder}/: output folder cannot be written ({exc.strerror or exc}); nothing was replaced"
@@ -147,11 +164,77 @@ def check_outputs(*targets: str | Path) -> None:
         probe.unlink()
 
 
+# --- directories a stage rewrites while it runs ------------------------------------------------
+
+# target -> (its previous content, moved aside; the journal that moves it back after a kill)
+_SET_ASIDE: dict[Path, tuple[Path, Path]] = {}
+
+
+def set_aside(target: str | Path) -> None:
+    """Move directory ``target`` aside before the stage rewrites it in place while it runs
+    (DVCLive's live progress, which ``dvc exp show`` reads there during the run), so the
+    previous run's files come back unless the stage commits (``Outputs.adopt``).
+
+    The way back is journaled like a commit: a kill is undone by the next stage that writes into
+    that folder (``recover_folder``); a failure in this process is undone by ``commit_outputs``
+    failing, by ``restore_set_aside`` (live progress calls it when training raises) or at exit.
+    """
+    target = Path(target).absolute()  # the process may chdir before it restores at exit
+    if target in _SET_ASIDE:
+        return
+    _ready_folder(target, is_dir=True)  # also puts back what a killed run set aside
+    backup, old = _temp_beside(target), _temp_beside(target)
+    journal = target.parent / f".shrinkflow-commit.{os.getpid()}-{secrets.token_hex(4)}.json"
+    scratch = _temp_beside(journal)
+    try:
+        scratch.write_text(json.dumps({"renames": [(backup.name, target.name, old.name)],
+                                       "journals": [journal.name]}))
+        os.replace(scratch, journal)
+        if target.exists():
+            os.replace(target, backup)
+    except OSError as exc:
+        scratch.unlink(missing_ok=True)
+        journal.unlink(missing_ok=True)
+        raise _unwritable(target.parent, exc) from None
+    if not _SET_ASIDE:
+        atexit.register(restore_set_aside)
+    _SET_ASIDE[target] = (backup, journal)
+
+
+def restore_set_aside(target: str | Path | None = None) -> None:
+    """Put back what ``set_aside`` moved (``target``, or every directory still aside): the
+    stage did not succeed, so its half-written replacement goes."""
+    for t in [Path(target).absolute()] if target is not None else list(_SET_ASIDE):
+        if t not in _SET_ASIDE:
+            continue
+        backup, journal = _SET_ASIDE.pop(t)
+        _remove(t)
+        if backup.exists():
+            os.replace(backup, t)
+        journal.unlink(missing_ok=True)
+
+
+def _drop_set_aside(target: Path) -> None:
+    """The stage committed: the previous run's files set aside are no longer needed."""
+    backup, journal = _SET_ASIDE.pop(target)
+    journal.unlink(missing_ok=True)
+    _remove(backup)
+
+
 class Outputs:
     """The outputs of one stage, staged as temporaries; see ``commit_outputs``."""
 
     def __init__(self) -> None:
         self.staged: dict[Path, tuple[Path, bool]] = {}  # target -> (temporary, is a directory)
+        self.adopted: list[Path] = []  # directories set aside, kept only if this commit succeeds
+
+    def adopt(self, target: str | Path) -> None:
+        """Make a directory the stage rewrote in place (``set_aside``) part of this commit: its
+        new content stays if the commit succeeds, the previous one comes back if it fails. A
+        directory that was not set aside (e.g. an imported teacher logs no progress) is left
+        as it is."""
+        if Path(target).absolute() in _SET_ASIDE:
+            self.adopted.append(Path(target).absolute())
 
     def _stage(self, target: str | Path, is_dir: bool) -> Path:
         target = Path(target)
@@ -196,6 +279,9 @@ class Outputs:
     def commit(self) -> None:
         """Journal the renames in every folder involved, rename, drop the journals."""
         if not self.staged:
+            for target in self.adopted:
+                _drop_set_aside(target)
+            self.adopted.clear()
             return
         renames = [(tmp, target, _temp_beside(target) if is_dir else None)
                    for target, (tmp, is_dir) in self.staged.items()]
@@ -223,11 +309,40 @@ class Outputs:
         for journal in journals:
             journal.unlink()
         self.staged.clear()
+        for target in self.adopted:
+            _drop_set_aside(target)
+        self.adopted.clear()
+
+    def write_error(self, exc: OSError) -> ShrinkflowError:
+        """One line for a write that failed (``WRITE_ERRNOS``), before the temporaries go: the
+        folder, and for a full disk the bytes needed (about the previous outputs' size, or more
+        when more was already written) and free."""
+        tmps = {tmp: target for target, (tmp, _) in self.staged.items()}
+        failed = Path(exc.filename) if exc.filename else None
+        target = tmps.get(failed) if failed is not None else None
+        if target is None:  # torch.save and friends write through a handle: no file name
+            target = next(reversed(self.staged)) if self.staged else failed or Path(".")
+        folder = target.parent
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return _unwritable(folder, exc)
+        written = sum(_size(tmp) for tmp in tmps)
+        previous = sum(_size(t) for t in self.staged)
+        try:
+            free = f"{shutil.disk_usage(folder).free:,} bytes free"
+        except OSError:
+            free = "free space unknown"
+        return ShrinkflowError(
+            f"{folder}/: no space left on the device while writing {target.name}: the stage's "
+            f"outputs need about {max(written, previous):,} bytes ({free}); nothing was "
+            "replaced, free some space and run the stage again")
 
     def discard(self) -> None:
         for tmp, _ in self.staged.values():
             _remove(tmp)
         self.staged.clear()
+        for target in self.adopted:  # the commit failed: the previous run's files come back
+            restore_set_aside(target)
+        self.adopted.clear()
 
 
 @contextmanager
@@ -240,12 +355,17 @@ def commit_outputs() -> Iterator[Outputs]:
             out.json(METRICS_OUT, metrics)
 
     If the block raises (or a folder cannot be written, which is one ShrinkflowError line naming
-    it), no output is replaced and the temporaries are removed.
+    it), no output is replaced and the temporaries are removed. A disk that fills up while the
+    outputs are written is one line too (``write_error``: the folder, the bytes needed and free).
     """
     out = Outputs()
     try:
         yield out
         out.commit()
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        raise out.write_error(exc) from None
     finally:
         out.discard()
 

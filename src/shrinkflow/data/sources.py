@@ -191,6 +191,9 @@ def _idx_part(name: str, image_file: Path, label_file: Path) -> tuple[SourcePart
     labels = read_idx(label_file)
     if labels.ndim != 1:
         raise ShrinkflowError(f"{label_file}: expected a 1-D label file, got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ShrinkflowError(f"{label_file}: labels must be integers, the file holds "
+                              f"{labels.dtype} values")
     try:
         with _open_idx(image_file) as fh:
             _, dims = _idx_header(fh, image_file)
@@ -217,7 +220,7 @@ def load_idx_source(root: Path) -> Source:
             f"prepare.path = {str(root)!r}: no '*images-idx3-ubyte[.gz]' file found "
             "(expected MNIST-format IDX files, e.g. train-images-idx3-ubyte.gz)"
         )
-    parts, shapes, used = [], set(), []
+    parts, shapes, used, labelled = [], set(), [], []
     for img_file in image_files:
         prefix = img_file.name.split("images-idx3-ubyte")[0]
         partners = sorted(root.glob(f"{prefix}labels-idx1-ubyte*"))
@@ -225,6 +228,7 @@ def load_idx_source(root: Path) -> Source:
             raise ShrinkflowError(f"{img_file}: no matching '{prefix}labels-idx1-ubyte' file")
         name = "test" if prefix.rstrip("-_").lower() in ("t10k", "test") else "train"
         part, shape = _idx_part(name, img_file, partners[0])
+        labelled.append((partners[0], part.labels))
         parts.append(part)
         shapes.add(shape)
         used += [img_file, partners[0]]
@@ -232,7 +236,7 @@ def load_idx_source(root: Path) -> Source:
         raise ShrinkflowError(f"prepare.path = {str(root)!r}: IDX files of different image "
                               f"sizes {sorted(shapes)}")
     parts.sort(key=lambda p: p.name != "train")  # train first, then test
-    n_classes = int(max(p.labels.max() for p in parts)) + 1
+    n_classes = check_labels(labelled)
     return Source(parts, [str(c) for c in range(n_classes)], shapes.pop(), _sha256_files(used),
                   [str(f) for f in used])
 
@@ -382,31 +386,72 @@ def _find_cifar(root: Path) -> tuple[Path, tuple]:
     )
 
 
-def _cifar_part(name: str, files: list[Path], label_key: bytes) -> SourcePart:
-    # Labels sit in the same pickle as the images: read each batch once for its labels now and
-    # again while streaming, so at most one batch (30 MB for CIFAR-10) is in memory at a time.
-    labels = np.concatenate([_read_cifar_batch(f, label_key)[1] for f in files])
-    chunks = lambda: (_read_cifar_batch(f, label_key)[0] for f in files)  # noqa: E731
+def _cifar_part(name: str, labelled: list[tuple[Path, np.ndarray]],
+                label_key: bytes) -> SourcePart:
+    # Labels sit in the same pickle as the images: each batch was read once for its labels and
+    # is read again while streaming, so at most one batch (30 MB for CIFAR-10) is in memory.
+    labels = np.concatenate([labels for _, labels in labelled])
+    chunks = lambda: (_read_cifar_batch(f, label_key)[0] for f, _ in labelled)  # noqa: E731
     return SourcePart(name, labels, chunks)
 
 
 def load_cifar_source(root: Path) -> Source:
-    """CIFAR-10 or CIFAR-100 in torchvision's on-disk python format (never downloaded)."""
+    """CIFAR-10 or CIFAR-100 in torchvision's on-disk python format (never downloaded).
+
+    With the meta file, its class names are the classes and every label must index them;
+    without it, labels must count from 0 without gaps (``check_labels``)."""
     base, (train, test, label_key, meta_name, names_key) = _find_cifar(root)
-    parts = [_cifar_part("train", [base / b for b in train], label_key),
-             _cifar_part("test", [base / b for b in test], label_key)]
-    n_classes = int(max(p.labels.max() for p in parts)) + 1
+    labelled = {f: _read_cifar_batch(base / f, label_key)[1] for f in train + test}
     meta_path = base / meta_name
-    classes = [str(c) for c in range(n_classes)]
+    classes = None
     if meta_path.is_file():
         meta = _read_cifar_pickle(meta_path)
         names = meta.get(names_key) if isinstance(meta, dict) else None
-        if not isinstance(names, list) or len(names) < n_classes:
+        if not isinstance(names, list) or not names:
             raise ShrinkflowError(f"{meta_path}: expected a dict with {names_key!r}, a list of "
-                                  f"at least {n_classes} class names")
+                                  "class names")
         classes = [c.decode() if isinstance(c, bytes) else str(c) for c in names]
+    n_classes = check_labels([(base / f, labels) for f, labels in labelled.items()],
+                             None if classes is None else len(classes),
+                             None if classes is None else meta_path)
+    classes = classes or [str(c) for c in range(n_classes)]
+    parts = [_cifar_part(name, [(base / f, labelled[f]) for f in names], label_key)
+             for name, names in (("train", train), ("test", test))]
     files = [base / b for b in train + test]
     return Source(parts, classes, (3, 32, 32), _sha256_files(files))
+
+
+# --- labels ----------------------------------------------------------------------------------
+
+
+def check_labels(labelled: list[tuple[Path, np.ndarray]], num_classes: int | None = None,
+                 names_from: Path | None = None) -> int:
+    """The class count, once every label of every file is in ``0 .. count-1``; else one line
+    naming the file, the first bad label and its position in that file.
+
+    ``num_classes`` comes from the source's class names when it has them (CIFAR's meta file,
+    ``names_from``). Otherwise (IDX) the count is what the labels imply: they must count from 0
+    without a gap, since a class with no image would be a class the model predicts but never
+    saw (one stray label of 200 among 0..9 made a 201-class model; a negative one crashed).
+    """
+    if num_classes is None:
+        present = np.unique(np.concatenate([labels for _, labels in labelled]))
+        gaps = np.flatnonzero(present[present >= 0] != np.arange((present >= 0).sum()))
+        num_classes = int(gaps[0]) if gaps.size else int((present >= 0).sum())
+        why = f"the labels count 0..{num_classes - 1} without a gap"
+    else:
+        why = f"{names_from} names {num_classes} classes"
+    for path, labels in labelled:
+        bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+        if bad.size:
+            i = int(bad[0])
+            if not num_classes:
+                raise ShrinkflowError(f"{path}: label {int(labels[i])} at position {i}: no image "
+                                      "has label 0, and labels must count from 0")
+            raise ShrinkflowError(f"{path}: label {int(labels[i])} at position {i} is outside "
+                                  f"the class range 0..{num_classes - 1} ({why}; {bad.size} "
+                                  "label(s) of this file are outside)")
+    return num_classes
 
 
 # --- choosing a source ---------------------------------------------------------------------

@@ -90,7 +90,7 @@ class LoadedModel:
             )
         self.model = open_model(job.path, job.input_shape, threads=self.threads,
                                 device=job.device)
-        on_cuda = self.model.device.type == "cuda"
+        on_cuda = self.model.device_type == "cuda"
         self._sync = torch.cuda.synchronize if on_cuda else None
         self._inputs: dict[int, Any] = {}
         self.rss_mb: dict[int, float] = {}
@@ -116,7 +116,7 @@ class LoadedModel:
     def describe(self) -> dict[str, Any]:
         """What a result row needs besides the timings, in JSON-able form."""
         m = self.model
-        return {"runtime": m.runtime.value, "precision": m.precision, "device": m.device.type,
+        return {"runtime": m.runtime.value, "precision": m.precision, "device": m.device_type,
                 "threads": self.threads, "params": m.params, "macs": m.macs,
                 "file_bytes": m.file_bytes, "rss_method": self.rss_method,
                 "rss_mb": {str(b): mb for b, mb in self.rss_mb.items()},

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.model_files.limits import MAX_SIDE
 
 CARD_FORMAT = "shrinkflow-card/1"
 CARD_KEY = "shrinkflow.card"  # the ONNX metadata_props entry
@@ -133,6 +134,9 @@ def check_card(card: Any, source: str | Path) -> dict[str, Any]:
     if not isinstance(shape, dict) or not all(_positive_int(shape.get(k))
                                               for k in ("channels", "height", "width")):
         raise _bad(source, "'input': expected positive integers channels, height, width")
+    if max(shape["height"], shape["width"]) > MAX_SIDE:
+        raise _bad(source, f"'input': {shape['height']}x{shape['width']} images; at most "
+                           f"{MAX_SIDE} pixels a side")
     pre = card.get("preprocessing")
     if not isinstance(pre, dict):
         raise _bad(source, "has no 'preprocessing' object")

@@ -5,7 +5,7 @@ it is, and runs batches of images:
 
 * ``.pt`` fp32 (``checkpoints.save_model``) -> PyTorch eager, runtime ``torch``;
 * ``.pt`` int8 (``quantize.save_torch_int8``) -> a torch.ao FX int8 module, runtime
-  ``torch_int8``, rebuilt from plain tensors (see ``fx_prepare`` / ``fx_convert`` below);
+  ``torch_int8``, rebuilt from plain tensors (``model_files.torch_int8``);
 * ``.onnx`` -> an ONNX Runtime CPU session, runtime ``onnxruntime`` (fp32 or int8).
 
 Input: a torch batch (N, C, H, W) of uint8 images (0..255) or of floats already in [0, 1].
@@ -25,30 +25,31 @@ the MACs and params of the fp32 model they were made from (``.pt`` int8 in ``met
 A damaged or mismatched file is a ``ShrinkflowError`` of one line naming the file; ``input_shape``
 and ``num_classes``, when given, are checked against the model before any use.
 
-This module imports onnxruntime (0.07 s after torch, measured) but not the ``onnx`` package
-(~1 s): ONNX metadata is read through the ORT session.
+This is the one opener of model files: stages, the benchmark and ``shrinkflow.cli.predict``
+all go through ``open_model``. It imports onnxruntime but neither torch nor the ``onnx`` package
+(~1 s): ONNX metadata is read through the ORT session, and torch is imported only when a ``.pt``
+file is opened or a torch batch is run, so ``predict`` on an ONNX model starts without torch
+(tests/test_predict.py runs it with ``import torch`` failing). A ``.pt`` file is checked field
+by field and against its tensors before anything is built from it (``model_files.pt``).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
-import torch
-from torch import nn
-from torch.ao.quantization import get_default_qconfig_mapping
-from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from shrinkflow.core.errors import ShrinkflowError
-from shrinkflow.model_files.pt import load_checkpoint, model_from_checkpoint
-from shrinkflow.nets.zoo import build_model, count_macs, count_params, resize_to_state_dict
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 class Runtime(str, Enum):
@@ -70,12 +71,6 @@ META_PARAMS = "shrinkflow.params"
 META_CLASSES = "shrinkflow.num_classes"
 META_QUANTIZATION = "shrinkflow.quantization"  # set on int8 files by ``quantize``
 
-# PyTorch int8 files: ``meta["quantized"]`` names the recipe, so a file made by another recipe is
-# refused rather than rebuilt wrongly. Producing (``quantize``) and opening (here) share
-# ``fx_prepare`` / ``fx_convert``, because the int8 module is rebuilt by re-running them.
-TORCH_INT8_KIND = "torch.ao-fx-x86/1"
-TORCH_BACKEND = "x86"
-
 
 @dataclass
 class Model:
@@ -89,22 +84,39 @@ class Model:
     file_bytes: int
     input_shape: tuple[int | None, ...]  # (C, H, W); None where the model accepts any size
     num_classes: int | None
-    device: torch.device
+    device: Any  # torch.device for the torch runtimes; "cpu" for ORT
     meta: dict[str, Any] = field(repr=False)  # .pt: its meta (role, provenance); ONNX: metadata
     # native batch (from ``prepare``) -> native logits; call it under torch.inference_mode()
     run: Callable[[Any], Any] = field(repr=False)
     module: nn.Module | None = field(default=None, repr=False)  # torch runtimes only
     spec: dict[str, Any] | None = None  # the architecture spec of a .pt file
 
+    @property
+    def device_type(self) -> str:
+        """"cpu" or "cuda", whatever the runtime (ORT models hold no torch.device)."""
+        return str(self.device).split(":")[0]
+
+    def run_numpy(self, x: np.ndarray) -> np.ndarray:
+        """float32 logits of a float32 NCHW numpy batch already scaled as the model expects
+        (what ``shrinkflow.cli.predict`` feeds); torch is imported only for torch runtimes."""
+        if self.runtime is Runtime.ONNXRUNTIME:
+            return self.run(x)
+        import torch
+
+        with torch.inference_mode():
+            return self.run(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
+
     def prepare(self, x: torch.Tensor) -> Any:
         """A batch as this runtime takes it: [0, 1] float32 on the device, numpy for ORT."""
-        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+        x = x.float().div_(255) if str(x.dtype) == "torch.uint8" else x.float()
         if self.runtime is Runtime.ONNXRUNTIME:
             return np.ascontiguousarray(x.cpu().numpy())
         return x.to(self.device)
 
     def predict(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """float32 CPU logits of ``x`` (uint8 or [0, 1] float images), ``batch_size`` at a time."""
+        import torch
+
         out = []
         with torch.inference_mode():
             for start in range(0, len(x), batch_size):
@@ -137,7 +149,7 @@ def open_model(
     if path.suffix == ".onnx":
         model = _open_onnx(path, threads)
     elif path.suffix == ".pt":
-        model = _open_pt(path, torch.device(device), input_shape)
+        model = _open_pt(path, device, input_shape)
     else:
         raise ShrinkflowError(f"{path}: unknown model file type {path.suffix!r} "
                               "(expected .pt or .onnx)")
@@ -170,7 +182,14 @@ def check_fits(
 # --- PyTorch (fp32 and int8) -------------------------------------------------------------------
 
 
-def _open_pt(path: Path, device: torch.device, input_shape: Sequence[int] | None) -> Model:
+def _open_pt(path: Path, device: str, input_shape: Sequence[int] | None) -> Model:
+    # torch only here: the ONNX path must run without it (module docstring)
+    import torch
+
+    from shrinkflow.model_files.pt import load_checkpoint, model_from_checkpoint
+    from shrinkflow.model_files.torch_int8 import torch_int8_from_checkpoint
+    from shrinkflow.nets.zoo import count_macs, count_params
+
     with warnings.catch_warnings():
         # torch's own unpickling of quantized tensors warns about its deprecated internals
         warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
@@ -179,11 +198,12 @@ def _open_pt(path: Path, device: torch.device, input_shape: Sequence[int] | None
         meta, spec = payload["meta"], payload["spec"]
         module = torch_int8_from_checkpoint(payload, path) if meta.get("quantized") else None
     if module is not None:
-        runtime, precision, device = Runtime.TORCH_INT8, "int8", torch.device("cpu")
+        runtime, precision, where = Runtime.TORCH_INT8, "int8", torch.device("cpu")
         params, macs = meta.get("params"), meta.get("macs")
         shape: tuple[int | None, ...] = tuple(meta["input_shape"])
     else:
-        module = model_from_checkpoint(payload, path).to(device)
+        where = torch.device(device)
+        module = model_from_checkpoint(payload, path).to(where)
         runtime, precision = Runtime.TORCH, "fp32"
         params = count_params(module)
         shape = (spec["in_channels"], None, None)  # global pooling: any image size works
@@ -191,67 +211,7 @@ def _open_pt(path: Path, device: torch.device, input_shape: Sequence[int] | None
         if input_shape is not None and int(input_shape[0]) == spec["in_channels"]:
             macs = count_macs(module, tuple(int(s) for s in input_shape))
     return Model(path, runtime, precision, params, macs, path.stat().st_size, shape,
-                 spec.get("num_classes"), device, meta, run=module, module=module, spec=spec)
-
-
-def fx_prepare(model: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
-    """Fuse conv-BN-ReLU and insert observers (x86 qconfig); deterministic given the model.
-
-    FX's tracer records a Python stack trace for every graph node, for error messages only; with
-    that off (``torch.fx.config.do_not_emit_stack_traces``) the tiny test project's quantize
-    stage took 4.5 instead of 7.0 s of CPU and evaluate@quantized_torch 3.0 instead of 5.0 s
-    (symbolizing the traces and importing the modules that filter them); the int8 files are
-    byte-identical."""
-    torch.backends.quantized.engine = TORCH_BACKEND
-    example = (torch.zeros(1, *input_shape),)
-    saved = torch.fx.config.do_not_emit_stack_traces
-    torch.fx.config.do_not_emit_stack_traces = True
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # deprecation notices of torch.ao.quantization
-            return prepare_fx(model.eval(), get_default_qconfig_mapping(TORCH_BACKEND), example)
-    finally:
-        torch.fx.config.do_not_emit_stack_traces = saved
-
-
-def fx_convert(prepared: nn.Module) -> nn.Module:
-    """Observed model -> int8 module (CPU only)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # also "must run observer before calling calculate_qparams"
-        return convert_fx(prepared).eval()
-
-
-# Non-tensor entries of a quantized state_dict: packed linear params record their dtype, which
-# checkpoints.save_model stores as its name.
-_DTYPES = {str(d): d for d in (torch.qint8, torch.quint8, torch.float16, torch.float32)}
-
-
-def torch_int8_from_checkpoint(payload: dict[str, Any], path: str | Path) -> nn.Module:
-    """Rebuild a ``save_torch_int8`` file already read: the fp32 architecture at its stored
-    (pruned) shapes -> the same FX prepare/convert (no calibration needed for the structure) ->
-    load the int8 tensors, with the per-module format versions quantized modules need."""
-    meta = payload["meta"]
-    if meta.get("quantized") != TORCH_INT8_KIND:
-        raise ShrinkflowError(
-            f"{path}: int8 recipe {meta.get('quantized')!r} is not the one this version "
-            f"rebuilds ({TORCH_INT8_KIND!r}); rerun the quantize stage"
-        )
-    try:
-        model = build_model(payload["spec"])
-        resize_to_state_dict(model, {k: torch.empty(s) for k, s in meta["fp32_shapes"].items()})
-        quantized = fx_convert(fx_prepare(model, tuple(meta["input_shape"])))
-        state = OrderedDict(
-            (k, _DTYPES.get(v, v) if isinstance(v, str) else v)
-            for k, v in payload["state_dict"].items()
-        )
-        state._metadata = OrderedDict(meta["state_versions"])  # type: ignore[attr-defined]
-        quantized.load_state_dict(state)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ShrinkflowError(
-            f"{path}: int8 model cannot be rebuilt from its spec and tensors ({first})"
-        ) from exc
-    return quantized.eval()
+                 spec.get("num_classes"), where, meta, run=module, module=module, spec=spec)
 
 
 # --- ONNX Runtime ------------------------------------------------------------------------------
@@ -302,4 +262,4 @@ def _open_onnx(path: Path, threads: int) -> Model:
     precision = "int8" if META_QUANTIZATION in meta else "fp32"
     return Model(path, Runtime.ONNXRUNTIME, precision, _int_or_none(meta.get(META_PARAMS)),
                  _int_or_none(meta.get(META_MACS)), path.stat().st_size, shape, classes,
-                 torch.device("cpu"), meta, run=run)
+                 "cpu", meta, run=run)

@@ -9,15 +9,18 @@ all. Kept apart from ``artifacts`` so that stages which write no model do not im
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.core.errors import ShrinkflowError, clip, echo
 from shrinkflow.core.outputs import commit_outputs
-from shrinkflow.nets.zoo import build_model, resize_to_state_dict
+from shrinkflow.model_files.limits import MAX_CHANNELS, MAX_CLASSES, MAX_SIDE
+from shrinkflow.nets.zoo import ARCHS, Resize, build_model, resize_to_state_dict
 
 MODEL_FORMAT = "shrinkflow-model/1"
 
@@ -63,21 +66,38 @@ def save_model(path: str | Path, model: nn.Module, spec: dict[str, Any], **meta:
         write_model_file(out.file(path), model, spec, **meta)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a model file safely (``weights_only=True``) and check it is one of ours."""
-    path = Path(path)
-    if not path.is_file():
-        raise ShrinkflowError(f"{path}: model file not found (has the stage that writes it run?)")
+def torch_load(path: str | Path, name: str | None = None) -> Any:
+    """The one ``torch.load`` of the project: ``weights_only=True`` (nothing in the file can run
+    code), on the CPU; a file that cannot be read is one line starting with ``name`` (default: the
+    path) instead of torch's paragraphs of advice."""
+    name = str(path) if name is None else name
+    if not Path(path).is_file():
+        raise ShrinkflowError(f"{name}: model file not found (has the stage that writes it run?)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        reason = " ".join(str(exc).split()).split(". ")[0]  # torch adds paragraphs of advice
-        raise ShrinkflowError(
-            f"{path}: not a loadable shrinkflow model file ({type(exc).__name__}: {reason})"
-        ) from exc
+        raise ShrinkflowError(f"{name}: {_load_error(exc)}") from None
+
+
+def _load_error(exc: Exception) -> str:
+    """One line out of torch.load's multi-paragraph errors."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if unsafe:
+        return (f"holds a Python object torch.load(weights_only=True) refuses "
+                f"({unsafe.group(1)}); re-save only the tensors, e.g. "
+                f"torch.save(checkpoint['model'], path), on a machine where you trust the file")
+    first = " ".join(text.split()).split(". ")[0]
+    return f"not a readable torch.save file ({type(exc).__name__}: {clip(first)})"
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a model file safely and check it is one of ours, every field a model is built from
+    included (``check_payload``), before anything is built from it."""
+    payload = torch_load(path)
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise ShrinkflowError(f"{path}: not a shrinkflow model file (expected {MODEL_FORMAT})")
-    return payload
+    return check_payload(payload, path)
 
 
 def load_model(path: str | Path, role: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
@@ -104,21 +124,39 @@ def check_role(meta: dict[str, Any], role: str, path: str | Path) -> None:
 
 
 def model_from_checkpoint(payload: dict[str, Any], path: str | Path) -> nn.Module:
-    """The fp32 model held by an already-read checkpoint (``path`` is for error messages)."""
+    """The fp32 model held by a checkpoint read by ``load_checkpoint`` (``path`` is for error
+    messages).
+
+    Nothing is allocated at the spec's size: the architecture is first built on PyTorch's
+    ``meta`` device (shapes only, no memory), its tensors are checked against the file's (names,
+    shapes, dtypes), and the model then takes the file's own tensors (``assign=True``). So the
+    model is never bigger than the file, whatever its spec says (a 1.5 KB file whose spec asked
+    for a huge network grew a process to 24 GB before this).
+    """
     if payload["meta"].get("quantized"):
         raise ShrinkflowError(f"{path}: an int8 model; open it with "
                               "shrinkflow.model_files.open.open_model")
     spec, state = payload["spec"], payload["state_dict"]
-    try:
-        model = build_model(spec)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ShrinkflowError(
-            f"{path}: its spec cannot be built ({type(exc).__name__}: {exc})"
-        ) from exc
+    model = skeleton(spec, path)
     check_weights_match(model, state, path, spec, pruned=bool(payload["meta"].get("pruned")))
     resize_to_state_dict(model, state)
-    model.load_state_dict(state)
+    model.load_state_dict(state, assign=True)
     return model.eval()
+
+
+def skeleton(spec: dict[str, Any], path: str | Path) -> nn.Module:
+    """``spec``'s model on the ``meta`` device (no memory), except the input ``Resize``, whose
+    matrices are computed from the spec (its sides are bounded by ``check_payload``)."""
+    try:
+        with torch.device("meta"):
+            model = build_model(spec)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ShrinkflowError(
+            f"{path}: its spec cannot be built ({type(exc).__name__}: {clip(str(exc))})"
+        ) from None
+    if spec.get("input_size"):
+        model.resize = Resize(spec["image_hw"], spec["input_size"])
+    return model
 
 
 def check_weights_match(
@@ -143,6 +181,9 @@ def check_weights_match(
         if key not in expected:
             raise ShrinkflowError(f"{path}: weights do not match {built}: unexpected tensor "
                                   f"{key!r}")
+        if tensor.dtype != expected[key].dtype:
+            raise ShrinkflowError(f"{path}: state_dict.{key}: dtype {tensor.dtype}, expected "
+                                  f"{expected[key].dtype}")
         got, want = tuple(tensor.shape), tuple(expected[key].shape)
         fits = got == want or (pruned and len(got) == len(want)
                                and all(g <= w for g, w in zip(got, want, strict=True)))
@@ -151,3 +192,68 @@ def check_weights_match(
                 f"{path}: weights do not match {built}: tensor {key!r} has shape {list(got)} "
                 f"but the spec builds {list(want)}" + (" (or smaller: pruned)" if pruned else "")
             )
+
+
+# --- what a model file must hold before anything is built from it -----------------------------
+
+SPEC_INTS = {"in_channels": MAX_CHANNELS, "num_classes": MAX_CLASSES}
+
+
+def _bad(path: str | Path, field: str, expected: str, value: Any) -> ShrinkflowError:
+    return ShrinkflowError(f"{path}: {field}: expected {expected}, got {echo(value)}")
+
+
+def _is_int(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _numbers(value: Any, n: int) -> bool:
+    return isinstance(value, list) and len(value) == n and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        for v in value)
+
+
+def check_payload(payload: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The payload if every field a model is built from is there with the right type and within
+    bounds; else one line naming the file and the first bad field (instead of a ``KeyError`` or
+    ``AttributeError`` deep in the build). How big the network is gets checked against the
+    file's tensors when it is built (``model_from_checkpoint``), not here."""
+    for field, kind in (("spec", dict), ("state_dict", dict), ("meta", dict)):
+        if not isinstance(payload.get(field), kind):
+            what = "missing" if field not in payload else type(payload[field]).__name__
+            raise ShrinkflowError(f"{path}: {field}: expected a mapping, got {what}")
+    spec, state = payload["spec"], payload["state_dict"]
+    if spec.get("arch") not in ARCHS:
+        raise _bad(path, "spec.arch", f"one of {', '.join(ARCHS)}", spec.get("arch"))
+    for field, high in SPEC_INTS.items():
+        if not _is_int(spec.get(field), 1, high):
+            raise _bad(path, f"spec.{field}", f"an integer 1..{high}", spec.get(field))
+    for field in ("mean", "std"):
+        if not _numbers(spec.get(field), spec["in_channels"]):
+            raise _bad(path, f"spec.{field}", f"{spec['in_channels']} finite numbers",
+                       spec.get(field))
+    if spec["arch"] == "cnn":
+        widths = spec.get("widths")
+        if not (isinstance(widths, list) and 1 <= len(widths) <= 64
+                and all(_is_int(w, 1, 2**20) for w in widths)):
+            raise _bad(path, "spec.widths", "a list of 1..64 positive integers", widths)
+        if not _is_int(spec.get("depth"), 1, 64):
+            raise _bad(path, "spec.depth", "an integer 1..64", spec.get("depth"))
+    if spec["arch"] == "mobilenet_v2" and not (
+            isinstance(spec.get("width_mult"), (int, float))
+            and 0 < spec["width_mult"] <= 64):
+        raise _bad(path, "spec.width_mult", "a number in (0, 64]", spec.get("width_mult"))
+    if spec.get("input_size"):
+        hw = spec.get("image_hw")
+        if not (_is_int(spec["input_size"], 1, MAX_SIDE) and isinstance(hw, list)
+                and len(hw) == 2 and all(_is_int(v, 1, MAX_SIDE) for v in hw)):
+            raise _bad(path, "spec.input_size/image_hw", f"sides 1..{MAX_SIDE}",
+                       [spec["input_size"], hw])
+    quantized = bool(payload["meta"].get("quantized"))
+    for key, value in state.items():
+        plain = isinstance(value, torch.Tensor) or (quantized and isinstance(
+            value, (str, tuple, list)))  # int8: packed params and dtype names
+        if not isinstance(key, str) or not plain:
+            raise ShrinkflowError(f"{path}: state_dict.{clip(str(key))}: expected a tensor, got "
+                                  f"{type(value).__name__}")
+    return payload

@@ -9,8 +9,11 @@ A weights file is one of
     (torchvision's reference scripts, Lightning), optionally with a DDP ``module.`` prefix;
   * a shrinkflow ``.pt`` model file (read through ``shrinkflow.model_files.pt``).
 
-Every file is read with ``torch.load(weights_only=True)``: nothing in it can run code, and a file
-holding anything but tensors and plain data gets a one-line error naming it.
+Every file is read with ``torch.load(weights_only=True)`` (``model_files.pt.torch_load``): nothing
+in it can run code, and a file holding anything but tensors and plain data gets a one-line error
+naming it. A shrinkflow ``.pt`` is checked field by field (``check_payload``) and built against
+its own tensors (``model_from_checkpoint``), so its spec cannot make the import allocate more
+than the file holds.
 
 Fine-tuning (``load_into``) copies every tensor whose name and shape match into the freshly built
 model. The classifier head is left freshly initialised when the class count differs, and so is
@@ -20,7 +23,6 @@ kernels). Importing (``import_model``) is strict: the file must be a complete mo
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +31,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from shrinkflow.core.errors import ShrinkflowError
-from shrinkflow.model_files.pt import MODEL_FORMAT, model_from_checkpoint
+from shrinkflow.core.errors import ShrinkflowError, echo
+from shrinkflow.model_files.pt import (
+    MODEL_FORMAT,
+    check_payload,
+    model_from_checkpoint,
+    torch_load,
+)
 from shrinkflow.nets.zoo import Classifier, build_model, final_linear, make_spec
 
 KEY = "teacher.init"
@@ -56,18 +63,6 @@ def _fail(path: str | Path, message: str, key: str = KEY) -> ShrinkflowError:
     return ShrinkflowError(f"{key} = '{path}': {message}")
 
 
-def _load_error(exc: Exception) -> str:
-    """One line out of torch.load's multi-paragraph errors."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-    unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-    if unsafe:
-        return (f"holds a Python object torch.load(weights_only=True) refuses "
-                f"({unsafe.group(1)}); re-save only the tensors, e.g. "
-                f"torch.save(checkpoint['model'], path), on a machine where you trust the file")
-    first = text.strip().splitlines()[0] if text.strip() else ""
-    return f"not a readable torch.save file ({type(exc).__name__}: {first[:200]})"
-
-
 def _strip_prefix(state: dict[str, Any]) -> dict[str, Any]:
     for prefix in WRAPPER_PREFIXES:
         if state and all(k.startswith(prefix) for k in state):
@@ -86,12 +81,11 @@ def read_weights(path: str | Path, key: str = KEY) -> UserWeights:
     if not Path(path).is_file():
         raise _fail(path, "file not found; put the weights there and `dvc add` it "
                           "(README: Teachers you already have)", key)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        raise _fail(path, _load_error(exc), key) from exc
+    name = f"{key} = '{path}'"
+    obj = torch_load(path, name)  # the project's one torch.load (weights_only=True)
     if isinstance(obj, Mapping) and obj.get("format") == MODEL_FORMAT:
-        return UserWeights(path, _classifier_body(obj["state_dict"]), dict(obj))
+        checked = check_payload(dict(obj), name)  # every field, before anything is built
+        return UserWeights(path, _classifier_body(checked["state_dict"]), checked)
     if isinstance(obj, Mapping):
         for wrapper in WRAPPER_KEYS:
             if isinstance(obj.get(wrapper), Mapping):
@@ -217,6 +211,28 @@ def check_spec_fits_data(spec: Mapping[str, Any], meta: Mapping[str, Any], path:
                           f"values for {channels} channel(s)", key)
 
 
+def check_class_names(model_meta: Mapping[str, Any], data_meta: Mapping[str, Any],
+                      path: str | Path, key: str = KEY) -> None:
+    """A model that names its classes (the card select writes into a final model) must name the
+    prepared data's classes in the same order: label 3 must mean the same class to both."""
+    card = model_meta.get("card")
+    names = card.get("classes") if isinstance(card, Mapping) else None
+    if names is None:
+        return
+    if not isinstance(names, list):
+        raise _fail(path, f"meta.card.classes: expected a list of class names, got "
+                          f"{type(names).__name__}", key)
+    data = list(data_meta["classes"])
+    for i, (mine, theirs) in enumerate(zip(names, data, strict=False)):
+        if mine != theirs:
+            raise _fail(path, f"class {i} is {echo(mine)} in the model but {echo(theirs)} in the "
+                              f"prepared data (data/prepared/meta.json); labels would mean other "
+                              f"classes", key)
+    if len(names) != len(data):
+        raise _fail(path, f"the model names {len(names)} classes but the prepared data has "
+                          f"{len(data)}", key)
+
+
 def _state_dict_fits_data(weights: UserWeights, body: nn.Module, spec: Mapping[str, Any],
                           key: str = KEY) -> None:
     """Before a strict load: the class count, input channels and stem a state_dict implies."""
@@ -251,6 +267,7 @@ def import_model(weights: UserWeights, model_params: Any, meta: Mapping[str, Any
     if weights.checkpoint is not None:
         spec = dict(weights.checkpoint["spec"])
         check_spec_fits_data(spec, meta, weights.path, key)
+        check_class_names(weights.checkpoint["meta"], meta, weights.path, key)
         model = model_from_checkpoint(weights.checkpoint, weights.path)
         how = f"shrinkflow model, {arch_label(spec)} as saved (teacher.model not used)"
     else:

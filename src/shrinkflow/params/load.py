@@ -31,25 +31,52 @@ from pydantic import (
 )
 from pydantic_core import PydanticUndefined
 
-from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.core.errors import MAX_ECHO, ShrinkflowError, clip, echo
 from shrinkflow.params.common import Section
 
 S = TypeVar("S", bound=Section)
 
 
+# Modules of this package that are not a section's schema; every other one is (``select.py``
+# holds the ``select`` section). Listing files rather than importing the schemas keeps a stage's
+# imports (and so its DVC deps) to the schemas it reads; tests/test_params.py checks the list
+# against ``all_sections.SECTIONS``.
+NOT_SECTIONS = {"__init__", "common", "load", "all_sections"}
+
+
+def known_sections() -> list[str]:
+    """The top-level sections params.yaml may have: one per schema module of this package."""
+    return sorted(p.stem for p in Path(__file__).parent.glob("*.py") if p.stem not in NOT_SECTIONS)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read params.yaml with yaml.safe_load (dvc.api costs ~1 s per stage here)."""
+    """Read params.yaml with yaml.safe_load (dvc.api costs ~1 s per stage here) and refuse a
+    missing or empty file and unknown top-level sections (a misspelled section name would
+    otherwise be silently ignored), each in one line naming the file."""
     path = Path(path)
+    known = known_sections()
+    if not path.exists():
+        raise ShrinkflowError(f"{path}: params file not found; every stage reads its settings "
+                              f"from it (sections {', '.join(known)}); restore it, e.g. "
+                              f"`git checkout {path}`")
     try:
         text = path.read_text()
     except OSError as exc:
         raise ShrinkflowError(f"{path}: cannot read params file ({exc.strerror})") from exc
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ShrinkflowError(f"{path}: not valid YAML: {exc}") from exc
+        raise ShrinkflowError(f"{path}: not valid YAML: {clip(' '.join(str(exc).split()))}"
+                              ) from exc
+    if data is None:
+        raise ShrinkflowError(f"{path}: params file is empty; expected the sections "
+                              f"{', '.join(known)}")
     if not isinstance(data, dict):
         raise ShrinkflowError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    unknown = [str(k) for k in data if k not in known]
+    if unknown:
+        raise ShrinkflowError(f"{path}: unknown section(s) {clip(', '.join(unknown))} (known "
+                              f"sections: {', '.join(known)})")
     return data
 
 
@@ -68,7 +95,7 @@ def _describe(section: str, schema: type[BaseModel], err: dict[str, Any]) -> tup
         allowed = ", ".join(parent.model_fields) if parent is not None else "?"
         return key, f"unknown key (allowed here: {allowed})"
     where = f"item {', '.join(items)}: " if items else ""
-    return key, f"{where}{err['msg']} (got {err.get('input')!r})"
+    return key, f"{where}{err['msg']} (got {echo(err.get('input'))})"
 
 
 def _one_line_per_key(described: list[tuple[str, str]]) -> list[str]:
@@ -76,7 +103,7 @@ def _one_line_per_key(described: list[tuple[str, str]]) -> list[str]:
     by_key: dict[str, list[str]] = {}
     for key, problem in described:
         by_key.setdefault(key, []).append(problem)
-    return [f"{key}: {'; '.join(problems)}" for key, problems in by_key.items()]
+    return [f"{key}: {clip('; '.join(problems), 3 * MAX_ECHO)}" for key, problems in by_key.items()]
 
 
 def missing_keys(prefix: str, value: Section, shipped: Section | None, source: str) -> list[str]:

@@ -15,6 +15,13 @@ would rewrite the root dvc.yaml), ``save_dvc_exp=False`` (run outside ``dvc exp 
 create an experiment of its own when it ends) and ``report=None`` (the report stage makes the
 offline report).
 
+Nothing the stage owns changes until it succeeds, live progress included: DVCLive clears its
+directory when opened, so the previous run's files are first moved aside (``set_aside``, which a
+kill cannot lose: it is journaled like a commit), and the stage keeps the new ones by adopting
+the directory into its final commit (``out.adopt(LIVE_DIR)``). Training that raises, a failed
+commit or a kill puts the previous files back. Stages open this only once their inputs are
+validated, so bad input never even moves them.
+
 Keys are ``<name>_live_<column>`` (``teacher_live_val_acc``), so they stay unique across the
 project's metrics files and never shadow the final ``<name>_*`` metrics. DVCLive adds one key of
 its own, ``step`` (0-based); ``<name>_live_epoch`` counts the epochs done by the stage, across
@@ -30,6 +37,8 @@ from typing import Any
 
 from dvclive import Live
 
+from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.core.outputs import WRITE_ERRNOS, restore_set_aside, set_aside
 from shrinkflow.training.distributed import is_main_process
 
 EpochHook = Callable[[dict[str, Any]], None]
@@ -39,20 +48,31 @@ EpochHook = Callable[[dict[str, Any]], None]
 def live_progress(directory: str | Path, name: str) -> Iterator[EpochHook]:
     """Yield an ``on_epoch(row)`` hook for ``shrinkflow.training.loop.fit`` that logs each row live.
 
-    Entering clears the previous run's live files in ``directory``; each call rewrites
-    ``metrics.json`` and appends one line per column to the plot TSVs. Under torchrun only
-    rank 0 writes; the other ranks get a hook that does nothing.
+    Entering sets the previous run's live files in ``directory`` aside (module docstring); each
+    call rewrites ``metrics.json`` and appends one line per column to the plot TSVs. Under
+    torchrun only rank 0 writes; the other ranks get a hook that does nothing.
     """
     if not is_main_process():
         yield lambda row: None
         return
-    with Live(str(directory), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+    set_aside(directory)
+    try:
+        with Live(str(directory), dvcyaml=None, save_dvc_exp=False, report=None) as live:
 
-        def on_epoch(row: dict[str, Any]) -> None:
-            live.log_metric(f"{name}_live_epoch", live.step + 1)
-            for key, value in row.items():
-                if key != "epoch" and isinstance(value, (int, float)):
-                    live.log_metric(f"{name}_live_{key}", value)
-            live.next_step()
+            def on_epoch(row: dict[str, Any]) -> None:
+                try:
+                    live.log_metric(f"{name}_live_epoch", live.step + 1)
+                    for key, value in row.items():
+                        if key != "epoch" and isinstance(value, (int, float)):
+                            live.log_metric(f"{name}_live_{key}", value)
+                    live.next_step()
+                except OSError as exc:  # a full disk: one line, and the old files come back
+                    if exc.errno not in WRITE_ERRNOS:
+                        raise
+                    raise ShrinkflowError(f"{directory}/: live progress cannot be written "
+                                          f"({exc.strerror}); nothing was replaced") from None
 
-        yield on_epoch
+            yield on_epoch
+    except BaseException:
+        restore_set_aside(directory)
+        raise
