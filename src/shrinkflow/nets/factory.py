@@ -14,8 +14,9 @@ return an ``nn.Module`` taking (batch, C, H, W) images normalised by shrinkflow 
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import re
+from types import ModuleType
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from torch import nn
 
 FACTORY_DIR = "user_nets"
 PATTERN = re.compile(rf"{FACTORY_DIR}(\.[A-Za-z_]\w*)+:[A-Za-z_]\w*")
+_LOADED: dict[str, ModuleType] = {}  # factory modules by resolved file path
 
 
 def check_factory_path(path: str) -> None:
@@ -48,13 +50,16 @@ def load_factory(path: str) -> Callable[..., nn.Module]:
     if not source.is_file():
         raise ValueError(f"factory {path!r}: {source} not found (run from the repository root)")
     root = str(Path.cwd())
-    if root not in sys.path:
+    if root not in sys.path:  # so a factory module can import its siblings in user_nets/
         sys.path.insert(0, root)
     module_name, func = path.split(":")
-    module = importlib.import_module(module_name)
-    if Path(module.__file__ or "").resolve() != source.resolve():
-        raise ValueError(f"factory {path!r}: imported {module.__file__}, not {source}")
-    fn = getattr(module, func, None)
+    key = str(source.resolve())
+    if key not in _LOADED:  # loaded from this very file, whatever else sys.modules holds
+        spec = importlib.util.spec_from_file_location(module_name, source)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _LOADED[key] = module
+    fn = getattr(_LOADED[key], func, None)
     if not callable(fn):
         raise ValueError(f"factory {path!r}: {source} has no function {func!r}")
     return fn
