@@ -15,7 +15,8 @@ holding anything but tensors and plain data gets a one-line error naming it.
 Fine-tuning (``load_into``) copies every tensor whose name and shape match into the freshly built
 model. The classifier head is left freshly initialised when the class count differs, and so is
 the stem when its shape differs (the small-image 3x3 stride-1 stem, used below 96 px, cannot
-take ImageNet's 7x7 kernels; at photo sizes the standard stem loads them). Importing (``import_model``) is strict: the file must be a complete model for the data.
+take ImageNet's 7x7 kernels; at photo sizes the standard stem loads them). Importing
+(``import_model``) is strict: the file must be a complete model for the data.
 """
 
 from __future__ import annotations

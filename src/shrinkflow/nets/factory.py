@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from types import ModuleType
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from torch import nn
