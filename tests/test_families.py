@@ -1,7 +1,7 @@
 """Each network family through the chain on a tiny random-init instance (32 px, 4 classes): built
 by name, one training step, structured pruning (MACs must drop, the file must rebuild to the same
 outputs) or a clear refusal, then ONNX export and the .pt / .onnx files opened and compared with
-PyTorch on values."""
+PyTorch on values, and static int8 (smaller file, logits that follow the fp32 ones)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from shrinkflow.compress.prune import build_pruner, make_importance, pruning_step
 from shrinkflow.compress.prune_families import check_prunable, check_rebuilds
+from shrinkflow.compress.quantize import quantize_onnx_static
 from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.model_files.export_onnx import export_onnx
 from shrinkflow.model_files.open import open_model
@@ -74,8 +75,16 @@ def test_family_builds_trains_prunes_exports(arch, tmp_path):
     torch.testing.assert_close(reopened(x).detach(), want, atol=1e-5, rtol=0)
     export_onnx(model, SHAPE, tmp_path / "m.onnx")
     onnx_model = open_model(tmp_path / "m.onnx", SHAPE, 4)
-    torch.testing.assert_close(onnx_model.predict((x * 255).round().to(torch.uint8)),
-                               model((x * 255).round() / 255).detach(), atol=1e-4, rtol=0)
+    images = (x * 255).round().to(torch.uint8)
+    fp32 = model(images / 255).detach()
+    torch.testing.assert_close(onnx_model.predict(images), fp32, atol=1e-4, rtol=0)
+
+    calibration = torch.randint(0, 256, (16, *SHAPE), dtype=torch.uint8,
+                                generator=torch.Generator().manual_seed(2))
+    quantize_onnx_static(tmp_path / "m.onnx", tmp_path / "int8.onnx", calibration)
+    int8 = open_model(tmp_path / "int8.onnx", SHAPE, 4).predict(images)
+    assert (tmp_path / "int8.onnx").stat().st_size < 0.45 * (tmp_path / "m.onnx").stat().st_size
+    assert torch.corrcoef(torch.stack([int8.flatten(), fp32.flatten()]))[0, 1] > 0.8
 
 
 @pytest.mark.parametrize("arch", REFUSED)
