@@ -125,3 +125,22 @@ def test_width_mult_outside_mobilenet_v2_points_to_options():
 
     with pytest.raises(ValidationError, match="width_mult applies to mobilenet_v2 only"):
         ModelSpec(arch="resnet18", width_mult=0.5)
+
+
+@pytest.mark.parametrize("method", ["hint", "attention"])
+def test_feature_kd_between_families_whose_layer_names_differ(method):
+    """resnet18 teacher (layer4) -> mobilenet_v3_small student (features): the default layers
+    are found by themselves, and the feature loss is finite and trains the student's layer."""
+    from shrinkflow.compress.distill import build_loss, default_feature_layer
+    from shrinkflow.params.distill import DistillParams
+
+    torch.manual_seed(0)
+    teacher, student = build_model(_spec("resnet18")), build_model(_spec("mobilenet_v3_small"))
+    assert (default_feature_layer(teacher), default_feature_layer(student)) == (
+        "body.layer4", "body.features")
+    loss_fn = build_loss(DistillParams(method=method), teacher, student, SHAPE)
+    x, y = torch.rand(4, *SHAPE), torch.tensor([0, 1, 2, 3])
+    loss, parts = loss_fn(student(x), y, x)
+    assert torch.isfinite(loss) and parts[method].item() > 0
+    loss.backward()
+    assert student.body.features[-1][0].weight.grad.abs().sum() > 0
