@@ -109,3 +109,16 @@ def test_weights_for_another_arch_name_missing_and_unexpected_keys(tmp_path):
                                               r"features\.0\.0\.weight, .*; unexpected: "
                                               r"conv1\.weight, "):
         load_into(build_model(spec), spec, read_weights(tmp_path / "r18.pt"))
+
+
+def test_macs_count_conv_subclasses_of_factory_models():
+    """A Conv2d subclass (as efficientnet-lite's static-padding conv) counts like a Conv2d: it
+    used to count as zero, which made a factory teacher look 20x cheaper than it is."""
+    from torch import nn
+
+    class PaddedConv(nn.Conv2d):
+        pass
+
+    plain = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 64, 2))
+    sub = nn.Sequential(PaddedConv(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 64, 2))
+    assert count_macs(sub, (3, 8, 8)) == count_macs(plain, (3, 8, 8)) > 8 * 64 * 27
