@@ -124,7 +124,7 @@ def test_width_mult_outside_mobilenet_v2_points_to_options():
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match="width_mult applies to mobilenet_v2 only"):
-        ModelSpec(arch="resnet18", width_mult=0.5)
+        ModelSpec(arch="resnet50", width_mult=0.5)
 
 
 @pytest.mark.parametrize("method", ["hint", "attention"])

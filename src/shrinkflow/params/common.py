@@ -93,7 +93,8 @@ class ModelSpec(Section):
             from shrinkflow.nets.factory import check_factory_path
 
             check_factory_path(self.factory)
-        if self.width_mult != 1.0 and self.arch != "mobilenet_v2":
+        # the original zoo ignored width_mult for cnn / resnet18: old params files still load
+        if self.width_mult != 1.0 and self.arch not in ("cnn", "resnet18", "mobilenet_v2"):
             raise ValueError(f"width_mult applies to mobilenet_v2 only; give {self.arch}'s own "
                              "constructor arguments in options, e.g. {width_mult: 0.5}")
         if self.options and self.arch == "cnn":
