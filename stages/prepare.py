@@ -18,7 +18,7 @@ OUT_DIR = "data/prepared"
 def main() -> None:
     p = load_section(PrepareParams)
     check_source(p.source, p.path)  # fail before touching data/prepared
-    source = load_source(p.source, p.path, p.image_size, p.channels)
+    source = load_source(p.source, p.path, p.image_size, p.channels, p.resize)
     counts = {part.name: len(part.labels) for part in source.parts}
     print(f"[prepare] {p.source}: {counts} images of {source.shape}, "
           f"{len(source.classes)} classes")

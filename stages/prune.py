@@ -28,6 +28,7 @@ from shrinkflow.compress.prune_budget import (
     format_widths,
     run_budget_pruning,
 )
+from shrinkflow.compress.prune_families import check_prunable, check_rebuilds
 from shrinkflow.compress.teacher_ensemble import load_teacher, teacher_files
 from shrinkflow.core.errors import ShrinkflowError, run_stage
 from shrinkflow.core.outputs import check_outputs, commit_outputs, require_inputs
@@ -78,6 +79,8 @@ def main() -> None:
     teacher, teacher_payloads = load_teacher(list(teachers), p.kd.T)
     spec, shape = payload["spec"], tuple(data.meta["shape"])
     check_shapes(spec, teacher_payloads[0]["spec"], data.meta)  # load_teacher: members agree
+    if p.mode == "structured":
+        check_prunable(spec, STUDENT_IN)  # a refused family fails before any work
     resolve_ignored(student, list(p.ignore_layers))  # an unknown layer name fails here
     launch(p.train.nproc, p.train.device, "prune.train.nproc")
     seed_everything(p.seed)
@@ -119,6 +122,8 @@ def main() -> None:
             stop_reason = f"fixed ratio {p.ratio}"
             chosen_step, steps = p.iterative_steps, []
     pruned = outcome.model
+    if p.mode == "structured":
+        check_rebuilds(pruned, spec, shape)  # every later stage rebuilds it from the file
     after = size_summary(pruned, shape)
     pruned_acc = model_accuracy(pruned, data.test)
     pruned_val_acc = model_accuracy(pruned, data.val)

@@ -17,7 +17,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ["dvc.yaml", "params.yaml", "models.yaml", "stages", "src", ".dvc/config",
           ".dvc/.gitignore", ".dvcignore", ".gitignore",
-          "models/teachers/.gitkeep"]  # the ensemble members' folder, a dep even when empty
+          "models/teachers/.gitkeep",  # the ensemble members' folder, a dep even when empty
+          "user_nets"]  # model factories (docs/models.md), a dep of every model-building stage
 
 TEMPLATE = re.compile(r"\$\{\s*([^}\s]+)\s*\}")
 
@@ -83,8 +84,8 @@ def ran_stages(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-def make_repo(path: Path, changes: dict | None = None) -> Path:
-    """Copy the project into ``path`` as a fresh git repo with tiny params, committed."""
+def copy_project(path: Path) -> None:
+    """Copy the project's pipeline files (``COPIED``) into ``path``."""
     for rel in COPIED:
         src, dst = ROOT / rel, path / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -92,6 +93,11 @@ def make_repo(path: Path, changes: dict | None = None) -> Path:
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, dst)
+
+
+def make_repo(path: Path, changes: dict | None = None) -> Path:
+    """Copy the project into ``path`` as a fresh git repo with tiny params, committed."""
+    copy_project(path)
     set_params(path, deep_update(TINY_COPY(), changes or {}))
     run(path, "git", "init", "-q", "-b", "main")
     run(path, "git", "add", "-A")

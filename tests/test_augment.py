@@ -80,3 +80,31 @@ def test_fit_with_augmentation_is_repeatable(tiny_data):
     (h1, s1), (h2, s2) = run(), run()
     assert h1 == h2
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+def test_resized_crop_of_the_whole_image_is_the_image_or_its_mirror(monkeypatch):
+    """With the crop area and aspect pinned to 1, each output is its input, mirrored for about
+    half of them: the sampling grid is exact, and the flip is per image."""
+    from shrinkflow.data import augment
+
+    monkeypatch.setattr(augment, "RRC_SCALE", (1.0, 1.0))
+    monkeypatch.setattr(augment, "RRC_RATIO", (1.0, 1.0))
+    x = batch(n=32, h=8, w=8)
+    out = augment.random_resized_crop_flip(x, torch.Generator().manual_seed(0))
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+    same = [torch.equal(o, i) for o, i in zip(out, x, strict=True)]
+    mirrored = [torch.equal(o, i.flip(-1)) for o, i in zip(out, x, strict=True)]
+    assert all(s or m for s, m in zip(same, mirrored, strict=True))
+    assert 4 <= sum(mirrored) <= 28
+
+
+def test_resized_crop_zooms_in_and_repeats_with_its_seed():
+    """A left-dark / right-light image: crops zoom and shift (the light share of the outputs
+    varies, some fall on one side only), and the same seed gives the same bytes."""
+    x = torch.zeros(64, 1, 16, 16, dtype=torch.uint8)
+    x[..., 8:] = 200
+    one = make_augment("resized_crop_flip", 4, seed=5)(x)
+    two = make_augment("resized_crop_flip", 4, seed=5)(x)
+    assert torch.equal(one, two)
+    shares = [round((img > 100).float().mean().item(), 2) for img in one]
+    assert len(set(shares)) > 10 and (min(shares) < 0.3 or max(shares) > 0.7)

@@ -39,9 +39,10 @@ def test_wrong_type_names_key_and_value(tmp_path):
         load_section(SECTIONS["teacher"], path)
 
 
-def test_unknown_arch_lists_allowed(tmp_path):
-    path = write(tmp_path, {"teacher": {"model": {"arch": "vit"}}})
-    with pytest.raises(ShrinkflowError, match=r"teacher\.model\.arch.*'cnn'.*mobilenet_v2"):
+def test_unknown_arch_names_close_matches(tmp_path):
+    path = write(tmp_path, {"teacher": {"model": {"arch": "resnet05"}}})
+    with pytest.raises(ShrinkflowError, match=r"teacher\.model\.arch: unknown architecture "
+                                              r"'resnet05'; close matches: resnet50"):
         load_section(SECTIONS["teacher"], path)
 
 

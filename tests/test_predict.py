@@ -199,9 +199,8 @@ BAD_IMAGES = {
     "not_an_image": (lambda p: p.write_text("not a picture\n"), "not a readable image"),
     "truncated": (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20),
                   "not a readable image"),
-    "cmyk": (lambda p: Image.new("CMYK", (8, 8)).save(p.with_suffix(".jpg")),
-             "4-channel CMYK image; the model takes 1-channel 8-bit grey"),
-    "16bit": (lambda p: Image.new("I;16", (8, 8)).save(p), "16-bit greyscale"),
+    # the one image policy (data.images; CMYK and 16-bit are converted, tests/test_images.py)
+    "float": (lambda p: Image.new("F", (8, 8)).save(p.with_suffix(".tif")), "mode F image"),
 }
 
 
@@ -212,8 +211,8 @@ def test_bad_image_is_one_line_naming_it_before_any_prediction(deployed, tmp_pat
     make, expected = BAD_IMAGES[case]
     path = tmp_path / f"{case}.png"
     make(path)
-    if case == "cmyk":
-        path = path.with_suffix(".jpg")
+    if case == "float":
+        path = path.with_suffix(".tif")
     with pytest.raises(SystemExit) as exit_:
         cli([str(onnx_file), str(pngs[0]), str(path)])  # a good image first: nothing printed
     out = capsys.readouterr()

@@ -16,17 +16,11 @@ failing). A ``.pt`` model needs torch. Both open through ``shrinkflow.model_file
 opener, which checks a ``.pt`` file against its tensors before building anything: a hostile file
 whose spec asks for a huge network is one line, not gigabytes (docs/bad-input.md).
 
-Preprocessing, as the card says and as ``prepare`` did to image files: PIL ``convert`` to the
-model's mode (``L`` for a 1-channel model, ``RGB`` for 3), a bilinear resize to the model's
-height x width when the image has another size (the aspect ratio is not kept, as in prepare),
-8-bit pixels divided by 255; mean/std normalisation happens inside shrinkflow models.
-
-Channels: a 1-channel model gets colour images converted to grey (ITU-R 601-2 luma) and a
-3-channel model gets grey images replicated to RGB, with any alpha channel dropped: exactly what
-``prepare`` did to the training images, so the model sees what it was trained on. Images that
-cannot be mapped that way are refused with one line: other channel layouts (CMYK, YCbCr, LAB,
-HSV) and pixels of more than 8 bits (16-bit or float images: their values would be clipped to
-255, which silently destroys them).
+Preprocessing, as the card says and as ``prepare`` did to image files: the one image policy of
+``shrinkflow.data.images`` (mode conversion to the model's ``L`` or ``RGB``, 16-bit greyscale
+scaled to 8 bits, other pixel kinds and decompression bombs refused, then the card's resize:
+``bilinear`` squash, ``center_crop`` or ``letterbox`` to the model's height x width), 8-bit
+pixels divided by 255; mean/std normalisation happens inside shrinkflow models.
 
 Bad input (a missing file, a file that is not an image, an image of the wrong kind, a model
 without a card, an unknown model suffix) stops the command before any prediction with one line,
@@ -45,14 +39,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from shrinkflow.core.errors import ShrinkflowError, run_stage
+from shrinkflow.data.images import policy_from_card, read_image
 from shrinkflow.model_files.card import card_from_onnx_metadata, card_from_pt_meta
 from shrinkflow.model_files.open import Model, Runtime, open_model
 
-# 8-bit modes PIL converts to L or RGB as prepare did; anything else is refused (module docstring)
-CONVERTIBLE_MODES = {"1", "L", "P", "LA", "PA", "La", "RGB", "RGBA", "RGBa", "RGBX"}
 BATCH_SIZE = 64  # images per model call: bounds memory on large folders
 
 
@@ -118,36 +111,11 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def load_image(path: Path, card: dict[str, Any]) -> np.ndarray:
-    """One image as the model's uint8 (C, H, W), preprocessed as the card says (module
-    docstring); one line naming the file when it cannot be."""
-    s, pre = card["input"], card["preprocessing"]
-    mode, size = pre["color_mode"], (s["width"], s["height"])
-    try:
-        with Image.open(path) as im:
-            if im.mode not in CONVERTIBLE_MODES:
-                raise ShrinkflowError(f"{path}: {_describe_mode(im.mode)} image; the model takes "
-                                      f"{s['channels']}-channel 8-bit {_kind(mode)} images "
-                                      f"(save it as 8-bit greyscale or RGB)")
-            im = im.convert(mode)
-            if im.size != size:
-                im = im.resize(size, Image.Resampling.BILINEAR)  # antialiased, as in prepare
-            arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError,
-            SyntaxError) as exc:  # what Pillow raises for damaged or hostile files
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise ShrinkflowError(f"{path}: not a readable image ({reason})") from None
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-
-
-def _kind(mode: str) -> str:
-    return "grey" if mode == "L" else "RGB"
-
-
-def _describe_mode(mode: str) -> str:
-    bands = Image.getmodebands(mode) if mode in Image.MODES else None
-    if mode.startswith("I") or mode == "F":
-        return f"a {'16' if ';16' in mode else '32'}-bit greyscale (mode {mode}, more than 8 bits)"
-    return f"a {bands}-channel {mode}" if bands else f"a mode {mode}"
+    """One image as the model's uint8 (C, H, W), by the one image policy (``data.images``) with
+    the card's resize; one line naming the file when it cannot be."""
+    s = card["input"]
+    policy = policy_from_card(card["preprocessing"].get("resize", "bilinear"), "model card")
+    return read_image(path, s["channels"], s["height"], s["width"], policy)
 
 
 def to_input(images: np.ndarray, card: dict[str, Any]) -> np.ndarray:

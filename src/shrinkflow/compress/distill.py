@@ -145,15 +145,20 @@ def soft_target_loss(
 
 
 def default_feature_layer(model: nn.Module) -> str:
-    """The last feature map before global pooling, by module name, for the zoo's archs.
+    """The last block of convolutions before global pooling, by module name: the last top-level
+    child of the network body (in registration order) that holds a convolution.
 
-    cnn and mobilenet_v2 keep their conv stack in ``body.features``; resnet18's last block
-    group is ``body.layer4``. Other models must name a layer explicitly.
+    That is ``body.features`` for the cnn, mobilenets, efficientnets, convnext, vgg and densenet,
+    ``body.layer4`` for resnets, ``body.trunk_output`` for regnets, ``body.conv5`` for
+    shufflenets; teacher and student names may differ (the feature loss projects channels and
+    pools sizes). A model whose order differs names its layers in distill.*_layer.
     """
-    names = dict(model.named_modules())
-    for name in ("body.layer4", "body.features"):
-        if name in names:
-            return name
+    body = getattr(model, "body", model)
+    prefix = "body." if body is not model else ""
+    with_conv = [name for name, child in body.named_children()
+                 if any(isinstance(m, nn.Conv2d) for m in child.modules())]
+    if with_conv:
+        return prefix + with_conv[-1]
     raise ShrinkflowError(
         "cannot pick a default feature layer for this model; set distill.teacher_layer / "
         f"distill.student_layer to a module name, e.g. one of: {_some_layer_names(model)}"

@@ -137,6 +137,8 @@ def write_prepared(out_dir: Path, source: Source, splits: dict[str, np.ndarray],
         "counts": {name: int(len(ix)) for name, ix in splits.items()},
         "mean": mean,
         "std": std,
+        # image folders read with another policy than the original squash (data.images)
+        **({"resize": source.resize} if source.resize != "squash" else {}),
     }
     del outputs
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.data.images import read_image
 
 CHUNK_BYTES = 8 * 2**20  # images are streamed in chunks of about this size
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
@@ -56,6 +56,7 @@ class Source:
     shape: tuple[int, int, int]
     sha256: str  # of the source bytes, so meta.json says exactly what was read
     files: list[str] = field(default_factory=list)
+    resize: str = "squash"  # image folders: the resize policy (data.images), kept in meta.json
 
     @property
     def labels(self) -> np.ndarray:
@@ -265,31 +266,35 @@ def _list_images(root: Path, classes: list[str] | None = None) -> tuple[list[Pat
     return files, np.asarray(labels, dtype=np.int64), classes
 
 
-def _read_image(path: Path, size: int, mode: str) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            im = im.convert(mode).resize((size, size), Image.Resampling.BILINEAR)  # antialiased
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ShrinkflowError(f"{path}: not a readable image ({type(exc).__name__}: {exc})"
-                              ) from None
-    arr = np.asarray(im, dtype=np.uint8)
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-
-
-def _image_chunks(files: list[Path], size: int, channels: int) -> Iterator[np.ndarray]:
-    mode = "L" if channels == 1 else "RGB"
+def _image_chunks(files: list[Path], size: int, channels: int,
+                  resize: str) -> Iterator[np.ndarray]:
     rows = chunk_rows((channels, size, size))
     for start in range(0, len(files), rows):
-        yield np.stack([_read_image(f, size, mode) for f in files[start : start + rows]])
+        yield np.stack([read_image(f, channels, size, size, resize)
+                        for f in files[start : start + rows]])
 
 
 def _image_part(name: str, files: list[Path], labels: np.ndarray, size: int,
-                channels: int) -> SourcePart:
-    return SourcePart(name, labels, lambda: _image_chunks(files, size, channels))
+                channels: int, resize: str) -> SourcePart:
+    return SourcePart(name, labels, lambda: _image_chunks(files, size, channels, resize))
 
 
-def load_imagefolder_source(root: Path, image_size: int, channels: int) -> Source:
-    """An image folder resized to ``image_size`` squares, ``channels`` 1 (grey) or 3 (RGB).
+def _refuse_empty_classes(root: Path, labels: np.ndarray, classes: list[str]) -> None:
+    """A class folder without images would become a class the model can never learn (and a
+    name on its card): refused, naming the folder, rather than skipped silently."""
+    counts = np.bincount(labels, minlength=len(classes))
+    empty = [classes[i] for i in np.flatnonzero(counts == 0)]
+    if empty and len(empty) < len(classes):
+        raise ShrinkflowError(f"{root / empty[0]}: class folder holds no images"
+                              + (f" (nor do {empty[1:4]})" if len(empty) > 1 else "")
+                              + f"; add images or remove the folder (expected "
+                              f"{', '.join(IMAGE_SUFFIXES[:3])}... files)")
+
+
+def load_imagefolder_source(root: Path, image_size: int, channels: int,
+                            resize: str = "squash") -> Source:
+    """An image folder as ``image_size`` squares, ``channels`` 1 (grey) or 3 (RGB), read by the
+    one image policy (``data.images``: modes, bombs, ``resize`` squash / crop / letterbox).
 
     Either ``class_name/*.png|jpg`` (one pool), or ``train/class_name/...`` plus ``test/`` (or
     ``val/``) laid out the same way: the source's own test split.
@@ -299,25 +304,29 @@ def load_imagefolder_source(root: Path, image_size: int, channels: int) -> Sourc
     used: list[Path] = []
     if (root / "train").is_dir():
         files, labels, classes = _list_images(root / "train")
-        parts.append(_image_part("train", files, labels, image_size, channels))
+        _refuse_empty_classes(root / "train", labels, classes)
+        parts.append(_image_part("train", files, labels, image_size, channels, resize))
         used += files
         if holdout is not None:
             test_files, test_labels, _ = _list_images(holdout, classes)
-            parts.append(_image_part("test", test_files, test_labels, image_size, channels))
+            parts.append(_image_part("test", test_files, test_labels, image_size, channels,
+                                     resize))
             used += test_files
     elif holdout is not None:
         raise ShrinkflowError(f"prepare.path = {str(root)!r}: has {holdout.name}/ but no train/ "
                               "folder (expected train/<class>/... beside it)")
     else:
         files, labels, classes = _list_images(root)
-        parts.append(_image_part("all", files, labels, image_size, channels))
+        _refuse_empty_classes(root, labels, classes)
+        parts.append(_image_part("all", files, labels, image_size, channels, resize))
         used += files
     if not used:
         raise ShrinkflowError(
             f"prepare.path = {str(root)!r}: no images found; expected one sub-folder per class "
             f"holding {', '.join(IMAGE_SUFFIXES[:3])}... files (optionally under train/ and test/)"
         )
-    return Source(parts, classes, (channels, image_size, image_size), _sha256_files(used))
+    return Source(parts, classes, (channels, image_size, image_size), _sha256_files(used),
+                  resize=resize)
 
 
 # CIFAR (torchvision's python format) -------------------------------------------------------
@@ -469,7 +478,8 @@ def check_source(source: str, path: str) -> Path | None:
     return p
 
 
-def load_source(source: str, path: str, image_size: int, channels: int) -> Source:
+def load_source(source: str, path: str, image_size: int, channels: int,
+                resize: str = "squash") -> Source:
     """Open the configured source: labels and shapes are read and checked, images not yet."""
     root = check_source(source, path)
     if source == "digits":
@@ -477,7 +487,7 @@ def load_source(source: str, path: str, image_size: int, channels: int) -> Sourc
     elif source == "idx":
         src = load_idx_source(root)
     elif source == "imagefolder":
-        src = load_imagefolder_source(root, image_size, channels)
+        src = load_imagefolder_source(root, image_size, channels, resize)
     elif source == "cifar":
         src = load_cifar_source(root)
     else:

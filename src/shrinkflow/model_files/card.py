@@ -67,6 +67,7 @@ def make_card(
     latency: Mapping[str, Any],
     size: Mapping[str, Any],
     pipeline: Mapping[str, Any],
+    resize: str = "bilinear",
 ) -> dict[str, Any]:
     """The card of one deployable model, as plain JSON data in a fixed key order.
 
@@ -88,10 +89,10 @@ def make_card(
         "input": {"name": "input", "layout": "NCHW", "dtype": "float32",
                   "channels": channels, "height": height, "width": width},
         "preprocessing": {
-            # what prepare did to image files: PIL convert to this mode (alpha dropped, colour
-            # to grey by ITU-R 601-2 luma), then a bilinear resize to height x width
+            # what prepare did to image files (shrinkflow.data.images): convert to this mode,
+            # then resize: bilinear (squash to height x width), center_crop or letterbox
             "color_mode": COLOR_MODES.get(channels),
-            "resize": "bilinear",
+            "resize": resize,
             "divide_by": 255.0,  # 8-bit pixels -> [0, 1]
             "normalize_in_model": True,
             "mean": [float(m) for m in mean],

@@ -1,10 +1,10 @@
 """Teachers users already have: fine-tune from their weights, or import a finished model.
 
 A weights file is one of
-  * a plain state_dict for the chosen architecture, named as torchvision names it (``conv1.weight``
-    ... ``fc.weight`` for resnet18, ``features.0.0.weight`` ... ``classifier.1.weight`` for
-    mobilenet_v2), e.g. ImageNet weights saved once with
-    ``torch.save(resnet18(weights="IMAGENET1K_V1").state_dict(), path)``;
+  * a plain state_dict for the chosen architecture (any torchvision classifier or factory), named
+    as its module names it (``conv1.weight`` ... ``fc.weight`` for resnets,
+    ``features.0.0.weight`` ... ``classifier.3.weight`` for mobilenet_v3), e.g. ImageNet weights
+    saved once with ``torch.save(resnet50(weights="IMAGENET1K_V2").state_dict(), path)``;
   * a training checkpoint wrapping such a state_dict under ``state_dict`` or ``model``
     (torchvision's reference scripts, Lightning), optionally with a DDP ``module.`` prefix;
   * a shrinkflow ``.pt`` model file (read through ``shrinkflow.model_files.pt``).
@@ -17,8 +17,9 @@ than the file holds.
 
 Fine-tuning (``load_into``) copies every tensor whose name and shape match into the freshly built
 model. The classifier head is left freshly initialised when the class count differs, and so is
-the stem when its shape differs (our small-image 3x3 stride-1 stem cannot take ImageNet's 7x7
-kernels). Importing (``import_model``) is strict: the file must be a complete model for the data.
+the stem when its shape differs (the small-image 3x3 stride-1 stem, used below 96 px, cannot
+take ImageNet's 7x7 kernels; at photo sizes the standard stem loads them). Importing
+(``import_model``) is strict: the file must be a complete model for the data.
 """
 
 from __future__ import annotations
@@ -107,11 +108,14 @@ def read_weights(path: str | Path, key: str = KEY) -> UserWeights:
 
 def arch_label(spec: Mapping[str, Any]) -> str:
     """Short human name of a spec's architecture, for messages."""
+    options = f" {dict(spec['options'])}" if spec.get("options") else ""
     if spec["arch"] == "cnn":
         return f"cnn {list(spec['widths'])} depth {spec['depth']}"
+    if spec["arch"] == "factory":
+        return f"factory {spec['factory']}{options}"
     if spec["arch"] == "mobilenet_v2" and spec["width_mult"] != 1.0:
         return f"mobilenet_v2 width_mult {spec['width_mult']}"
-    return str(spec["arch"])
+    return f"{spec['arch']}{options}"
 
 
 def _module_name(body: nn.Module, module: nn.Module) -> str:
@@ -165,10 +169,14 @@ def load_into(model: Classifier, spec: Mapping[str, Any], weights: UserWeights,
     source_core = [k for k in source if not (_under(k, stem) or _under(k, head))]
     source_used = sum(k in loaded for k in source_core)
     if core_loaded * 2 < core_total or source_used * 2 < len(source_core):
+        missing = [k for k in target if k not in source]
+        unexpected = [k for k in source if k not in target]
+        names = "; ".join(f"{label}: {_few(keys)}" for label, keys in
+                          (("missing", missing), ("unexpected", unexpected)) if keys)
         raise _fail(weights.path, f"looks like weights for another architecture: {core_loaded} "
                                   f"of {core_total} tensors match {arch_label(spec)} (and "
-                                  f"{source_used} of the file's {len(source_core)} are used); "
-                                  f"check teacher.model")
+                                  f"{source_used} of the file's {len(source_core)} are used"
+                                  + (f"; {names}" if names else "") + "); check teacher.model")
     body.load_state_dict(loaded, strict=False)
 
     parts = [f"{len(loaded)}/{len(target)} tensors loaded"]

@@ -1,4 +1,5 @@
-"""The model zoo: a plain CNN and torchvision's resnet18 / mobilenet_v2 adapted to small images.
+"""The model zoo: a plain CNN, any torchvision classifier by name (``nets.torchvision_nets``: the
+small-image stem below 96 px) and your own model code (``nets.factory``).
 
 Every model is wrapped in ``Classifier``, which normalises its input with the training set's
 mean/std. A shipped model (``.pt`` or ``.onnx``) therefore takes images scaled to [0, 1] and needs
@@ -17,7 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ARCHS = ("cnn", "resnet18", "mobilenet_v2")
+from shrinkflow.nets.factory import build_from_factory
+from shrinkflow.nets.torchvision_nets import build_torchvision, check_arch, resolve_stem
+
+# Names that are not torchvision's: the plain CNN and "your own code" (model.factory).
+OWN_ARCHS = ("cnn", "factory")
 
 
 def resize_matrix(size_in: int, size_out: int) -> torch.Tensor:
@@ -106,28 +111,6 @@ def _cnn(in_channels: int, num_classes: int, widths: list[int], depth: int) -> n
     )
 
 
-def _resnet18(in_channels: int, num_classes: int) -> nn.Module:
-    """torchvision resnet18 with a 3x3 stride-1 stem and no max-pool (CIFAR-style)."""
-    from torchvision.models import resnet18
-
-    net = resnet18(weights=None, num_classes=num_classes)
-    net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
-    net.maxpool = nn.Identity()
-    return net
-
-
-def _mobilenet_v2(in_channels: int, num_classes: int, width_mult: float) -> nn.Module:
-    """torchvision mobilenet_v2 with a stride-1 3x3 stem so small images are not shrunk early."""
-    from torchvision.models import mobilenet_v2
-
-    net = mobilenet_v2(weights=None, num_classes=num_classes, width_mult=width_mult)
-    stem = net.features[0][0]
-    net.features[0][0] = nn.Conv2d(
-        in_channels, stem.out_channels, 3, stride=1, padding=1, bias=False
-    )
-    return net
-
-
 def make_spec(
     model_params: Any, in_channels: int, num_classes: int, mean: list[float], std: list[float],
     input_size: int = 0, image_hw: list[int] | None = None,
@@ -135,7 +118,10 @@ def make_spec(
     """Combine a ``ModelSpec`` params section with the dataset's shape into a storable spec.
 
     ``input_size`` > 0 (with the data's ``image_hw``) puts a ``Resize`` to input_size x
-    input_size in front of the network; 0, or the data's own size, adds nothing.
+    input_size in front of the network; 0, or the data's own size, adds nothing. A torchvision
+    network records its stem (``small`` below 96 px of network input, see
+    ``nets.torchvision_nets``); a factory its import path; both their ``options`` when set. The
+    cnn's spec has none of these keys, so its files are byte for byte what they were.
     """
     if input_size and image_hw is None:
         raise ValueError("input_size needs image_hw (the data's height and width)")
@@ -151,21 +137,37 @@ def make_spec(
         "mean": [float(m) for m in mean],
         "std": [float(s) for s in std],
         **resize,
+        **_arch_keys(model_params, input_size or (min(image_hw) if image_hw else None)),
     }
+
+
+def _arch_keys(model_params: Any, side: int | None) -> dict[str, Any]:
+    """The spec keys only torchvision networks and factories have."""
+    arch = model_params.arch
+    options = dict(getattr(model_params, "options", {}) or {})
+    if arch == "cnn":
+        return {}
+    keys: dict[str, Any] = {"options": options} if options else {}
+    if arch == "factory":
+        return {"factory": model_params.factory, **keys}
+    return {"stem": resolve_stem(getattr(model_params, "stem", "auto"), side), **keys}
 
 
 def build_model(spec: dict[str, Any]) -> Classifier:
     """Build a freshly initialised model from a spec (the seed is the caller's business)."""
     arch = spec["arch"]
     in_ch, n_cls = spec["in_channels"], spec["num_classes"]
+    options = dict(spec.get("options", {}))
     if arch == "cnn":
         body = _cnn(in_ch, n_cls, spec["widths"], spec["depth"])
-    elif arch == "resnet18":
-        body = _resnet18(in_ch, n_cls)
-    elif arch == "mobilenet_v2":
-        body = _mobilenet_v2(in_ch, n_cls, spec["width_mult"])
+    elif arch == "factory":
+        body = build_from_factory(spec["factory"], in_ch, n_cls, options)
     else:
-        raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHS)}")
+        check_arch(arch, OWN_ARCHS)
+        if arch == "mobilenet_v2":  # the zoo's original field for its width
+            options.setdefault("width_mult", spec["width_mult"])
+        # files written before the stem was recorded were all small-image models
+        body = build_torchvision(arch, in_ch, n_cls, options, spec.get("stem", "small"))
     resize = Resize(spec["image_hw"], spec["input_size"]) if spec.get("input_size") else None
     return Classifier(body, spec["mean"], spec["std"], resize)
 
@@ -191,6 +193,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """
     import torch_pruning as tp
 
+    _count_subclasses(model)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -198,6 +201,21 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         macs, _ = tp.utils.count_ops_and_params(model, torch.zeros(1, *input_shape, device=device))
     model.train(was_training)
     return int(macs)
+
+
+def _count_subclasses(model: nn.Module) -> None:
+    """torch-pruning counts a module only when its exact type is known: a subclass of nn.Conv2d
+    (e.g. efficientnet-lite's Conv2dStaticSamePadding, a factory model) would count as zero
+    (measured: 6.4 M instead of ~130 M MACs for EfficientNet-Lite0 at 128 px). Count each such
+    subclass as its nearest known base; the mapping is reset by every count."""
+    from torch_pruning.utils import op_counter
+
+    for module_type in {type(m) for m in model.modules()}:
+        if module_type in op_counter.MODULES_MAPPING:
+            continue
+        base = next((b for b in module_type.__mro__[1:] if b in op_counter.MODULES_MAPPING), None)
+        if base is not None:
+            op_counter.CUSTOM_MODULES_MAPPING[module_type] = op_counter.MODULES_MAPPING[base]
 
 
 def resize_to_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:

@@ -23,6 +23,9 @@ class PrepareParams(Section):
     path: str = ""
     split: Literal["source", "pooled"] = "pooled"
     image_size: int = Field(default=32, ge=4, le=1024)
+    resize: Literal["squash", "crop", "letterbox"] = Field(
+        default="squash", description="imagefolder only: squash to a square, centre crop after "
+        "resizing the shorter side, or letterbox (data.images)")
     channels: Literal[1, 3] = 3
     val_fraction: Fraction = 0.15
     test_fraction: Fraction = 0.15

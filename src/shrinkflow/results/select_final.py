@@ -24,6 +24,7 @@ from typing import Any
 
 from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.core.metric_keys import TEACHER, ModelEntry, model_key, reference_accuracy_key
+from shrinkflow.data.images import CARD_NAMES as RESIZE_CARD_NAMES
 from shrinkflow.model_files.card import make_card
 
 EPS = 1e-9  # a drop equal to the budget passes (figures are rounded to 6 digits upstream)
@@ -211,5 +212,5 @@ def final_card(
                  "p50_ms": [{"batch_size": _int(r.get("batch_size")),
                              "ms": _number(r.get("p50_ms"))} for r in mine]},
         size={"params": _int(first.get("params")), "macs": _int(first.get("macs"))},
-        pipeline=pipeline,
+        pipeline=pipeline, resize=RESIZE_CARD_NAMES[data_meta.get("resize", "squash")],
     )

