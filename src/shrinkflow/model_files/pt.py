@@ -20,7 +20,9 @@ from torch import nn
 from shrinkflow.core.errors import ShrinkflowError, clip, echo
 from shrinkflow.core.outputs import commit_outputs
 from shrinkflow.model_files.limits import MAX_CHANNELS, MAX_CLASSES, MAX_SIDE
-from shrinkflow.nets.zoo import ARCHS, Resize, build_model, resize_to_state_dict
+from shrinkflow.nets.factory import check_factory_path
+from shrinkflow.nets.torchvision_nets import check_arch
+from shrinkflow.nets.zoo import OWN_ARCHS, Resize, build_model, resize_to_state_dict
 
 MODEL_FORMAT = "shrinkflow-model/1"
 
@@ -223,8 +225,17 @@ def check_payload(payload: dict[str, Any], path: str | Path) -> dict[str, Any]:
             what = "missing" if field not in payload else type(payload[field]).__name__
             raise ShrinkflowError(f"{path}: {field}: expected a mapping, got {what}")
     spec, state = payload["spec"], payload["state_dict"]
-    if spec.get("arch") not in ARCHS:
-        raise _bad(path, "spec.arch", f"one of {', '.join(ARCHS)}", spec.get("arch"))
+    if not isinstance(spec.get("arch"), str):
+        raise _bad(path, "spec.arch", "an architecture name", spec.get("arch"))
+    try:  # a name only: torchvision's, cnn, or a factory under user_nets/ (never other code)
+        check_arch(spec["arch"], OWN_ARCHS)
+        if spec["arch"] == "factory":
+            check_factory_path(spec.get("factory") if isinstance(spec.get("factory"), str)
+                               else repr(spec.get("factory")))
+    except ValueError as exc:
+        raise ShrinkflowError(f"{path}: spec.arch: {clip(str(exc))}") from None
+    if not isinstance(spec.get("options", {}), dict):
+        raise _bad(path, "spec.options", "a mapping", spec.get("options"))
     for field, high in SPEC_INTS.items():
         if not _is_int(spec.get(field), 1, high):
             raise _bad(path, f"spec.{field}", f"an integer 1..{high}", spec.get(field))
