@@ -419,9 +419,10 @@ def test_stage_budget_mode_writes_curve_and_reason(budget, tmp_path, monkeypatch
         torch.manual_seed(0)
         spec = make_spec(ModelSpec(widths=widths, depth=1), 1, 4, [0.3], [0.3])
         save_model(tmp_path / "models" / f"{role}.pt", build_model(spec), spec, role=role)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(shipped_params({"budget": {"max_drop_points": budget}, "prune": {
-        "ratio": "auto", "round_to": 4, "iterative_steps": 2,
-        "train": {"epochs": 1, "batch_size": 32, "max_batches": 2, "device": "cpu"}}})))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(shipped_params({
+        "budget": {"max_drop_points": budget},
+        "prune": {"ratio": "auto", "round_to": 4, "iterative_steps": 2,
+                  "train": {"epochs": 1, "batch_size": 32, "max_batches": 2, "device": "cpu"}}})))
     monkeypatch.chdir(tmp_path)
     run_stage_main(Path(__file__).resolve().parents[1] / "stages" / "prune.py")
     metrics = json.loads((tmp_path / "metrics" / "prune.json").read_text())

@@ -10,9 +10,8 @@ import pytest
 import yaml
 
 from shrinkflow.core.errors import ShrinkflowError
-from shrinkflow.core.metric_keys import ModelEntry, read_model_list
+from shrinkflow.core.metric_keys import FINAL_FIELDS, ModelEntry, final_key, read_model_list
 from shrinkflow.model_files.card import check_card
-from shrinkflow.core.metric_keys import FINAL_FIELDS, final_key
 from shrinkflow.results.select_final import (
     Candidate,
     build_candidates,

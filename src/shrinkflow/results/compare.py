@@ -128,14 +128,17 @@ def experiment_table(records: list[dict[str, Any]], model: str = FINAL) -> pd.Da
         n = first_number(m, TEST_IMAGES)
         if model == FINAL:
             acc = first_number(m, final_key("acc"))
-            low, high = first_number(m, final_key("acc_low")), first_number(m, final_key("acc_high"))
+            low, high = (first_number(m, final_key("acc_low")),
+                         first_number(m, final_key("acc_high")))
             shipped = m.get(final_key("model"))
         else:
             acc = first_number(m, model_key(model, "acc"))
             interval = (accuracy_estimate(acc, int(n)) if not (math.isnan(acc) or math.isnan(n))
                         else Estimate(acc, math.nan, math.nan))
             low, high, shipped = interval.low, interval.high, model
-        speedup = first_number(m, final_key("speedup")) if model == FINAL else math.nan
+        final = {f: first_number(m, final_key(f)) if model == FINAL else math.nan
+                 for f in ("file_bytes", "speedup", "speedup_low", "speedup_high")}
+        speedup = final["speedup"]
         rows.append({
             "name": r["name"],
             "baseline": r["baseline"],
@@ -147,10 +150,10 @@ def experiment_table(records: list[dict[str, Any]], model: str = FINAL) -> pd.Da
             "acc_high": high,
             "test_images": n,
             "drop_points": (teacher - acc) * 100,
-            "file_bytes": first_number(m, final_key("file_bytes")) if model == FINAL else math.nan,
+            "file_bytes": final["file_bytes"],
             "speedup": speedup,
-            "speedup_low": first_number(m, final_key("speedup_low")) if model == FINAL else math.nan,
-            "speedup_high": first_number(m, final_key("speedup_high")) if model == FINAL else math.nan,
+            "speedup_low": final["speedup_low"],
+            "speedup_high": final["speedup_high"],
             # 1 / speed-up: a cost, lower is better, for the Pareto chart
             "relative_latency": 1 / speedup if speedup and not math.isnan(speedup) else math.nan,
             "budget_points": first_number(r["params"], BUDGET_KEY),
