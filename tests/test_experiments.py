@@ -131,6 +131,20 @@ def test_exp_show_only_changed_lists_experiments_and_changed_params(experiments)
     assert "train_teacher" not in out and "teacher.train.epochs" not in out
 
 
+def test_exp_show_only_changed_fits_200_columns(experiments):
+    """docs/results.md's comparison view: after the sweep and kd-t2 (distill.T, distill.alpha),
+    it fits a 200-column terminal, every header readable, with the changed params and the final
+    model's figures."""
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "show", "--only-changed", "--no-pager",
+         "--drop", r"/|\.yaml$|^metrics$"], cwd=experiments["repo"],
+        env={**env(), "COLUMNS": "200"}, capture_output=True, text=True, check=True)
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 200, result.stdout
+    assert "distill.T" in result.stdout and "final_acc" in result.stdout, result.stdout
+    assert "…" not in "".join(lines[:3]), result.stdout  # no header cut short
+
+
 def test_exp_diff_shows_the_changed_params(experiments):
     out = dvc(experiments["repo"], "exp", "diff", "HEAD", "kd-t2", "--md").stdout
     assert "distill.T" in out and "distill.alpha" in out

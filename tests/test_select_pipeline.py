@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from pipeline_repo import copy_repo, dvc, ran_stages, set_params
+from pipeline_repo import copy_repo, dvc, ran_stages, run, set_params
 
 from shrinkflow.model_files.card import CARD_FILE, read_card_file
 
@@ -58,6 +58,24 @@ def test_dvc_metrics_are_few_and_unique(repo):
         (repo / "metrics/final.json").read_text()) or c.endswith("_epochs_done")]
     assert 15 <= len(metric_cols) <= 25, metric_cols
     assert not [c for c in header if ".json:" in c]  # DVC prefixes keys that repeat
+
+
+def documented_commands() -> list[str]:
+    """The shell lines of docs/results.md's block marked `<!-- test_results: commands -->`."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text()
+    block = text.split("<!-- test_results: commands -->", 1)[1].split("```bash\n", 1)[1]
+    return [line for line in block.split("```", 1)[0].splitlines() if line.strip()]
+
+
+def test_documented_dvc_commands_work(repo):
+    commands = documented_commands()
+    assert len(commands) >= 3 and all(c.startswith("dvc ") for c in commands)
+    for command in commands:
+        result = run(repo, "bash", "-c", command.replace("dvc ", "python -m dvc ", 1),
+                     check=False)
+        assert result.returncode == 0, (command, result.stderr)
+    shown = run(repo, "bash", "-c", "python -m dvc " + commands[1][4:]).stdout
+    assert "final_acc" in shown and "src/" not in shown
 
 
 def test_quantize_settings_do_not_reexport_the_teacher(repo):
