@@ -62,6 +62,7 @@ ENSEMBLE_METRICS = "metrics/teacher_ensemble.json"
 
 def main() -> None:
     p = load_section(SelectParams)
+    budget = load_section(BudgetParams).max_drop_points
     models = read_model_list(MODEL_LIST)
     names = [m.name for m in models]
     unknown = [n for n in p.exclude if n not in names]
@@ -86,7 +87,6 @@ def main() -> None:
         print(f"[select] {c.name:<16} {c.runtime + ' ' + c.precision:<20} acc {c.accuracy:.2%} "
               f"drop {c.drop_points:+.2f} pts  b{batch} p50 {c.p50_ms:.4f} ms  "
               f"{c.file_bytes:,} bytes")
-    budget = load_section(BudgetParams).max_drop_points
     s = choose(candidates, budget, p.max_file_bytes, batch)
     teacher_acc = candidates_reference(metrics)
     if s.final is None:
