@@ -75,7 +75,7 @@ def test_documented_dvc_commands_work(repo):
                      check=False)
         assert result.returncode == 0, (command, result.stderr)
     shown = run(repo, "bash", "-c", "python -m dvc " + commands[1][4:]).stdout
-    assert "final_acc" in shown and "src/" not in shown
+    assert "final_acc" in shown and "student_acc" in shown and "src/" not in shown
 
 
 def test_quantize_settings_do_not_reexport_the_teacher(repo):
