@@ -1,29 +1,40 @@
 """benchmark: latency / throughput / memory of every model of models.yaml, in interleaved rounds.
 
-Writes one row per model x batch size to metrics/benchmark.csv (every statistic, memory, size,
-counts, speed-up and size ratios, software versions) and the headline figures to
-metrics/benchmark.json: median latency per model and batch size, speed-up against the teacher in
-the same runtime (the teacher's ONNX export for ONNX Runtime models: compression's gain alone), and
-the runtime's gain (teacher in PyTorch -> teacher in ONNX Runtime).
+Writes one row per model x batch size to metrics/benchmark.csv: every statistic (the median with
+its 95 % interval over the rounds), memory, size, counts, speed-up against the teacher in the
+same runtime (the teacher's ONNX export for ONNX Runtime models: compression's gain alone) with
+its interval, the runtime's gain (teacher in PyTorch -> teacher in ONNX Runtime), software
+versions. Models whose file and settings are unchanged since the last run keep their rows; the
+others are timed together with the teacher forms (shrinkflow.measure.benchmark.reusable_rows).
 
     python stages/benchmark.py               # the DVC stage
     python stages/benchmark.py --stability   # by hand: run twice, print how far results moved
 """
 
 import argparse
+import csv
+import hashlib
 import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
 
 from shrinkflow.core.errors import run_stage
-from shrinkflow.core.metric_keys import TEACHER, ModelEntry, bench_key, read_model_list
+from shrinkflow.core.metric_keys import TEACHER, ModelEntry, read_model_list
 from shrinkflow.core.outputs import commit_outputs, read_json, require_inputs
-from shrinkflow.measure.benchmark import add_ratios, headline_metrics, p50_drift, run_interleaved
-from shrinkflow.measure.benchmark_job import Job, resolve_threads
+from shrinkflow.measure.benchmark import (
+    add_ratios,
+    p50_drift,
+    reusable_rows,
+    run_interleaved,
+    settings_key,
+)
+from shrinkflow.measure.benchmark_job import Job, cpu_name, resolve_threads
 from shrinkflow.params.benchmark import BenchmarkParams
 from shrinkflow.params.load import load_section
 
 META = "data/prepared/meta.json"
 MODEL_LIST = "models.yaml"
-JSON_OUT = "metrics/benchmark.json"
 CSV_OUT = "metrics/benchmark.csv"
 
 
@@ -40,25 +51,62 @@ def main() -> None:
     print(f"[benchmark] {len(models)} models, batch sizes {p.batch_sizes}, {p.warmup} warm-up + "
           f"{p.repeats} timed runs in {p.rounds} rounds, {threads} threads, device {p.device}, "
           f"input {shape}")
-    rows = run_all(models, p, shape, threads)
+    teachers = tuple(m.name for m in models if m.accuracy_of == TEACHER)  # the references
+    settings = settings_key(p.batch_sizes, p.repeats, p.rounds, p.warmup, threads, p.device,
+                            cpu_name())
+    hashes = {m.name: file_sha256(m.file) for m in models}
+    kept = {} if args.stability else reusable_rows(read_rows(CSV_OUT), hashes, settings, teachers)
+    timed = [m for m in models if m.name not in kept]
+    if kept:
+        print(f"[benchmark] unchanged since their last timing, rows kept: {', '.join(kept)}; "
+              f"timing {', '.join(m.name for m in timed)}")
+    rows = run_all(timed, p, shape, threads)
     if args.stability:
         print("[benchmark] stability check: second run of every model")
-        first, rows = rows, run_all(models, p, shape, threads)
+        first, rows = rows, run_all(timed, p, shape, threads)
         report_stability(p50_drift(first, rows))
-    # the teacher and its exports (teacher_onnx): each model's same-runtime reference
-    teachers = tuple(m.name for m in models if m.accuracy_of == TEACHER)
-    rows = add_ratios(rows, {m.name: m.baseline for m in models}, teachers)
-    metrics = headline_metrics(rows, teachers)
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    rows = [{**r, "file_sha256": hashes[r["model"]], "settings": settings, "timed_at": now}
+            for r in add_ratios(rows, {m.name: m.baseline for m in models}, teachers)]
+    new = {m.name: [r for r in rows if r["model"] == m.name] for m in timed}
+    rows = [r for m in models for r in (kept.get(m.name) or new[m.name])]
     with commit_outputs() as out:
-        out.csv(CSV_OUT, rows)
-        out.json(JSON_OUT, metrics)
+        out.csv(CSV_OUT, rows, fieldnames=list(new[timed[0].name][0]))
     b = max(p.batch_sizes)
     for field, what in (("speedup_vs_teacher", "runtime's gain (teacher torch -> export)"),
                         ("speedup_vs_teacher_same_runtime", "speed-up vs teacher, same runtime")):
-        summary = ", ".join(f"{m.name} {metrics[bench_key(m.name, b, field)]:.2f}x"
-                            for m in models if bench_key(m.name, b, field) in metrics)
+        summary = ", ".join(f"{r['model']} {float(r[field]):.2f}x" for r in rows
+                            if r["batch_size"] == b and r[field] not in (None, "")
+                            and r["model"] != TEACHER)
         print(f"[benchmark] b{b} {what}: {summary or '-'}")
-    print(f"[benchmark] wrote {JSON_OUT} ({len(metrics)} keys) and {CSV_OUT} ({len(rows)} rows)")
+    print(f"[benchmark] wrote {CSV_OUT} ({len(rows)} rows, {len(timed)} models timed)")
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_rows(path: str) -> list[dict[str, Any]]:
+    """The previous run's rows with numbers as numbers (none when there is no previous run)."""
+    if not Path(path).is_file():
+        return []
+    with open(path, newline="") as fh:
+        return [{k: _value(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+
+
+def _value(text: str | None) -> Any:
+    if text in (None, ""):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def report_stability(drift: list[dict]) -> None:

@@ -3,7 +3,8 @@
 structured: whole channels removed with torch-pruning (smaller, faster dense model).
 unstructured: smallest weights zeroed (sparsity only: same shapes, same speed).
 ratio auto (budget mode): per-layer widths from the sensitivity scan, pruned step by step while
-the validation drop stays within max_drop_points (shrinkflow.compress.prune_budget).
+the validation drop against the unpruned student stays within budget.max_drop_points
+(shrinkflow.compress.prune_budget).
 Outputs: models/pruned.pt (pruned state_dict + the student's spec; load_model resizes layers),
 metrics/prune.json, metrics/history_prune.csv, metrics/prune_sensitivity.csv,
 metrics/prune_steps.csv (budget mode's curve), metrics/prune_latency.csv (its latency table).
@@ -34,6 +35,7 @@ from shrinkflow.core.errors import ShrinkflowError, run_stage
 from shrinkflow.core.outputs import check_outputs, commit_outputs, require_inputs
 from shrinkflow.data.prepared import load_prepared
 from shrinkflow.model_files.pt import load_model, write_model_file
+from shrinkflow.params.budget import BudgetParams
 from shrinkflow.params.load import load_section
 from shrinkflow.params.prune import PruneParams
 from shrinkflow.params.teacher import TeacherParams
@@ -68,6 +70,7 @@ def check_shapes(student_spec: dict, teacher_spec: dict, meta: dict) -> None:
 
 def main() -> None:
     p = load_section(PruneParams)
+    budget = load_section(BudgetParams).max_drop_points  # auto: val, against the student
     # every teacher member (teacher.ensemble_seeds is the only teacher key read)
     teachers = teacher_files(TEACHER_IN, MEMBERS_DIR, load_section(TeacherParams).ensemble_seeds)
     require_inputs("prune", {f"{DATA_DIR}/meta.json": "prepare", STUDENT_IN: "distill",
@@ -110,6 +113,7 @@ def main() -> None:
         if auto:
             outcome = run_budget_pruning(
                 student, shape, p, rows, lambda m: model_accuracy(m, data.val), student_val_acc,
+                budget,
                 finetune=finetune, evaluate_before=lambda m: model_accuracy(m, data.test),
                 train=data.train)
             stop_reason, chosen_step, steps = outcome.stop_reason, outcome.chosen_step, \
@@ -147,8 +151,8 @@ def main() -> None:
         "prune_val_student_acc": round(student_val_acc, 6),
         "pruned_val_acc": round(pruned_val_acc, 6),
         "prune_val_drop_points": round(100 * (student_val_acc - pruned_val_acc), 4),
-        "prune_budget_points": p.max_drop_points if auto else None,
-        "prune_within_budget_on_test": (100 * (student_acc - pruned_acc) <= p.max_drop_points
+        "prune_budget_points": budget if auto else None,
+        "prune_within_budget_on_test": (100 * (student_acc - pruned_acc) <= budget
                                         + 1e-9) if auto else None,
         "prune_step_chosen": chosen_step,
         "prune_stop_reason": stop_reason,
@@ -171,7 +175,7 @@ def main() -> None:
     share = metrics["prune_sparsity"] if p.mode == "unstructured" else metrics[
         "prune_achieved_channel_ratio"]
     if auto:
-        print(f"[prune] budget mode ({p.max_drop_points:g} points on val, target {p.target}): "
+        print(f"[prune] budget mode ({budget:g} points on val, target {p.target}): "
               f"{stop_reason}; channels {metrics['prune_channels']}; test drop "
               f"{metrics['prune_acc_drop_points']:.2f} points ("
               f"{'within' if metrics['prune_within_budget_on_test'] else 'OVER'} the budget "

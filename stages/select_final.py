@@ -2,7 +2,7 @@
 shrinkflow.results.select_final).
 
 Reads every evaluated model's metrics/eval_NAME.json and metrics/benchmark.csv, picks the
-fastest candidate at ``select.batch_size`` within ``select.max_drop_points`` of the teacher (of
+fastest candidate at ``select.batch_size`` within ``budget.max_drop_points`` of the teacher (of
 the teacher ensemble's accuracy in metrics/teacher_ensemble.json when there is one) and
 ``select.max_file_bytes``, and writes:
 
@@ -12,11 +12,17 @@ the teacher ensemble's accuracy in metrics/teacher_ensemble.json when there is o
   opens by; declaring both ``final.onnx`` and ``final.pt`` as outs would fail, since DVC
   requires every declared out to exist after the stage. ``python -m shrinkflow.cli.predict
   models/final/model.onnx IMAGES...`` runs it from the card alone;
-* ``metrics/final.json``: flat ``final_*`` keys (model, format, accuracy, drop, size, latency,
-  speed-ups, runner-up) for ``dvc exp show``.
+* ``metrics/final.json``: the DVC metrics ``dvc exp show`` compares: each model's accuracy, the
+  test-set size, the distillation gain, the final model's accuracy (95 % interval), drop, size
+  and same-runtime speed-up (interval over the benchmark's rounds);
+* ``metrics/selection.json``: the whole decision (reason, every candidate against the budget,
+  runner-up, latency ties), read by the report.
 
-When no candidate is within budget the stage fails with one line naming the closest, and the
-previous models/final/ and metrics/final.json stay as they were.
+When no candidate is within budget the stage still succeeds and writes all three: models/final/
+then holds only ``NO_MODEL.md`` (why, and what to change), final.json says ``final_model: none``
+and selection.json ``status: none_within_budget``. The report stage, which runs next, draws the
+candidates against the budget and then ends the pipeline with a non-zero exit; a stale model
+from an earlier run is never left in models/final/ looking like the answer.
 
 The stage, this script and its module are all select_final, not select: Python puts a script's
 folder first on sys.path, and a ``select.py`` there would shadow the standard library module that
@@ -27,17 +33,27 @@ import csv
 from pathlib import Path
 
 from shrinkflow.core.errors import ShrinkflowError, run_stage
-from shrinkflow.core.metric_keys import TEACHER, read_model_list
+from shrinkflow.core.metric_keys import read_model_list, reference_accuracy_key
 from shrinkflow.core.outputs import commit_outputs, read_json, require_inputs
 from shrinkflow.model_files.card import CARD_FILE, card_json, pipeline_commit, write_model_card
+from shrinkflow.params.budget import BudgetParams
 from shrinkflow.params.load import load_section
 from shrinkflow.params.select import SelectParams
-from shrinkflow.results.select_final import build_candidates, choose, final_card, final_metrics
+from shrinkflow.results.select_final import (
+    Selection,
+    build_candidates,
+    choose,
+    final_card,
+    final_metrics,
+    selection_record,
+)
 
 MODEL_LIST = "models.yaml"
 BENCH_CSV = "metrics/benchmark.csv"
 FINAL_DIR = Path("models/final")
 METRICS_OUT = "metrics/final.json"
+SELECTION_OUT = "metrics/selection.json"
+NO_MODEL = "NO_MODEL.md"
 DATA_META = "data/prepared/meta.json"
 # what the card's pipeline.modified lists when it differs from the commit checked out
 PIPELINE_FILES = ["dvc.yaml", "params.yaml", "models.yaml", "stages", "src"]
@@ -46,6 +62,7 @@ ENSEMBLE_METRICS = "metrics/teacher_ensemble.json"
 
 def main() -> None:
     p = load_section(SelectParams)
+    budget = load_section(BudgetParams).max_drop_points
     models = read_model_list(MODEL_LIST)
     names = [m.name for m in models]
     unknown = [n for n in p.exclude if n not in names]
@@ -70,27 +87,53 @@ def main() -> None:
         print(f"[select] {c.name:<16} {c.runtime + ' ' + c.precision:<20} acc {c.accuracy:.2%} "
               f"drop {c.drop_points:+.2f} pts  b{batch} p50 {c.p50_ms:.4f} ms  "
               f"{c.file_bytes:,} bytes")
-    s = choose(candidates, p.max_drop_points, p.max_file_bytes, batch)
+    s = choose(candidates, budget, p.max_file_bytes, batch)
+    teacher_acc = candidates_reference(metrics)
+    if s.final is None:
+        write_none(s, models, metrics, batch, budget, p.max_file_bytes, teacher_acc)
+        return
     source = Path(s.final.file)
     if not source.is_file():
         raise ShrinkflowError(f"{source}: the chosen model's file is missing (rerun its stage)")
     fmt = source.suffix.lstrip(".")
     final_file = FINAL_DIR / f"model{source.suffix}"
-    teacher_bytes = next((int(r["file_bytes"]) for r in rows if r["model"] == TEACHER), None)
     card = final_card(s.final, models, metrics, rows, read_json(DATA_META), fmt,
                       pipeline_commit(PIPELINE_FILES))
     with commit_outputs() as out:  # the folder and the metrics land together, or neither
         folder = out.directory(FINAL_DIR)
         write_model_card(source, folder / final_file.name, card)
         (folder / CARD_FILE).write_text(card_json(card))
-        out.json(METRICS_OUT, final_metrics(s, str(final_file), fmt, batch, p.max_drop_points,
-                                            teacher_bytes))
+        out.json(METRICS_OUT, final_metrics(s, models, metrics))
+        out.json(SELECTION_OUT, selection_record(s, str(final_file), batch, budget,
+                                                 p.max_file_bytes, teacher_acc))
     same = s.final.speedup_same_runtime
     print(f"[select] final: {s.final.name} -> {final_file} ({s.reason}); acc "
           f"{s.final.accuracy:.2%}, drop {s.final.drop_points:.2f} pts, "
           f"{s.final.file_bytes:,} bytes, "
           + (f"{same:.2f}x faster than the teacher in the same runtime" if same else
              "no same-runtime teacher measured"))
+
+
+def candidates_reference(metrics: dict) -> float:
+    """The accuracy drops' reference (the teacher's, or the ensemble's)."""
+    return float(metrics[reference_accuracy_key(metrics)])
+
+
+def write_none(s: Selection, models: list, metrics: dict, batch: int, budget: float,
+               max_file_bytes: int, teacher_acc: float) -> None:
+    """Nothing within budget: outputs that say so (the report, next, shows the candidates and
+    fails the pipeline), and no model in models/final/."""
+    with commit_outputs() as out:
+        folder = out.directory(FINAL_DIR)
+        (folder / NO_MODEL).write_text(
+            f"# No model within the budget\n\n{s.reason}.\n\nSee reports/summary.md for every "
+            "candidate against the budget and what to change (a bigger student, longer training, "
+            "or a larger budget.max_drop_points in params.yaml).\n")
+        out.json(METRICS_OUT, final_metrics(s, models, metrics))
+        out.json(SELECTION_OUT, selection_record(s, None, batch, budget, max_file_bytes,
+                                                 teacher_acc))
+    print(f"[select] NO MODEL SHIPPED: {s.reason}. {FINAL_DIR}/{NO_MODEL} says so; the report "
+          "stage shows the candidates against the budget, then fails the pipeline")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ TINY = {
     "quantize": {"calibration_samples": 32},
     "benchmark": {"batch_sizes": [1, 8], "repeats": 3, "warmup": 1},
     # tiny models are far from the teacher: open the budget so select has a choice
-    "select": {"max_drop_points": 100},
+    "budget": {"max_drop_points": 100},
 }
 
 

@@ -7,7 +7,7 @@
   and pushes it; A pulls it back and gets B's model bytes. The commands are the README's: the
   test reads the README's marked blocks (`<!-- test_collab: NAME -->`) and runs them.
 - A queued grid, two at a time: paused mid-run, a running experiment's current epoch (the
-  training stage's DVCLive file) is what `dvc exp show` reports; both runs train at once and
+  training stage's progress.json) is what `dvc exp show` reports; both runs train at once and
   each result matches its own params; a failed run is found in `dvc queue logs` and removed;
   the results go out as CSV and, as JSON, into shrinkflow-compare.
 - DVC's run cache stays empty: every out is `persist: true` (README, "Where the pipeline runs").
@@ -241,7 +241,7 @@ def exp_rows(repo: Path) -> list[dict]:
 
 
 def live_epoch(row: dict) -> int | None:
-    return row["metrics"].get("dvclive/teacher/metrics.json", {}).get("teacher_live_epoch")
+    return row["metrics"].get("dvclive/teacher/progress.json", {}).get("teacher_epochs_done")
 
 
 def training_processes(repo: Path) -> dict[str, int]:
@@ -259,10 +259,11 @@ def training_processes(repo: Path) -> dict[str, int]:
 
 
 def file_epoch(workspace: str) -> int | None:
-    """The live epoch a temp workspace's DVCLive file holds (None: absent or being written)."""
+    """The epochs done a temp workspace's live progress file holds (None: absent or being
+    written)."""
     try:
-        return json.loads(Path(workspace, "dvclive/teacher/metrics.json").read_text()).get(
-            "teacher_live_epoch")
+        return json.loads(Path(workspace, "dvclive/teacher/progress.json").read_text()).get(
+            "teacher_epochs_done")
     except (OSError, ValueError):
         return None
 
@@ -363,7 +364,7 @@ def test_queued_grid_shows_live_progress_and_keeps_runs_apart(project, tmp_path,
     # results as CSV and JSON; the JSON into the compare script
     run_block(repo, "show-compare")
     header = next(csv.reader(io.StringIO((repo / "exps.csv").read_text())))
-    assert "teacher_live_epoch" in header and "teacher.train.epochs" in header, header
+    assert "teacher_epochs_done" in header and "teacher.train.epochs" in header, header
     table = (repo / "compare/compare.md").read_text()
     assert all(r["name"] in table for r in done), table
 

@@ -131,6 +131,20 @@ def test_exp_show_only_changed_lists_experiments_and_changed_params(experiments)
     assert "train_teacher" not in out and "teacher.train.epochs" not in out
 
 
+def test_exp_show_only_changed_fits_200_columns(experiments):
+    """docs/results.md's comparison view: after the sweep and kd-t2 (distill.T, distill.alpha),
+    on a 200-column terminal (a pseudo-terminal through `script`: DVC sizes its table to the
+    terminal and folds the columns that do not fit into one "…"), every column shows, with the
+    changed params and the final model's figures."""
+    command = ("stty cols 200 rows 50; python -m dvc exp show --only-changed --no-pager "
+               "--drop '.*/|.*\\.yaml$|metrics$|.*_low$|.*_high$'")
+    result = run(experiments["repo"], "script", "-qc", command, "/dev/null")
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", result.stdout).replace("\r", "")
+    assert max(len(line) for line in text.splitlines()) <= 200, text
+    assert "distill.T" in text and "final_acc" in text and "final_speedup" in text, text
+    assert "…" not in text, text  # no column folded away, no header or value cut short
+
+
 def test_exp_diff_shows_the_changed_params(experiments):
     out = dvc(experiments["repo"], "exp", "diff", "HEAD", "kd-t2", "--md").stdout
     assert "distill.T" in out and "distill.alpha" in out

@@ -370,10 +370,10 @@ def test_auto_with_zero_budget_keeps_the_student_and_says_so(trained_cnn):
     def never(_):
         raise AssertionError("a zero budget needs no evaluation")
 
-    out = run_budget_pruning(model, (1, 8, 8), auto_params(max_drop_points=0), [], never, 0.9,
+    out = run_budget_pruning(model, (1, 8, 8), auto_params(), [], never, 0.9, 0,
                              log=quiet)
     assert out.chosen_step == 0 and len(out.steps) == 1
-    assert "\n" not in out.stop_reason and "max_drop_points is 0" in out.stop_reason
+    assert "\n" not in out.stop_reason and "budget.max_drop_points is 0" in out.stop_reason
     assert "unpruned student" in out.stop_reason
     for key, value in trained_cnn.state_dict().items():
         assert torch.equal(out.model.state_dict()[key], value)
@@ -384,8 +384,8 @@ def test_auto_end_to_end_on_a_tiny_model(tiny_data, trained_cnn):
     shape = (1, 8, 8)
     base = model_accuracy(model, tiny_data.val)
     rows = sensitivity_scan(model, shape, tiny_data.val, [0.25, 0.5, 0.75], log=quiet)
-    out = run_budget_pruning(model, shape, auto_params(max_drop_points=100), rows,
-                             lambda m: model_accuracy(m, tiny_data.val), base, log=quiet)
+    out = run_budget_pruning(model, shape, auto_params(), rows,
+                             lambda m: model_accuracy(m, tiny_data.val), base, 100, log=quiet)
     assert out.chosen_step == len(out.steps) - 1 >= 1
     macs = [r["macs"] for r in out.steps]
     assert macs == sorted(macs, reverse=True) and macs[-1] < macs[0]
@@ -393,7 +393,7 @@ def test_auto_end_to_end_on_a_tiny_model(tiny_data, trained_cnn):
 
 
 @pytest.mark.parametrize("key, value", [("ratio", "banana"), ("ratio", 1.5),
-                                        ("max_drop_points", -1), ("target", "flops")])
+                                        ("target", "flops")])
 def test_bad_budget_values_name_the_key(key, value):
     raw = PruneParams().model_dump()
     raw[key] = value
@@ -419,9 +419,10 @@ def test_stage_budget_mode_writes_curve_and_reason(budget, tmp_path, monkeypatch
         torch.manual_seed(0)
         spec = make_spec(ModelSpec(widths=widths, depth=1), 1, 4, [0.3], [0.3])
         save_model(tmp_path / "models" / f"{role}.pt", build_model(spec), spec, role=role)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(shipped_params({"prune": {
-        "ratio": "auto", "max_drop_points": budget, "round_to": 4, "iterative_steps": 2,
-        "train": {"epochs": 1, "batch_size": 32, "max_batches": 2, "device": "cpu"}}})))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(shipped_params({
+        "budget": {"max_drop_points": budget},
+        "prune": {"ratio": "auto", "round_to": 4, "iterative_steps": 2,
+                  "train": {"epochs": 1, "batch_size": 32, "max_batches": 2, "device": "cpu"}}})))
     monkeypatch.chdir(tmp_path)
     run_stage_main(Path(__file__).resolve().parents[1] / "stages" / "prune.py")
     metrics = json.loads((tmp_path / "metrics" / "prune.json").read_text())

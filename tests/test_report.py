@@ -20,6 +20,7 @@ from shrinkflow.results.report import (
     model_table,
     pareto_front,
     plot_confusion,
+    plot_tradeoff,
 )
 
 MODELS = read_model_list(Path(__file__).resolve().parents[1] / "models.yaml")
@@ -38,39 +39,56 @@ B64_MS = {"teacher": 40.0, "teacher_onnx": 10.0, "student_scratch": 8.0, "studen
           "quantized_torch": 2.5}
 
 
+def selection(status: str = "selected", budget: float = 3.0) -> dict:
+    """metrics/selection.json as select_final writes it (two of the candidates)."""
+    def candidate(name, within):
+        acc = ACC[name]
+        return {"model": name, "file": f"models/{name}", "runtime": "onnxruntime int8",
+                "acc": acc, "acc_low": acc - 0.03, "acc_high": acc + 0.02, "test_images": 270,
+                "drop_points": round((ACC["teacher"] - acc) * 100, 4),
+                "file_bytes": SIZE[name], "p50_ms": B64_MS[name], "p50_low_ms": None,
+                "p50_high_ms": None, "speedup": 10.0, "speedup_low": 9.5, "speedup_high": 10.4,
+                "speedup_vs_teacher": 40.0, "within_budget": within}
+
+    chosen = status == "selected"
+    return {"status": status, "final_model": "quantized" if chosen else "none",
+            "final_file": "models/final/model.onnx" if chosen else None,
+            "reason": "fastest at batch 64" if chosen else
+            f"no model within {budget:g} points of the teacher; the closest is pruned (drop "
+            "2.50 points)", "max_drop_points": budget, "max_file_bytes": 0, "batch_size": 64,
+            "teacher_acc": ACC["teacher"], "runner_up": None, "tied": [], "closest": None,
+            "candidates": [candidate("quantized", chosen), candidate("pruned", chosen)]}
+
+
 def write_metrics(root, with_optional: bool = True):
     metrics = root / "metrics"
     metrics.mkdir()
     for name, acc in ACC.items():
         data = {f"{name}_acc": acc, f"{name}_params": SIZE[name] // 4,
-                f"{name}_macs": SIZE[name] * 3, f"{name}_file_bytes": SIZE[name]}
+                f"{name}_macs": SIZE[name] * 3, f"{name}_file_bytes": SIZE[name],
+                f"{name}_test_images": 270}
         (metrics / f"eval_{name}.json").write_text(json.dumps(data))
-    bench, rows = {}, []
+    rows = []
     for name, ms in B64_MS.items():
-        bench[f"bench_{name}_b64_p50_ms"] = ms
-        bench[f"bench_{name}_b1_p50_ms"] = ms / 20
         runtime, precision = RUNTIME.get(name, ("torch", "fp32"))
-        if name == "teacher_onnx":  # the runtime's gain
-            bench[f"bench_{name}_b64_speedup_vs_teacher"] = B64_MS["teacher"] / ms
-        elif name != "teacher":  # against the teacher's form in the same runtime
-            reference = B64_MS["teacher_onnx" if runtime == "onnxruntime" else "teacher"]
-            bench[f"bench_{name}_b64_speedup_vs_teacher_same_runtime"] = reference / ms
-        for b in (1, 64):
+        reference = B64_MS["teacher_onnx" if runtime == "onnxruntime" else "teacher"]
+        for b, p50 in ((1, ms / 20), (64, ms)):
             rows.append({"model": name, "runtime": runtime, "precision": precision,
-                         "device": "cpu", "threads": 2, "batch_size": b, "file_bytes": SIZE[name],
-                         "params": SIZE[name] // 4, "macs": SIZE[name] * 3, "cpu": "Test CPU",
-                         "torch_version": "9.9", "onnxruntime_version": "8.8"})
-    (metrics / "benchmark.json").write_text(json.dumps(bench))
+                         "device": "cpu", "threads": 2, "batch_size": b, "p50_ms": p50,
+                         "p50_low_ms": p50 * 0.9, "p50_high_ms": p50 * 1.1,
+                         "file_bytes": SIZE[name], "params": SIZE[name] // 4,
+                         "macs": SIZE[name] * 3, "cpu": "Test CPU", "torch_version": "9.9",
+                         "onnxruntime_version": "8.8",
+                         "speedup_vs_teacher": B64_MS["teacher"] / ms,
+                         "speedup_vs_teacher_same_runtime": reference / ms,
+                         "speedup_vs_teacher_same_runtime_low": reference / ms * 0.95,
+                         "speedup_vs_teacher_same_runtime_high": reference / ms * 1.05})
     pd.DataFrame(rows).to_csv(metrics / "benchmark.csv", index=False)
     if with_optional:
-        (metrics / "final.json").write_text(json.dumps({
-            "final_model": "quantized", "final_file": "models/final/model.onnx",
-            "final_runtime": "onnxruntime int8", "final_acc": 0.95, "final_drop_points": 3.0,
-            "final_max_drop_points": 3.0, "final_smaller_than_teacher": 133.3,
-            "final_batch_size": 64, "final_speedup_vs_teacher_same_runtime": 10.0,
-            "final_speedup_vs_teacher": 40.0, "final_reason": "fastest at batch 64"}))
+        (metrics / "selection.json").write_text(json.dumps(selection()))
         (metrics / "distill.json").write_text(json.dumps({"kd_gain_points": 3.0,
                                                           "distill_input_size": "6x6"}))
+        (metrics / "prune.json").write_text(json.dumps({"prune_val_student_acc": 0.97}))
         for i, name in enumerate(["teacher", "student_scratch", "distill", "prune"]):
             pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.0, 0.5, 0.3 + i / 10],
                           "val_acc": [0.5, 0.8, 0.9 - i / 50]}).to_csv(
@@ -114,6 +132,9 @@ def test_model_table_values(tmp_path):
     assert df.loc["quantized_torch", "runtime"] == "torch_int8"
     assert df.loc["teacher", "runtime"] == "torch fp32"
     assert df.loc["quantized", "b64_ms"] == 1.0 and df.loc["teacher", "speedup_b64"] == 1.0
+    assert df.loc["quantized", "b64_low"] == pytest.approx(0.9)
+    assert df.loc["quantized", "acc_low"] < ACC["quantized"] < df.loc["quantized", "acc_high"]
+    assert df.loc["quantized", "test_images"] == 270
     assert df.loc["teacher_onnx", "speedup_b64"] == 1.0  # its runtime's reference
     assert df.loc["quantized", "speedup_b64"] == 10.0  # vs teacher_onnx, not the torch teacher
     assert df.loc["quantized_torch", "speedup_b64"] == 16.0
@@ -145,9 +166,14 @@ def test_build_report_writes_page_and_charts(tmp_path):
         assert f"]({chart.name})" in text
     lead = text.split("\n\n")[1]  # the report leads with the selected final model
     assert lead.startswith("- **Final model: `quantized`** (onnxruntime int8")
-    assert "10.00x faster than the teacher in the same runtime at batch 64" in lead
+    assert "10.00x (9.50-10.40x) faster than the teacher in the same runtime at batch 64" in lead
+    assert "95.00 (92.00-97.00) % on 270 test images" in lead
     assert "`teacher_onnx` runs 4.00x faster than the PyTorch `teacher` at batch 64" in lead
     assert "drop 3.00 pts" in text and "+3.00 pts" in text and notes == []
+    # distillation vs scratch: in test images, and called a tie or not by the noise rule
+    assert "+3.00 pts (8 of 270 test images; a tie: inside the 95 % interval)" in lead
+    assert "| quantized | onnxruntime int8 | 95.00 (" in text  # accuracy with its interval
+    assert "1.000 (0.900-1.100)" in text  # latency with its interval over the rounds
     assert "- Student input size: 6x6 (what its network sees" in text
     assert "- cpu: Test CPU" in text and "- onnxruntime_version: 8.8" in text
     assert "`pruned_onnx` shares the pruned model's weights and accuracy" in text
@@ -156,7 +182,6 @@ def test_build_report_writes_page_and_charts(tmp_path):
 
 def test_build_report_tolerates_missing_optional_inputs(tmp_path):
     metrics = write_metrics(tmp_path, with_optional=False)
-    (metrics / "benchmark.json").unlink()
     (metrics / "benchmark.csv").unlink()
     (metrics / "eval_quantized_torch.json").unlink()
     page, charts, notes = build_report(metrics, tmp_path / "reports", max_drop=5.0, models=MODELS)
@@ -164,7 +189,7 @@ def test_build_report_tolerates_missing_optional_inputs(tmp_path):
     assert "quantized_torch" not in text.split("## Models")[1].split("\n\n")[1]
     assert {c.name for c in charts} == {"accuracy_vs_size.png"}
     assert any("history_teacher.csv" in n for n in notes)
-    assert "No final model selected" in text  # final.json is optional too
+    assert "No final model selected" in text  # selection.json is optional too
 
 
 def test_build_report_requires_teacher_accuracy(tmp_path):
@@ -208,3 +233,24 @@ def test_fixed_ratio_has_no_budget_section(tmp_path):
     page, charts, _ = build_report(metrics, tmp_path / "reports", max_drop=1.0, models=MODELS)
     assert "Budget-mode" not in page.read_text()
     assert "prune_steps.png" not in {c.name for c in charts}
+
+
+def test_nothing_within_budget_still_gets_a_report_of_the_candidates(tmp_path):
+    metrics = write_metrics(tmp_path)
+    (metrics / "selection.json").write_text(json.dumps(selection("none_within_budget", 1.0)))
+    page, charts, _ = build_report(metrics, tmp_path / "reports", max_drop=1.0, models=MODELS)
+    text = page.read_text()
+    assert text.split("\n\n")[1].startswith("- **No model within the budget**: no model within 1")
+    section = text.split("## No model within the budget")[1].split("## Models")[0]
+    assert "| quantized |" in section and "| +2.00 |" in section  # 3 points down, 2 over
+    assert "budget.max_drop_points" in section and "bigger student" in section
+    assert "distill.train.epochs" in section
+    assert "accuracy_vs_latency.png" in {c.name for c in charts}  # charts drawn all the same
+
+
+def test_tradeoff_chart_marks_the_shipped_model(tmp_path):
+    metrics = write_metrics(tmp_path)
+    df = model_table(load_metrics(metrics), MODELS, pd.read_csv(metrics / "benchmark.csv"))
+    with_mark = plot_tradeoff(df, "b64_ms", "ms", "t", tmp_path / "a.png", shipped="quantized")
+    without = plot_tradeoff(df, "b64_ms", "ms", "t", tmp_path / "b.png")
+    assert with_mark.read_bytes() != without.read_bytes()

@@ -17,13 +17,7 @@ from prepared_files import write_prepared_dir
 
 from shrinkflow.compress.quantize import quantize_onnx_static, save_torch_int8
 from shrinkflow.core.errors import ShrinkflowError
-from shrinkflow.core.metric_keys import (
-    bench_batch_sizes,
-    bench_key,
-    model_key,
-    parse_bench_key,
-    read_model_list,
-)
+from shrinkflow.core.metric_keys import FINAL_FIELDS, final_key, model_key, read_model_list
 from shrinkflow.model_files.export_onnx import export_onnx
 from shrinkflow.model_files.open import Runtime, open_model
 from shrinkflow.model_files.pt import load_model, save_model
@@ -284,18 +278,9 @@ def test_read_model_list_orders_and_checks(tmp_path):
         read_model_list(path)
 
 
-def test_metric_keys_build_and_parse():
+def test_metric_keys_build():
     assert model_key("pruned", "acc") == "pruned_acc"
-    key = bench_key("student_b2", 64, "p50_ms")
-    assert key == "bench_student_b2_b64_p50_ms"
-    assert parse_bench_key(key) == ("student_b2", 64, "p50_ms")
-    assert parse_bench_key("bench_quantized_b1_speedup_vs_teacher") == (
-        "quantized", 1, "speedup_vs_teacher")
-    for other in ("bench_quantized_b1_p90_ms", "bench_threads", "quantized_acc",
-                  "bench_quantized_p50_ms"):
-        assert parse_bench_key(other) is None, other
-    with pytest.raises(ValueError, match="p99_ms"):
-        bench_key("a", 1, "p99_ms")
-    keys = ["bench_a_b64_p50_ms", "bench_a_b1_p50_ms", "bench_b_b8_p50_ms",
-            "bench_a_b256_speedup_vs_teacher"]
-    assert bench_batch_sizes(keys) == [1, 8, 64] and bench_batch_sizes(keys, "a") == [1, 64]
+    assert final_key("speedup_low") == "final_speedup_low"
+    assert len({final_key(f) for f in FINAL_FIELDS}) == len(FINAL_FIELDS)
+    with pytest.raises(ValueError, match="p50_ms"):
+        final_key("p50_ms")  # latencies are not DVC metrics: metrics/benchmark.csv has them

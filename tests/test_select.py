@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from shrinkflow.core.errors import ShrinkflowError
-from shrinkflow.core.metric_keys import ModelEntry, read_model_list
+from shrinkflow.core.metric_keys import FINAL_FIELDS, ModelEntry, final_key, read_model_list
 from shrinkflow.model_files.card import check_card
 from shrinkflow.results.select_final import (
     Candidate,
@@ -18,17 +18,20 @@ from shrinkflow.results.select_final import (
     choose,
     final_card,
     final_metrics,
+    selection_record,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def cand(name: str, drop: float, ms: float, size: int = 1000,
-         same: float | None = 2.0) -> Candidate:
+         same: float | None = 2.0, spread: float = 0.0, n: int = 270) -> Candidate:
+    """A candidate; ``spread``: the half-width of its latency's interval over the rounds."""
     return Candidate(name=name, file=f"models/{name}.onnx", runtime="onnxruntime",
                      precision="fp32", accuracy=0.98 - drop / 100, drop_points=drop,
                      file_bytes=size, p50_ms=ms, speedup_same_runtime=same,
-                     speedup_vs_teacher=None)
+                     speedup_vs_teacher=None, test_images=n, p50_low_ms=ms - spread,
+                     p50_high_ms=ms + spread)
 
 
 def test_picks_the_fastest_within_the_budget():
@@ -72,17 +75,33 @@ def test_file_size_limit():
     assert choose(cands, 1.0, max_file_bytes=1000).final.name == "slow_small"
 
 
-def test_nothing_within_budget_fails_naming_the_closest():
+def test_nothing_within_budget_is_an_answer_naming_the_closest():
     cands = [cand("quantized", 2.5, 0.5), cand("pruned", 1.4, 2.0), cand("student", 1.8, 3.0)]
-    with pytest.raises(ShrinkflowError) as err:
-        choose(cands, max_drop_points=1.0)
-    msg = str(err.value)
-    assert "\n" not in msg and "closest is pruned (drop 1.40 points" in msg
+    s = choose(cands, max_drop_points=1.0)
+    assert s.final is None and s.runner_up is None and s.passed == 0 and s.considered == 3
+    assert s.closest.name == "pruned"
+    assert "\n" not in s.reason and "closest is pruned (drop 1.40 points" in s.reason
+    assert [c.name for c in s.candidates] == ["quantized", "pruned", "student"]
 
 
 def test_size_limit_failure_names_the_size():
-    with pytest.raises(ShrinkflowError, match=r"file <= 100 bytes.*closest is a .*1,000 bytes"):
-        choose([cand("a", 0.1, 1.0, size=1000)], 1.0, max_file_bytes=100)
+    s = choose([cand("a", 0.1, 1.0, size=1000)], 1.0, max_file_bytes=100)
+    assert s.final is None
+    assert "file <= 100 bytes" in s.reason and "closest is a (drop 0.10 points, 1,000 bytes" \
+        in s.reason
+
+
+def test_a_latency_inside_the_noise_is_a_tie_won_by_accuracy():
+    # the issue's case: two int8 models, 1.20 vs 1.59 ms, but the rounds overlap
+    fast = cand("quantized", 0.8, 1.20, spread=0.5)
+    slow = cand("quantized_twin", 0.4, 1.59, spread=0.5)
+    s = choose([fast, slow], 1.0)
+    assert s.final.name == "quantized_twin" and s.tied == ("quantized",)
+    assert "a tie (inside the noise) with quantized" in s.reason
+    # with tight intervals the faster one is clearly faster and wins
+    s = choose([cand("quantized", 0.8, 1.20, spread=0.05),
+                cand("quantized_twin", 0.4, 1.59, spread=0.05)], 1.0)
+    assert s.final.name == "quantized" and s.tied == ()
 
 
 def test_no_candidates_at_all_is_one_line():
@@ -129,14 +148,30 @@ def test_build_candidates_needs_the_teacher_accuracy():
         build_candidates(MODELS, {}, [], 64)
 
 
-def test_final_metrics_are_flat_and_name_the_choice():
+def test_final_metrics_are_few_flat_unique_and_carry_intervals():
     s = choose([cand("pruned_onnx", 0.5, 1.0, size=500), cand("student", 0.1, 4.0)], 1.0, 0, 64)
-    out = final_metrics(s, "models/final/model.onnx", "onnx", 64, 1.0, teacher_file_bytes=10_000)
-    assert out["final_model"] == "pruned_onnx" and out["final_runner_up"] == "student"
-    assert out["final_smaller_than_teacher"] == 20.0
-    assert out["final_drop_points"] == 0.5 and out["final_p50_ms"] == 1.0
-    assert out["final_speedup_vs_teacher_same_runtime"] == 2.0
-    assert all(not isinstance(v, (dict, list)) for v in out.values())
+    metrics = {"teacher_acc": 0.985, "student_acc": 0.984, "student_scratch_acc": 0.98,
+               "teacher_test_images": 270}
+    out = final_metrics(s, MODELS, metrics)
+    assert out["final_model"] == "pruned_onnx" and out["final_within_budget"] is True
+    assert out["final_drop_points"] == 0.5 and out["final_speedup"] == 2.0
+    assert out["final_acc_low"] < out["final_acc"] < out["final_acc_high"]
+    assert out["test_images"] == 270 and out["kd_gain_points"] == pytest.approx(0.4)
+    assert out["teacher_acc"] == 0.985 and out["quantized_acc"] is None  # every evaluated model
+    assert {final_key(f) for f in FINAL_FIELDS} <= set(out)
+    assert len(out) <= 25 and all(not isinstance(v, (dict, list)) for v in out.values())
+    assert not any(isinstance(v, str) and " " in v for v in out.values())  # no sentences
+
+
+def test_nothing_within_budget_still_writes_metrics_and_a_record():
+    s = choose([cand("quantized", 2.5, 0.5), cand("pruned", 1.4, 2.0)], 1.0, 0, 64)
+    out = final_metrics(s, MODELS, {"teacher_acc": 0.99})
+    assert out["final_model"] == "none" and out["final_within_budget"] is False
+    assert out["final_acc"] is None and out["teacher_acc"] == 0.99
+    record = selection_record(s, None, 64, 1.0, 0, 0.99)
+    assert record["status"] == "none_within_budget" and record["closest"] == "pruned"
+    assert [c["within_budget"] for c in record["candidates"]] == [False, False]
+    assert record["candidates"][1]["acc_low"] < record["candidates"][1]["acc"]
 
 
 def test_final_card_carries_the_choice_and_what_running_it_needs():

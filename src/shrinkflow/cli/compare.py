@@ -4,13 +4,13 @@ X points of the teacher, across every DVC experiment.
 
     shrinkflow-compare                        # runs `dvc exp show --json`
     shrinkflow-compare --input exps.json      # a saved `dvc exp show --json` output
-    shrinkflow-compare --max-drop 0.5 --model pruned
+    shrinkflow-compare --max-drop 0.5 --model pruned   # one model's accuracy only
 
 (``python -m shrinkflow.cli.compare`` is the same command.) Run it in the project's root.
 
 Writes compare/compare.md and compare/compare_pareto.png and prints the answer; with
-budget-mode experiments over two or more budgets (prune.ratio auto, prune.max_drop_points) also
-compare/compare_budget.png, latency against the budget.
+experiments over two or more budgets (budget.max_drop_points) also compare/compare_budget.png,
+the shipped model's speed-up against the budget. Wins inside the noise are called ties.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from typing import Any
 
 from shrinkflow.core.errors import ShrinkflowError, run_stage
 from shrinkflow.core.metric_keys import read_model_list
+from shrinkflow.params.budget import BudgetParams
 from shrinkflow.params.load import load_section
-from shrinkflow.params.report import ReportParams
 from shrinkflow.results.compare import (
     BUDGET_PNG,
+    FINAL,
     answer,
     experiment_table,
     parse_exp_show,
@@ -67,23 +68,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", help="saved output of `dvc exp show --json`")
     parser.add_argument("--max-drop", type=float, default=None,
-                        help="accuracy budget in points (default: report.max_drop_points)")
-    parser.add_argument("--model", default="quantized",
-                        help="which model of each experiment to compare (default: quantized)")
+                        help="accuracy budget in points (default: budget.max_drop_points)")
+    parser.add_argument("--model", default=FINAL,
+                        help="final (default): the model each experiment shipped; or a model "
+                        "of models.yaml, whose accuracy alone is compared")
     parser.add_argument("--out-dir", default=OUT_DIR)
     parser.add_argument("--workspace", action="store_true", help="include the workspace row")
     args = parser.parse_args(argv)
     max_drop = args.max_drop
     if max_drop is None:
-        max_drop = load_section(ReportParams).max_drop_points
-    models = {m.name: m for m in read_model_list(MODEL_LIST)}
-    if args.model not in models:
-        raise ShrinkflowError(f"--model {args.model!r}: not a model of {MODEL_LIST} "
-                              f"({', '.join(models)})")
+        max_drop = load_section(BudgetParams).max_drop_points
+    models = {m.name: m for m in read_model_list(MODEL_LIST) if m.evaluated}
+    if args.model != FINAL and args.model not in models:
+        raise ShrinkflowError(f"--model {args.model!r}: not {FINAL!r} nor an evaluated model "
+                              f"of {MODEL_LIST} ({', '.join(models)})")
     records = parse_exp_show(read_exp_show(args.input), include_workspace=args.workspace)
     if not records:
         raise ShrinkflowError("no commits or experiments found in `dvc exp show` output")
-    df = experiment_table(records, model=args.model, accuracy_of=models[args.model].accuracy_of)
+    df = experiment_table(records, model=args.model)
     page, chart = write_compare(df, args.out_dir, max_drop)
     print(f"[compare] {len(df)} rows ({int((~df['is_baseline']).sum())} experiments), "
           f"model `{args.model}`, budget {max_drop:g} points")

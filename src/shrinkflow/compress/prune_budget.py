@@ -378,7 +378,7 @@ def step_loop(
     best, chosen, best_before = copy.deepcopy(model), 0, None
     history: list[dict[str, Any]] = []
     if max_drop_points <= 0:
-        return best, 0, ("prune.max_drop_points is 0: no pruning step can keep the student's "
+        return best, 0, ("budget.max_drop_points is 0: no pruning step can keep the student's "
                          "accuracy, so the unpruned student is kept"), rows, history, None
     if not plans:
         return best, 0, ("nothing to prune: every layer is at its narrowest allowed width "
@@ -415,16 +415,20 @@ def run_budget_pruning(
     scan_rows: list[dict[str, Any]],
     evaluate_val: Callable[[nn.Module], float],
     base_acc: float,
+    max_drop_points: float,
     finetune: FineTune | None = None,
     evaluate_before: Callable[[nn.Module], float] | None = None,
     train: Split | None = None,
     measure_latency: Callable[[list[nn.Module]], list[float]] | None = None,
     log: Callable[[str], None] = print,
 ) -> BudgetOutcome:
-    """Budget mode end to end: plan from the scan, then the step loop. Model left on CPU."""
+    """Budget mode end to end: plan from the scan, then the step loop. Model left on CPU.
+
+    ``max_drop_points`` is ``budget.max_drop_points``, here measured on validation against the
+    unpruned student's ``base_acc``."""
     start = time.perf_counter()
     model.cpu().eval()
-    if params.max_drop_points > 0:
+    if max_drop_points > 0:
         full, plans, table = make_plan(model, input_shape, params, scan_rows, base_acc,
                                        measure_latency, log)
         layers = list(full)
@@ -440,7 +444,7 @@ def run_budget_pruning(
         prune_to_widths(m, input_shape, widths, params, params.seed + step, train)
 
     best, chosen, reason, rows, history, before = step_loop(
-        model, plans, prune, evaluate_val, base_acc, params.max_drop_points, finetune,
+        model, plans, prune, evaluate_val, base_acc, max_drop_points, finetune,
         params.train.epochs, measure, evaluate_before, log)
     best.cpu().eval()  # the caller prints ``stop_reason`` (one line)
     return BudgetOutcome(

@@ -5,24 +5,26 @@ evaluate stage is ``foreach: ${models}``), and the benchmark and report stages a
 it through ``read_model_list``: adding a model there adds its evaluate item, its benchmark and
 its report row.
 
-Key scheme (flat keys, unique across metrics files, so ``dvc exp show`` columns read well):
+Key scheme (flat keys, unique across metrics files):
 
 * ``<model>_<field>``: one model's figures, e.g. ``quantized_acc`` in ``eval_quantized.json``
   (``model_key``);
-* ``bench_<model>_b<N>_<field>``: the benchmark's headline figures at batch size N, ``p50_ms``
-  (median latency), ``speedup_vs_teacher_same_runtime`` (against the teacher's form in the same
-  runtime: compression's gain alone) and, for the teacher's exports, ``speedup_vs_teacher`` (the
-  runtime's gain) (``bench_key`` / ``parse_bench_key``). Everything else the benchmark measures
-  is a column of ``metrics/benchmark.csv``.
+* the DVC metrics, the only keys ``dvc exp show`` and ``dvc metrics diff`` show: metrics/final.json
+  (select_final) holds each evaluated model's ``<model>_acc``, ``test_images``,
+  ``kd_gain_points`` and the shipped model's ``final_<field>`` for ``FINAL_FIELDS``
+  (``final_key``); besides them only the training stages' live epoch counters. 9 models x 8
+  evaluate figures, 26 benchmark timings and the stages' own summaries made 381 columns
+  (DVC 3.67, digits); the other metrics/*.json files are plain outputs now, read by the report;
+  latencies are columns of metrics/benchmark.csv.
 
 Build and parse keys only through these functions: report and compare read what evaluate and
-benchmark write, and a key spelled by hand in one place silently becomes a missing column.
+select_final write, and a key spelled by hand in one place silently becomes a missing column.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,11 +37,14 @@ TEACHER = "teacher"  # every speed-up and accuracy drop is measured against this
 # ... or, with extra ensemble members (teacher.ensemble_seeds), accuracy drops against the
 # ensemble's test accuracy (metrics/teacher_ensemble.json, absent or {} for one teacher)
 ENSEMBLE_ACC = "teacher_ensemble_test_acc"
-BENCH_FIELDS = ("p50_ms", "speedup_vs_teacher", "speedup_vs_teacher_same_runtime")
+TEST_IMAGES = "test_images"  # final.json: the test-set size every accuracy is measured on
+KD_GAIN = "kd_gain_points"  # final.json: student minus student_scratch, test points
+# final.json: the shipped model ("none" when nothing is within budget) and its figures; _low /
+# _high are the 95 % interval (shrinkflow.measure.noise); speedup is against the teacher's form
+# in the same runtime at select's batch size
+FINAL_FIELDS = ("model", "within_budget", "acc", "acc_low", "acc_high", "drop_points",
+                "file_bytes", "speedup", "speedup_low", "speedup_high")
 _NAME = re.compile(r"[A-Za-z0-9_]+")
-_BENCH_KEY = re.compile(
-    rf"bench_(?P<model>[A-Za-z0-9_]+?)_b(?P<batch>\d+)_(?P<field>{'|'.join(BENCH_FIELDS)})"
-)
 
 
 def model_key(model: str, field: str) -> str:
@@ -47,27 +52,11 @@ def model_key(model: str, field: str) -> str:
     return f"{model}_{field}"
 
 
-def bench_key(model: str, batch_size: int, field: str) -> str:
-    """``bench_<model>_b<N>_<field>`` for a field of ``BENCH_FIELDS``."""
-    if field not in BENCH_FIELDS:
-        raise ValueError(f"unknown benchmark field {field!r}; expected one of {BENCH_FIELDS}")
-    return f"bench_{model}_b{int(batch_size)}_{field}"
-
-
-def parse_bench_key(key: str) -> tuple[str, int, str] | None:
-    """(model, batch size, field) of a ``bench_key``; None for any other key."""
-    match = _BENCH_KEY.fullmatch(key)
-    return (match["model"], int(match["batch"]), match["field"]) if match else None
-
-
-def bench_batch_sizes(keys: Iterable[str], model: str | None = None) -> list[int]:
-    """Batch sizes with a median latency among ``keys`` (of ``model``, or of any model)."""
-    found = set()
-    for key in keys:
-        parsed = parse_bench_key(key)
-        if parsed and parsed[2] == "p50_ms" and model in (None, parsed[0]):
-            found.add(parsed[1])
-    return sorted(found)
+def final_key(field: str) -> str:
+    """``final_<field>`` for a field of ``FINAL_FIELDS`` (metrics/final.json)."""
+    if field not in FINAL_FIELDS:
+        raise ValueError(f"unknown final field {field!r}; expected one of {FINAL_FIELDS}")
+    return f"final_{field}"
 
 
 def reference_accuracy_key(metrics: Mapping[str, Any]) -> str:

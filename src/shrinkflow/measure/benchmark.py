@@ -20,10 +20,17 @@ without them. Timing is ``time.perf_counter`` around single calls under
 starts a model's turn with one untimed call, since the previous worker has just evicted its
 weights from the CPU caches.
 
-Results: one row per model and batch size (``metrics/benchmark.csv``: every statistic, memory,
-size, counts, ratios and the software versions), and a few headline figures as flat metrics
-(``headline_metrics``: median latency and speed-up against the teacher in the same runtime,
-keys from ``metric_keys``).
+Results: one row per model and batch size (``metrics/benchmark.csv``: every statistic with its
+95 % interval over the rounds, memory, size, counts, ratios and the software versions). They are
+not DVC metrics: 9 models x 2 batch sizes of timings that move on every run made ``dvc exp show``
+unreadable; select_final puts the final model's figures into metrics/final.json.
+
+Re-timing only what changed (``reusable_rows``): a row records its model file's SHA-256 and the
+settings it was timed with. The next run keeps the rows of models whose file and settings are
+unchanged and times the others in one interleaved run together with the teacher and its exports,
+which are always re-timed, so every speed-up it writes is against the teacher of the same run; a
+kept row keeps the speed-ups of the run it was timed in (its ``timed_at`` says when). A changed
+teacher file re-times everything.
 """
 
 from __future__ import annotations
@@ -40,8 +47,9 @@ from typing import Any
 import numpy as np
 
 from shrinkflow.core.errors import ShrinkflowError
-from shrinkflow.core.metric_keys import TEACHER, bench_key
+from shrinkflow.core.metric_keys import TEACHER
 from shrinkflow.measure.benchmark_job import Job
+from shrinkflow.measure.noise import Estimate, median_estimate
 
 # --- statistics -----------------------------------------------------------------------------
 
@@ -64,11 +72,16 @@ def latency_stats(times_ms: list[float], batch_size: int) -> dict[str, float]:
 
 
 def result_row(
-    job: Job, described: dict[str, Any], batch_size: int, times_ms: list[float]
+    job: Job, described: dict[str, Any], batch_size: int, rounds_ms: list[list[float]]
 ) -> dict[str, Any]:
-    """One CSV row: a model at one batch size, its latency statistics, memory, size, counts and
-    the software it ran on."""
+    """One CSV row: a model at one batch size, its latency statistics (the median with its 95 %
+    interval over the rounds, ``noise.median_estimate``), memory, size, counts and the software
+    it ran on. ``round_p50_ms`` keeps each round's median: speed-ups are paired by round."""
     d = described
+    times_ms = [t for calls in rounds_ms for t in calls]
+    stats = latency_stats(times_ms, batch_size)
+    round_p50 = [round(float(np.median(calls)), 4) for calls in rounds_ms if calls]
+    spread = median_estimate(round_p50, center=stats["p50_ms"])
     return {
         "model": job.name,
         "runtime": d["runtime"],
@@ -76,7 +89,11 @@ def result_row(
         "device": d["device"],
         "threads": d["threads"],
         "batch_size": batch_size,
-        **latency_stats(times_ms, batch_size),
+        **stats,
+        "p50_low_ms": round(spread.low, 4),  # 95 % interval of the median over the rounds
+        "p50_high_ms": round(spread.high, 4),
+        "rounds": len(round_p50),
+        "round_p50_ms": " ".join(f"{v:g}" for v in round_p50),
         "rss_mb": d["rss_mb"][str(batch_size)],
         "rss_method": d["rss_method"],
         "file_bytes": d["file_bytes"],
@@ -227,14 +244,14 @@ def run_interleaved(
         described = [w.ready() for w in workers]
         plans = [split_calls(job.repeats, rounds) for job in jobs]
         n_rounds = max(len(plan) for plan in plans)
-        times: dict[tuple[int, int], list[float]] = {}
+        times: dict[tuple[int, int], list[list[float]]] = {}
         for r in range(n_rounds):
             for i in rng.permutation(len(jobs)).tolist():
                 if r >= len(plans[i]):
                     continue
                 time.sleep(SETTLE_S)
                 for b in sorted(jobs[i].batch_sizes):
-                    times.setdefault((i, b), []).extend(workers[i].time(b, plans[i][r]))
+                    times.setdefault((i, b), []).append(workers[i].time(b, plans[i][r]))
             if on_round is not None:
                 on_round(r + 1, n_rounds)
     finally:
@@ -246,7 +263,7 @@ def run_interleaved(
             for i, job in enumerate(jobs) for b in sorted(job.batch_sizes)]
 
 
-# --- from rows to ratios and headline metrics ----------------------------------------------------
+# --- from rows to ratios ------------------------------------------------------------------------
 
 
 def _ratio(numerator: float | None, denominator: float | None, digits: int) -> float | None:
@@ -265,16 +282,33 @@ def runtime_family(runtime: str | None) -> str | None:
 
 def _same_runtime_teachers(
     rows: list[dict[str, Any]], teachers: tuple[str, ...]
-) -> dict[tuple[str | None, int], float]:
-    """(runtime family, batch size) -> the median latency of the teacher's form in that runtime
-    (the first of ``teachers`` measured there)."""
-    found: dict[tuple[str | None, int], float] = {}
+) -> dict[tuple[str | None, int], str]:
+    """(runtime family, batch size) -> the teacher's form measured in that runtime (the first
+    of ``teachers`` measured there)."""
+    found: dict[tuple[str | None, int], str] = {}
     for name in teachers:
         for r in rows:
             key = (runtime_family(r.get("runtime")), r["batch_size"])
             if r["model"] == name and key not in found:
-                found[key] = r["p50_ms"]
+                found[key] = name
     return found
+
+
+def _round_values(row: dict[str, Any]) -> list[float]:
+    return [float(v) for v in str(row.get("round_p50_ms") or "").split()]
+
+
+def speedup_estimate(reference: dict[str, Any], row: dict[str, Any]) -> Estimate | None:
+    """The reference's median / the row's (>1 = faster), with the 95 % interval of the per-round
+    ratios: both were timed in the same rounds of one run, so each round pairs them under the
+    same machine state. None when they were not timed in one run (different round counts)."""
+    ref_rounds, rounds = _round_values(reference), _round_values(row)
+    if not row["p50_ms"] or not reference["p50_ms"]:
+        return None
+    value = reference["p50_ms"] / row["p50_ms"]
+    if not rounds or len(rounds) != len(ref_rounds) or not all(rounds):
+        return Estimate(value, value, value)
+    return median_estimate([a / b for a, b in zip(ref_rounds, rounds, strict=True)], value)
 
 
 def add_ratios(
@@ -284,60 +318,36 @@ def add_ratios(
     """Rows with speed-up and size columns: ``speedup_vs_teacher`` (the teacher's median latency
     at the same batch size / this model's, >1 = faster), ``speedup_vs_teacher_same_runtime``
     (against the teacher's form in the same runtime family, ``teachers`` = the teacher and its
-    exports, e.g. ``("teacher", "teacher_onnx")``: compression's gain without the runtime's),
+    exports, e.g. ``("teacher", "teacher_onnx")``: compression's gain without the runtime's) with
+    its 95 % interval over the rounds (``..._low`` / ``..._high``, ``speedup_estimate``),
     ``speedup_vs_baseline`` against the model ``baselines`` names for it (e.g. int8 against the
     fp32 of the same weights), and ``size_ratio_vs_teacher`` (file bytes, <1 = smaller). Ratios
     whose reference was not measured are left empty rather than guessed.
     """
-    p50 = {(r["model"], r["batch_size"]): r["p50_ms"] for r in rows}
+    by_key = {(r["model"], r["batch_size"]): r for r in rows}
     same = _same_runtime_teachers(rows, teachers)
     size = {r["model"]: r["file_bytes"] for r in rows}
     out = []
     for r in rows:
         base, b = baselines.get(r["model"]), r["batch_size"]
         family = runtime_family(r.get("runtime"))
+        teacher = by_key.get((TEACHER, b))
+        ref = by_key.get((same[(family, b)], b)) if (family, b) in same else None
+        same_speedup = speedup_estimate(ref, r) if ref else None
         out.append({
             **r,
-            "speedup_vs_teacher": _ratio(p50.get((TEACHER, b)), r["p50_ms"], 3),
-            "speedup_vs_teacher_same_runtime": _ratio(same.get((family, b)), r["p50_ms"], 3),
+            "speedup_vs_teacher": _ratio(teacher["p50_ms"] if teacher else None, r["p50_ms"], 3),
+            "speedup_vs_teacher_same_runtime": round(same_speedup.value, 3)
+            if same_speedup else None,
+            "speedup_vs_teacher_same_runtime_low": round(same_speedup.low, 3)
+            if same_speedup else None,
+            "speedup_vs_teacher_same_runtime_high": round(same_speedup.high, 3)
+            if same_speedup else None,
             "baseline": base,
-            "speedup_vs_baseline": _ratio(p50.get((base, b)), r["p50_ms"], 3) if base else None,
+            "speedup_vs_baseline": _ratio(by_key[(base, b)]["p50_ms"], r["p50_ms"], 3)
+            if base and (base, b) in by_key else None,
             "size_ratio_vs_teacher": _ratio(r["file_bytes"], size.get(TEACHER), 6),
         })
-    return out
-
-
-def headline_metrics(
-    rows: list[dict[str, Any]], teachers: tuple[str, ...] = (TEACHER,)
-) -> dict[str, float]:
-    """The benchmark's flat metrics, measured in one run (same threads, same stretch of machine
-    time): each model's median latency per batch size; at the largest batch size, for a
-    compressed model its speed-up
-    against the teacher in the same runtime (``speedup_vs_teacher_same_runtime``: the fair
-    figure, the headline); for the teacher's exports (``teachers`` after the first) the runtime's
-    gain alone (``speedup_vs_teacher``: teacher in PyTorch / teacher in that runtime).
-    Everything else, speed-ups at other batch sizes and the cross-runtime speed-up included,
-    stays in the CSV: 140+ keys made ``dvc exp show`` unreadable (9 models: 26 keys).
-    """
-    p50 = {(r["model"], r["batch_size"]): r["p50_ms"] for r in rows}
-    same = _same_runtime_teachers(rows, teachers)
-    family = {r["model"]: runtime_family(r.get("runtime")) for r in rows}
-    largest = max((b for _, b in p50), default=0)
-    out: dict[str, float] = {}
-    for (model, b), ms in p50.items():
-        out[bench_key(model, b, "p50_ms")] = ms
-    for (model, b), ms in p50.items():
-        if model == TEACHER or ms <= 0 or b != largest:
-            continue
-        if model in teachers:
-            teacher = p50.get((TEACHER, b))
-            if teacher:
-                out[bench_key(model, b, "speedup_vs_teacher")] = round(teacher / ms, 3)
-        else:
-            teacher = same.get((family[model], b))
-            if teacher:
-                out[bench_key(model, b, "speedup_vs_teacher_same_runtime")] = round(
-                    teacher / ms, 3)
     return out
 
 
@@ -366,3 +376,35 @@ def p50_drift(
                       "speedup_drift_pct": round((speedup_2 / speedup_1 - 1) * 100, 2)}
         drift.append(entry)
     return drift
+
+
+# --- keeping rows of unchanged models ---------------------------------------------------------
+
+
+def settings_key(batch_sizes: list[int], repeats: int, rounds: int, warmup: int, threads: int,
+                 device: str, cpu: str) -> str:
+    """What a timing depends on besides the model file: a kept row must match it exactly."""
+    sizes = ",".join(str(b) for b in sorted(batch_sizes))
+    return f"b{sizes} r{repeats}/{rounds} w{warmup} t{threads} {device} {cpu}"
+
+
+def reusable_rows(
+    previous: list[dict[str, Any]], hashes: dict[str, str], settings: str,
+    always: tuple[str, ...],
+) -> dict[str, list[dict[str, Any]]]:
+    """model -> its previous rows, for models whose file (``hashes``: name -> SHA-256) and
+    ``settings`` are unchanged and that are not in ``always`` (the teacher forms, the speed-ups'
+    reference, re-timed every run). Nothing is kept when a model of ``always`` changed."""
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for r in previous:
+        by_model.setdefault(str(r.get("model")), []).append(r)
+
+    def unchanged(name: str) -> bool:
+        rows = by_model.get(name, [])
+        return bool(rows) and all(r.get("file_sha256") == hashes.get(name)
+                                  and r.get("settings") == settings for r in rows)
+
+    if not all(unchanged(name) for name in always if name in hashes):
+        return {}
+    return {name: rows for name, rows in by_model.items()
+            if name in hashes and name not in always and unchanged(name)}

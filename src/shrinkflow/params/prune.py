@@ -38,15 +38,13 @@ class PruneParams(Section):
 
     ``ratio: auto`` is budget mode (``shrinkflow.compress.prune_budget``): per-layer widths from the
     sensitivity scan, pruned in ``iterative_steps`` steps until the validation drop against the
-    unpruned student would exceed ``max_drop_points``.
+    unpruned student would exceed ``budget.max_drop_points`` (``shrinkflow.params.budget``).
     """
 
     section: ClassVar[str] = "prune"
 
     mode: Literal["structured", "unstructured"] = "structured"
     ratio: RatioOrAuto = 0.35
-    max_drop_points: float = Field(default=1.0, ge=0, le=100,
-                                   description="ratio auto: budget vs the student, on val")
     target: Literal["macs", "latency"] = "macs"
     importance: Literal["l1", "l2", "taylor", "random"] = "l2"
     iterative_steps: int = Field(default=4, ge=1, le=100)

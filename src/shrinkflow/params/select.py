@@ -14,12 +14,11 @@ from shrinkflow.params.common import (
 
 
 class SelectParams(Section):
-    """The final model: fastest at ``batch_size`` among candidates within the accuracy budget."""
+    """The final model: fastest at ``batch_size`` among candidates within the accuracy budget
+    (``budget.max_drop_points``)."""
 
     section: ClassVar[str] = "select"
 
-    max_drop_points: float = Field(default=1.0, ge=0, le=100,
-                                   description="accuracy budget, points below the teacher")
     batch_size: int = Field(default=0, ge=0, le=65_536,
                             description="latency at this benchmarked batch size; 0 = largest")
     max_file_bytes: int = Field(default=0, ge=0, description="0 = no size limit")

@@ -12,10 +12,16 @@ The JSON of DVC 3.x is a list of baseline commits (plus ``"workspace"``); each h
 
 Params are flattened to dotted keys (``prune.ratio``); metrics files are flat already and their
 keys unique, so they are merged. "Changed params" are those differing from the baseline commit.
+
+What is compared is what ``dvc exp show`` holds: metrics/final.json (select_final), i.e. each
+model's test accuracy and the shipped model's accuracy, drop, file size and same-runtime
+speed-up, each with its 95 % interval. Differences inside the noise are called ties
+(``shrinkflow.measure.noise.tie``, the rule select_final and the report use too).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -23,8 +29,9 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from shrinkflow.core.metric_keys import TEACHER, bench_batch_sizes, bench_key, model_key
+from shrinkflow.core.metric_keys import TEACHER, TEST_IMAGES, final_key, model_key
 from shrinkflow.core.outputs import atomic_path
+from shrinkflow.measure.noise import Estimate, accuracy_estimate, tie
 from shrinkflow.results.report import (
     first_number,
     fmt_value,
@@ -34,7 +41,8 @@ from shrinkflow.results.report import (
     save_figure,
 )
 
-BUDGET_KEY = "prune.max_drop_points"  # the budget of budget-mode pruning (prune.ratio: auto)
+FINAL = "final"  # compare the model each experiment shipped (metrics/final.json)
+BUDGET_KEY = "budget.max_drop_points"  # the one accuracy budget (params.budget)
 BUDGET_PNG = "compare_budget.png"
 
 
@@ -107,64 +115,98 @@ def changed_params(base: dict[str, Any], exp: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in exp.items() if k not in base or base[k] != v}
 
 
-def experiment_table(
-    records: list[dict[str, Any]], model: str = "quantized", accuracy_of: str | None = None
-) -> pd.DataFrame:
-    """One row per experiment: its ``model``'s accuracy, drop vs its own teacher, size, speed.
-
-    A benchmark-only model (``pruned_onnx``: the pruned weights in ONNX Runtime) has no evaluate
-    metrics of its own: ``accuracy_of`` (models.yaml) names the model whose accuracy and MACs it
-    shares; its file size is then unknown here (metrics/benchmark.csv has it).
-    """
-    weights = accuracy_of or model
-    sizes = bench_batch_sizes({k for r in records for k in r["metrics"]}, model)
-    batch = sizes[-1] if sizes else 64
+def experiment_table(records: list[dict[str, Any]], model: str = FINAL) -> pd.DataFrame:
+    """One row per experiment: the shipped model's (``model`` "final") or one model's accuracy
+    with its 95 % interval, drop vs its own teacher, and, for the shipped model, its file size
+    and same-runtime speed-up (with interval). Per-model latencies are not DVC metrics (they
+    live in each experiment's metrics/benchmark.csv), so for a named model only accuracy is
+    compared."""
     rows = []
     for r in records:
         m = r["metrics"]
         teacher = first_number(m, model_key(TEACHER, "acc"), model_key(TEACHER, "test_acc"))
-        acc = first_number(m, model_key(weights, "acc"), model_key(weights, "test_acc"))
+        n = first_number(m, TEST_IMAGES)
+        if model == FINAL:
+            acc = first_number(m, final_key("acc"))
+            low, high = (first_number(m, final_key("acc_low")),
+                         first_number(m, final_key("acc_high")))
+            shipped = m.get(final_key("model"))
+        else:
+            acc = first_number(m, model_key(model, "acc"))
+            interval = (accuracy_estimate(acc, int(n)) if not (math.isnan(acc) or math.isnan(n))
+                        else Estimate(acc, math.nan, math.nan))
+            low, high, shipped = interval.low, interval.high, model
+        final = {f: first_number(m, final_key(f)) if model == FINAL else math.nan
+                 for f in ("file_bytes", "speedup", "speedup_low", "speedup_high")}
+        speedup = final["speedup"]
         rows.append({
             "name": r["name"],
             "baseline": r["baseline"],
             "is_baseline": r["is_baseline"],
             "changed": ", ".join(f"{k}={v}" for k, v in sorted(r.get("changed", {}).items())),
+            "model": shipped if isinstance(shipped, str) else "-",
             "accuracy": acc,
+            "acc_low": low,
+            "acc_high": high,
+            "test_images": n,
             "drop_points": (teacher - acc) * 100,
-            "macs": first_number(m, model_key(weights, "macs")),
-            "file_bytes": first_number(m, model_key(model, "file_bytes")),
-            "latency_ms": first_number(m, bench_key(model, batch, "p50_ms")),
-            # budget-mode pruning's budget; NaN where the ratio is fixed (the key then does nothing)
-            "budget_points": first_number(r["params"], BUDGET_KEY)
-            if r["params"].get("prune.ratio") == "auto" else float("nan"),
+            "file_bytes": final["file_bytes"],
+            "speedup": speedup,
+            "speedup_low": final["speedup_low"],
+            "speedup_high": final["speedup_high"],
+            # 1 / speed-up: a cost, lower is better, for the Pareto chart
+            "relative_latency": 1 / speedup if speedup and not math.isnan(speedup) else math.nan,
+            "budget_points": first_number(r["params"], BUDGET_KEY),
             "error": r.get("error") or "",
         })
     df = pd.DataFrame(rows)
-    df.attrs["batch"] = batch
     df.attrs["model"] = model
     return df
 
 
+def _estimate(row: pd.Series, col: str, interval: str) -> Estimate:
+    """``row[col]`` with its interval from the ``<interval>_low`` / ``_high`` columns."""
+    low, high = row.get(f"{interval}_low", math.nan), row.get(f"{interval}_high", math.nan)
+    if math.isnan(low) or math.isnan(high):
+        return Estimate(row[col], row[col], row[col])
+    return Estimate(row[col], low, high)
+
+
+def _ties(ok: pd.DataFrame, best: pd.Series, col: str, interval: str) -> list[str]:
+    """Names of the other rows whose ``col`` is a tie with ``best``'s (``noise.tie``)."""
+    mine = _estimate(best, col, interval)
+    return [str(r["name"]) for _, r in ok.iterrows()
+            if r["name"] != best["name"] and not math.isnan(r[col])
+            and tie(mine, _estimate(r, col, interval))]
+
+
 def answer(df: pd.DataFrame, max_drop: float) -> list[str]:
-    """Plain-language answers: smallest and fastest recipe within ``max_drop`` points."""
-    model, batch = df.attrs.get("model", "model"), df.attrs.get("batch", 64)
+    """Plain-language answers within ``max_drop`` points: most accurate, smallest file, fastest;
+    a winner whose lead is inside the noise is called a tie, naming who it ties with."""
+    model = df.attrs.get("model", FINAL)
+    what = "the shipped model" if model == FINAL else f"`{model}`"
     ok = df[df["drop_points"] <= max_drop + 1e-9]
-    lines = [f"{len(ok)} of {len(df)} runs (baselines + experiments) keep `{model}` within "
+    lines = [f"{len(ok)} of {len(df)} runs (baselines + experiments) keep {what} within "
              f"{max_drop:g} points of their teacher."]
-    for col, what, kind in (("file_bytes", "smallest file", "kb"),
-                            ("macs", "fewest MACs", "mega"),
-                            ("latency_ms", f"fastest at batch {batch}", "ms")):
+    for col, title, best_is, interval, kind in (
+            ("accuracy", "most accurate", "max", "acc", "pct"),
+            ("file_bytes", "smallest file", "min", None, "kb"),
+            ("speedup", "fastest (same-runtime speed-up vs the teacher)", "max", "speedup", "x")):
         usable = ok[ok[col].notna()]
         if usable.empty:
-            lines.append(f"{_cap(what)}: no experiment qualifies.")
+            if col == "accuracy" or model == FINAL:
+                lines.append(f"{_cap(title)}: no experiment qualifies.")
             continue
-        best = usable.loc[usable[col].idxmin()]
-        unit = {"kb": " KB", "mega": " MACs", "ms": " ms"}[kind]
-        lines.append(
-            f"{_cap(what)}: `{best['name']}` ({best['changed'] or 'baseline params'}): "
-            f"{fmt_value(best[col], kind)}{unit}, accuracy {best['accuracy'] * 100:.2f}%, "
-            f"drop {best['drop_points']:.2f} pts."
-        )
+        best = usable.loc[usable[col].idxmax() if best_is == "max" else usable[col].idxmin()]
+        unit = {"kb": " KB", "pct": " %", "x": ""}[kind]
+        line = (f"{_cap(title)}: `{best['name']}` ({best['changed'] or 'baseline params'}"
+                + (f"; ships `{best['model']}`" if model == FINAL else "") + "): "
+                f"{fmt_value(best[col], kind)}{unit}, accuracy {best['accuracy'] * 100:.2f}%, "
+                f"drop {best['drop_points']:.2f} pts.")
+        tied = _ties(usable, best, col, interval) if interval else []
+        if tied:
+            line += f" A tie (inside the noise) with {', '.join(f'`{t}`' for t in tied)}."
+        lines.append(line)
     return lines
 
 
@@ -173,23 +215,23 @@ def _cap(text: str) -> str:
 
 
 def plot_budget_curve(df: pd.DataFrame, path: str | Path) -> Path | None:
-    """Latency against the pruning budget over budget-mode experiments (e.g. a queued sweep over
-    0.5, 1, 2 points): how much speed each point of accuracy buys. None: under 2 budgets."""
-    data = df[["name", "budget_points", "latency_ms", "accuracy"]].dropna()
+    """The shipped model's same-runtime speed-up against the accuracy budget over experiments
+    (e.g. a queued sweep over 0.5, 1, 2 points): how much speed each point of accuracy buys.
+    None: under 2 budgets, or no speed-ups."""
+    data = df[["name", "budget_points", "speedup", "accuracy"]].dropna()
     if data["budget_points"].nunique() < 2:
         return None
     data = data.sort_values("budget_points")
-    model, batch = df.attrs.get("model", "model"), df.attrs.get("batch", 64)
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
-    ax.plot(data["budget_points"], data["latency_ms"], marker="o")
+    ax.plot(data["budget_points"], data["speedup"], marker="o")
     for _, row in data.iterrows():
         ax.annotate(f"{row['name']} ({row['accuracy'] * 100:.2f}%)",
-                    (row["budget_points"], row["latency_ms"]), textcoords="offset points",
+                    (row["budget_points"], row["speedup"]), textcoords="offset points",
                     xytext=(4, 4), fontsize=8)
     ax.set(xlabel=f"accuracy budget ({BUDGET_KEY}, points)",
-           ylabel=f"{model} median latency at batch {batch} (ms)",
-           title="Latency vs accuracy budget (budget-mode pruning)")
+           ylabel="shipped model's speed-up vs the teacher (same runtime)",
+           title="Speed-up vs accuracy budget")
     ax.grid(True, alpha=0.3)
     return save_figure(fig, path)
 
@@ -197,34 +239,56 @@ def plot_budget_curve(df: pd.DataFrame, path: str | Path) -> Path | None:
 def write_compare(
     df: pd.DataFrame, out_dir: str | Path, max_drop: float
 ) -> tuple[Path, Path | None]:
-    """``compare.md`` (table + answers) and ``compare_pareto.png`` (None: no latencies); with
-    two or more budget-mode budgets also ``compare_budget.png`` (linked from the page)."""
+    """``compare.md`` (table + answers) and ``compare_pareto.png`` (None: no speed-ups); with
+    two or more budgets also ``compare_budget.png`` (linked from the page)."""
     out_dir = Path(out_dir)
-    model, batch = df.attrs.get("model", "model"), df.attrs.get("batch", 64)
-    front = pareto_front(df["latency_ms"].tolist(), df["accuracy"].tolist())
+    model = df.attrs.get("model", FINAL)
+    front = pareto_front(df["relative_latency"].tolist(), df["accuracy"].tolist())
     table = df.assign(pareto=["yes" if f else "" for f in front])
-    headers = {"name": "experiment", "changed": "changed params", "accuracy": "accuracy %",
-               "drop_points": "drop vs teacher (pts)", "macs": "MACs", "file_bytes": "file KB",
-               "latency_ms": f"b{batch} p50 ms", "pareto": "Pareto",
-               "budget_points": "prune budget (pts)", "error": "error"}
-    formats = {"accuracy": "pct", "drop_points": "pts", "macs": "mega", "file_bytes": "kb",
-               "latency_ms": "ms", "budget_points": "str"}
+    table["accuracy_ci"] = [_interval_cell(r, "accuracy", "acc", "pct")
+                            for _, r in table.iterrows()]
+    table["speedup_ci"] = [_interval_cell(r, "speedup", "speedup", "x")
+                           for _, r in table.iterrows()]
+    headers = {"name": "experiment", "changed": "changed params", "model": "model",
+               "accuracy_ci": "accuracy % (95 % interval)",
+               "drop_points": "drop vs teacher (pts)", "file_bytes": "file KB",
+               "speedup_ci": "speed-up vs teacher, same runtime", "pareto": "Pareto",
+               "budget_points": "budget (pts)", "error": "error"}
+    formats = {"drop_points": "pts", "file_bytes": "kb", "budget_points": "str"}
     if not table["error"].astype(bool).any():
         headers.pop("error")
-    if table["budget_points"].isna().all():
-        headers.pop("budget_points")
-    lines = [f"# Experiment comparison (`{model}` model)", "",
+    if model != FINAL:
+        for col in ("file_bytes", "speedup_ci", "pareto"):
+            headers.pop(col)
+    title = "the shipped model" if model == FINAL else f"`{model}`"
+    lines = [f"# Experiment comparison ({title})", "",
              *[f"- {line}" for line in answer(df, max_drop)], "",
-             markdown_table(table, formats, headers), ""]
-    chart = plot_tradeoff(df, "latency_ms", f"{model} median latency at batch {batch} (ms)",
-                          f"Experiments: {model} accuracy vs latency",
-                          out_dir / "compare_pareto.png", label="name")
+             markdown_table(table, formats, headers), "",
+             "Intervals are 95 %: accuracy over the test images (Wilson), speed-up over the "
+             "benchmark's rounds. Two figures whose intervals hold each other's value are a tie.",
+             ""]
+    chart = None
+    if model == FINAL:
+        chart = plot_tradeoff(df, "relative_latency",
+                              "latency relative to the teacher, same runtime (1 / speed-up)",
+                              "Experiments: shipped model's accuracy vs latency",
+                              out_dir / "compare_pareto.png", label="name")
     if chart is not None:
         lines += [f"![accuracy vs latency per experiment]({chart.name})", ""]
     budget_chart = plot_budget_curve(df, out_dir / BUDGET_PNG)
     if budget_chart is not None:
-        lines += [f"![latency vs accuracy budget]({budget_chart.name})", ""]
+        lines += [f"![speed-up vs accuracy budget]({budget_chart.name})", ""]
     page = out_dir / "compare.md"
     with atomic_path(page) as tmp:
         tmp.write_text("\n".join(lines))
     return page, chart
+
+
+def _interval_cell(row: pd.Series, col: str, interval: str, kind: str) -> str:
+    value = row[col]
+    if value is None or math.isnan(value):
+        return "-"
+    e = _estimate(row, col, interval)
+    text = fmt_value(value, kind)
+    return text if e.low == e.high else (f"{text} ({fmt_value(e.low, kind).rstrip('x')}-"
+                                         f"{fmt_value(e.high, kind)})")

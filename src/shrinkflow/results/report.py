@@ -25,19 +25,19 @@ from shrinkflow.core.metric_keys import (
     ENSEMBLE_ACC,
     TEACHER,
     ModelEntry,
-    bench_batch_sizes,
-    bench_key,
     model_key,
-    parse_bench_key,
     reference_accuracy_key,
 )
 from shrinkflow.core.outputs import atomic_path
+from shrinkflow.measure.noise import Estimate, accuracy_estimate, tie
 
-FINAL_KEY = "final_model"  # metrics/final.json (the select stage): the model that ships
-BENCH_CSV = "benchmark.csv"  # one row per model and batch size: runtime, sizes, environment
+SELECTION_JSON = "selection.json"  # select_final's whole decision (not a flat metrics file)
+BENCH_CSV = "benchmark.csv"  # one row per model and batch size: latencies, runtime, environment
 ENVIRONMENT = ("cpu", "threads", "device", "torch_version", "onnxruntime_version")
 HISTORIES = ("teacher", "student_scratch", "distill", "prune")
-MARKERS = ("o", "s", "^", "D", "v")
+# one marker per model as well as one colour: nine models must be told apart in grey print and
+# by colour-blind readers
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "p", "*")
 _MEMBER_KEY = re.compile(r"teacher_(\d+)_test_acc")  # extra members' metrics/teacher_SEED.json
 
 
@@ -48,6 +48,8 @@ def load_metrics(metrics_dir: str | Path) -> dict[str, Any]:
     """All flat ``*.json`` metrics files of a directory merged into one dict (keys are unique)."""
     merged: dict[str, Any] = {}
     for path in sorted(Path(metrics_dir).glob("*.json")):
+        if path.name == SELECTION_JSON:
+            continue
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
@@ -116,10 +118,26 @@ def bench_facts(bench: pd.DataFrame | None) -> dict[str, dict[str, Any]]:
     return {str(r["model"]): r for r in bench.drop_duplicates("model").to_dict("records")}
 
 
+def bench_batch_sizes(bench: pd.DataFrame | None) -> list[int]:
+    """The benchmarked batch sizes (none without a benchmark CSV)."""
+    if bench is None or "batch_size" not in bench.columns:
+        return []
+    return sorted({int(b) for b in bench["batch_size"].dropna()})
+
+
+def _bench_row(bench: pd.DataFrame | None, model: str, batch: int) -> dict[str, Any]:
+    if bench is None or "model" not in bench.columns:
+        return {}
+    rows = bench[(bench["model"] == model) & (bench["batch_size"] == batch)]
+    return rows.iloc[0].to_dict() if len(rows) else {}
+
+
 def model_table(
     metrics: dict[str, Any], models: list[ModelEntry], bench: pd.DataFrame | None = None
 ) -> pd.DataFrame:
-    """One row per model found in the metrics: accuracy, drop, size, cost and speed columns.
+    """One row per model found in the metrics: accuracy (with its test-set size and 95 %
+    interval), drop, size, cost, latency (median and its interval over the rounds) and
+    same-runtime speed-up (with its interval) columns.
 
     ``models`` (``metric_keys.read_model_list``) gives the rows and their order; ``bench`` is
     metrics/benchmark.csv when present. Accuracy is a fraction; ``drop_points`` = (teacher -
@@ -128,7 +146,7 @@ def model_table(
     """
     teacher = teacher_accuracy(metrics)
     facts = bench_facts(bench)
-    sizes = bench_batch_sizes(metrics)
+    sizes = bench_batch_sizes(bench)
     small, large = (sizes[0], sizes[-1]) if sizes else (1, 64)
     rows = []
     for entry in models:
@@ -136,6 +154,9 @@ def model_table(
         acc = first_number(metrics, model_key(entry.accuracy_of, "acc"))
         if name == TEACHER and math.isnan(acc):  # no evaluate@teacher: the training stage's
             acc = first_number(metrics, model_key(TEACHER, "test_acc"))
+        n = first_number(metrics, model_key(entry.accuracy_of, "test_images"))
+        interval = (accuracy_estimate(acc, int(n)) if not (math.isnan(acc) or math.isnan(n))
+                    else Estimate(acc, math.nan, math.nan))
 
         def known(field: str, name: str = name, fact: dict = fact) -> float:
             value = first_number(metrics, model_key(name, field))
@@ -145,26 +166,49 @@ def model_table(
         precision = fact.get("precision")
         label = "-" if runtime is None else (
             runtime if str(precision) in str(runtime) else f"{runtime} {precision}")
+        at_small, at_large = _bench_row(bench, name, small), _bench_row(bench, name, large)
         row = {
             "model": name,
             "runtime": label,
             "accuracy": acc,
+            "acc_low": interval.low,
+            "acc_high": interval.high,
+            "test_images": n,
             "drop_points": (teacher - acc) * 100,
             "params": known("params"),
             "macs": known("macs"),
             "file_bytes": known("file_bytes"),
-            f"b{small}_ms": first_number(metrics, bench_key(name, small, "p50_ms")),
-            f"b{large}_ms": first_number(metrics, bench_key(name, large, "p50_ms")),
+            f"b{small}_ms": first_number(at_small, "p50_ms"),
+            f"b{large}_ms": first_number(at_large, "p50_ms"),
+            f"b{large}_low": first_number(at_large, "p50_low_ms"),
+            f"b{large}_high": first_number(at_large, "p50_high_ms"),
             # compression's gain alone: against the teacher's form in the same runtime
-            f"speedup_b{large}": first_number(
-                metrics, bench_key(name, large, "speedup_vs_teacher_same_runtime")),
+            f"speedup_b{large}": first_number(at_large, "speedup_vs_teacher_same_runtime"),
+            f"speedup_b{large}_low": first_number(at_large,
+                                                  "speedup_vs_teacher_same_runtime_low"),
+            f"speedup_b{large}_high": first_number(at_large,
+                                                   "speedup_vs_teacher_same_runtime_high"),
         }
         if entry.accuracy_of == TEACHER and not math.isnan(row[f"b{large}_ms"]):
             row[f"speedup_b{large}"] = 1.0  # a teacher form is its runtime's reference
         if math.isnan(row["accuracy"]) and math.isnan(row[f"b{large}_ms"]):
             continue
         rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    df.attrs["large"] = large
+    return df
+
+
+def accuracy_tie_note(a: float, b: float, n: float) -> str:
+    """How a difference between two accuracies on the same ``n`` test images reads: in test
+    images, and whether it is a tie (``noise.tie``)."""
+    if math.isnan(n) or n <= 0:
+        return ""
+    images = round(abs(a - b) * n)
+    verdict = ("a tie: inside the 95 % interval" if tie(accuracy_estimate(a, int(n)),
+                                                          accuracy_estimate(b, int(n)))
+               else "outside the noise")
+    return f"{images} of {int(n)} test images; {verdict}"
 
 
 # --- analysis ---------------------------------------------------------------------------------
@@ -228,20 +272,41 @@ def markdown_table(df: pd.DataFrame, formats: dict[str, str], headers: dict[str,
     return "\n".join(lines)
 
 
+def _with_interval(value: float, low: float, high: float, kind: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    text = fmt_value(value, kind)
+    if math.isnan(low) or math.isnan(high) or (low == high == value):
+        return text
+    return f"{text} ({fmt_value(low, kind).rstrip('x')}-{fmt_value(high, kind)})"
+
+
 def models_markdown(df: pd.DataFrame) -> str:
-    """The models table with readable headers and units."""
-    formats = {"accuracy": "pct", "drop_points": "pts", "params": "int", "macs": "mega",
-               "file_bytes": "kb"}
-    headers = {"model": "model", "runtime": "runtime", "accuracy": "accuracy %",
+    """The models table with readable headers and units; accuracy, latency and speed-up carry
+    their 95 % intervals in brackets."""
+    large = df.attrs.get("large", 64)
+    shown = df.copy()
+    shown["accuracy_ci"] = [_with_interval(r["accuracy"], r["acc_low"], r["acc_high"], "pct")
+                            for _, r in df.iterrows()]
+    formats = {"drop_points": "pts", "params": "int", "macs": "mega", "file_bytes": "kb"}
+    headers = {"model": "model", "runtime": "runtime",
+               "accuracy_ci": "accuracy % (95 % interval)",
                "drop_points": "drop vs teacher (pts)", "params": "params", "macs": "MACs",
                "file_bytes": "file KB"}
     for col in df.columns:
         if col.endswith("_ms"):
-            formats[col], headers[col] = "ms", f"{col[:-3]} p50 ms"
-        elif col.startswith("speedup_"):
-            formats[col], headers[col] = "x", (f"speed-up vs teacher, same runtime "
-                                               f"({col.split('_')[1]})")
-    return markdown_table(df, formats, headers)
+            batch = col[:-3]
+            if batch == f"b{large}":
+                shown[col] = [_with_interval(r[col], r[f"{batch}_low"], r[f"{batch}_high"], "ms")
+                              for _, r in df.iterrows()]
+                headers[col] = f"{batch} p50 ms (95 % interval over rounds)"
+            else:
+                formats[col], headers[col] = "ms", f"{batch} p50 ms"
+        elif col.startswith("speedup_") and not col.endswith(("_low", "_high")):
+            shown[col] = [_with_interval(r[col], r[f"{col}_low"], r[f"{col}_high"], "x")
+                          for _, r in df.iterrows()]
+            headers[col] = f"speed-up vs teacher, same runtime ({col.split('_')[1]})"
+    return markdown_table(shown, formats, headers)
 
 
 # --- charts -----------------------------------------------------------------------------------
@@ -263,38 +328,60 @@ def plot_tradeoff(
     label: str = "model",
     reference: float | None = None,
     max_drop: float | None = None,
+    shipped: str | None = None,
+    x_interval: tuple[str, str] | None = None,
 ) -> Path | None:
-    """Accuracy (y) against a cost (x, log scale) with the Pareto front drawn and marked.
+    """Accuracy (y) against a cost (x, log scale when it spans >20x) with the Pareto front.
 
-    ``reference`` (the teacher's accuracy %) and ``max_drop`` draw the accuracy budget line.
-    Returns None when fewer than one point has both coordinates.
+    Each point has its own colour AND marker (named in the legend), vertical bars for the
+    accuracy's 95 % interval (``acc_low`` / ``acc_high`` columns when present) and horizontal
+    bars for ``x_interval`` columns; ``shipped`` (the final model) is ringed by a large star and
+    labelled. ``reference`` (the teacher's accuracy %) and ``max_drop`` draw the budget line.
+    Returns None when no point has both coordinates.
     """
-    data = df[[label, x, "accuracy"]].dropna()
+    data = df[df[[label, x, "accuracy"]].notna().all(axis=1)]
     if data.empty:
         return None
-    acc = data["accuracy"] * 100
-    front = np.array(pareto_front(data[x].tolist(), acc.tolist()))
-    fig = Figure(figsize=(8.5, 4.5))
+    acc = data["accuracy"].to_numpy() * 100
+    xs = data[x].to_numpy(dtype=float)
+    front = np.array(pareto_front(xs.tolist(), acc.tolist()))
+    fig = Figure(figsize=(9, 4.8))
     ax = fig.subplots()
-    order = np.argsort(data[x][front].to_numpy())
-    ax.step(data[x][front].to_numpy()[order], acc[front].to_numpy()[order], where="post",
-            color="black", alpha=0.35, label="Pareto front")
-    # One colour/marker per point, named in the legend: close points (pruned and pruned_onnx)
-    # would make text labels collide. Front points get a black ring.
-    for i, (name, xv, yv, on_front) in enumerate(
-        zip(data[label], data[x], acc, front, strict=True)
-    ):
-        ax.scatter([xv], [yv], s=70, color=f"C{i % 10}", marker=MARKERS[(i // 10) % len(MARKERS)],
-                   edgecolors="black" if on_front else "none", linewidths=2, zorder=3,
-                   label=f"{name}{' (front)' if on_front else ''}")
+    order = np.argsort(xs[front])
+    if front.sum() > 1:
+        ax.step(xs[front][order], acc[front][order], where="post", color="black", alpha=0.35,
+                linewidth=1.5, label="Pareto front (ringed points)")
+    else:  # one point: a step line has no length; the ring alone says it
+        ax.plot([], [], color="black", alpha=0.35, linewidth=1.5,
+                label="Pareto front (ringed point)")
+    for i, (_, row) in enumerate(data.iterrows()):
+        colour, marker = f"C{i % 10}", MARKERS[i % len(MARKERS)]
+        yerr = None
+        if {"acc_low", "acc_high"} <= set(row.index) and not math.isnan(row["acc_low"]):
+            yerr = [[acc[i] - row["acc_low"] * 100], [row["acc_high"] * 100 - acc[i]]]
+        xerr = None
+        if x_interval and not math.isnan(row.get(x_interval[0], math.nan)):
+            xerr = [[xs[i] - row[x_interval[0]]], [row[x_interval[1]] - xs[i]]]
+        if yerr or xerr:
+            ax.errorbar([xs[i]], [acc[i]], yerr=yerr, xerr=xerr, fmt="none", ecolor=colour,
+                        alpha=0.45, capsize=2, linewidth=1)
+        name = str(row[label])
+        ax.scatter([xs[i]], [acc[i]], s=70, color=colour, marker=marker,
+                   edgecolors="black" if front[i] else "none", linewidths=1.5, zorder=3,
+                   label=name + (" (shipped)" if name == shipped else ""))
+        if name == shipped:
+            ax.scatter([xs[i]], [acc[i]], s=420, marker="*", facecolors="none",
+                       edgecolors="black", linewidths=1.2, zorder=4)
+            ax.annotate("shipped", (xs[i], acc[i]), textcoords="offset points", xytext=(10, -14),
+                        fontsize=8, fontweight="bold")
     if reference is not None and max_drop is not None:
-        ax.axhline(reference - max_drop, color="tab:blue", linestyle="--", linewidth=1,
-                   label=f"teacher - {max_drop:g} points")
-    if (data[x] > 0).all() and data[x].max() / max(data[x].min(), 1e-12) > 20:
+        ax.axhline(reference - max_drop, color="tab:red", linestyle="--", linewidth=1,
+                   label=f"budget: teacher - {max_drop:g} points")
+    if (xs > 0).all() and xs.max() / max(xs.min(), 1e-12) > 20:
         ax.set_xscale("log")
     ax.margins(x=0.08, y=0.08)
     ax.set_xlabel(x_label)
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel("test accuracy (%), bars: 95 % interval")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -302,19 +389,33 @@ def plot_tradeoff(
 
 
 def plot_histories(histories: dict[str, pd.DataFrame], path: str | Path) -> Path | None:
-    """Validation accuracy and training loss per epoch, one line per training run."""
+    """Validation accuracy and training cross-entropy per epoch, one line per training run.
+
+    Cross-entropy on the labels (``train_ce``) is the one loss every run shares; distillation's
+    total loss adds a KD term on another scale (T^2-weighted KL), so it gets its own panel."""
     usable = {k: h for k, h in histories.items() if {"epoch", "val_acc"} <= set(h.columns)}
     if not usable:
         return None
-    fig = Figure(figsize=(10, 4))
-    ax_acc, ax_loss = fig.subplots(1, 2)
-    for name, h in usable.items():
-        ax_acc.plot(h["epoch"], h["val_acc"] * 100, marker=".", label=name)
-        if "train_loss" in h.columns:
-            ax_loss.plot(h["epoch"], h["train_loss"], marker=".", label=name)
+    with_kd = {k: h for k, h in usable.items() if "train_kd" in h.columns}
+    fig = Figure(figsize=(15 if with_kd else 10, 4))
+    axes = fig.subplots(1, 3 if with_kd else 2)
+    ax_acc, ax_ce = axes[0], axes[1]
+    for i, (name, h) in enumerate(usable.items()):
+        style = {"marker": MARKERS[i % len(MARKERS)], "markersize": 4, "color": f"C{i % 10}",
+                 "label": name}
+        ax_acc.plot(h["epoch"], h["val_acc"] * 100, **style)
+        ce = "train_ce" if "train_ce" in h.columns else "train_loss"
+        if ce in h.columns:
+            ax_ce.plot(h["epoch"], h[ce], **style)
+        if name in with_kd:
+            axes[2].plot(h["epoch"], h["train_kd"], **style)
     ax_acc.set(xlabel="epoch", ylabel="val accuracy (%)", title="Validation accuracy")
-    ax_loss.set(xlabel="epoch", ylabel="train loss", title="Training loss")
-    for ax in (ax_acc, ax_loss):
+    ax_ce.set(xlabel="epoch", ylabel="cross-entropy on the labels", yscale="log",
+              title="Training cross-entropy")
+    if with_kd:
+        axes[2].set(xlabel="epoch", ylabel="KD loss (soft targets)", yscale="log",
+                    title="Distillation term (its own scale)")
+    for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
@@ -348,20 +449,33 @@ def plot_confusion(pairs: pd.DataFrame, title: str, path: str | Path) -> Path | 
     return save_figure(fig, path)
 
 
-def plot_sensitivity(df: pd.DataFrame, path: str | Path) -> Path | None:
-    """Accuracy after pruning each layer alone at each ratio: flat lines are safe to prune."""
+def plot_sensitivity(
+    df: pd.DataFrame, path: str | Path, baseline: float | None = None
+) -> Path | None:
+    """Validation accuracy after pruning each layer alone at each ratio: flat lines are safe to
+    prune. Layers are numbered in network order ("conv 1 of 6"), with the module name that
+    ``prune.ignore_layers`` takes; ``baseline`` (the unpruned student's validation accuracy)
+    is the dashed line and every curve's point at ratio 0."""
     if not {"layer", "ratio", "accuracy"} <= set(df.columns) or df.empty:
         return None
-    fig = Figure(figsize=(8, 4.5))
+    fig = Figure(figsize=(9, 4.5))
     ax = fig.subplots()
-    for layer, group in df.groupby("layer", sort=False):
-        group = group.sort_values("ratio")
-        ax.plot(group["ratio"], group["accuracy"] * 100, marker="o", label=str(layer))
-    ax.set(xlabel="pruning ratio (fraction of channels removed)", ylabel="accuracy (%)",
-           title="Per-layer pruning sensitivity")
+    layers = list(dict.fromkeys(df["layer"]))
+    for i, layer in enumerate(layers):
+        group = df[df["layer"] == layer].sort_values("ratio")
+        ratios, accs = group["ratio"].tolist(), (group["accuracy"] * 100).tolist()
+        if baseline is not None:
+            ratios, accs = [0.0, *ratios], [baseline * 100, *accs]
+        ax.plot(ratios, accs, marker=MARKERS[i % len(MARKERS)], color=f"C{i % 10}",
+                label=f"conv {i + 1} of {len(layers)} ({layer})")
+    if baseline is not None:
+        ax.axhline(baseline * 100, color="black", linestyle="--", linewidth=1,
+                   label=f"unpruned student ({baseline * 100:.2f} %)")
+    ax.set(xlabel="fraction of this layer's channels removed (others untouched)",
+           ylabel="validation accuracy (%)", title="Per-layer pruning sensitivity")
     ax.grid(True, alpha=0.3)
-    n_layers = df["layer"].nunique()
-    ax.legend(fontsize=7, ncol=1 + n_layers // 12, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.legend(fontsize=7, ncol=1 + len(layers) // 12, loc="center left",
+              bbox_to_anchor=(1.01, 0.5))
     return save_figure(fig, path)
 
 
@@ -424,56 +538,121 @@ def _read_csv(path: Path, notes: list[str]) -> pd.DataFrame | None:
         return None
 
 
-def _final_lines(metrics: dict[str, Any], large: str) -> list[str]:
-    """The report's lead: the model the select stage chose (metrics/final.json), and the
-    teacher's runtime gain that the same-runtime speed-up leaves out."""
-    name = metrics.get(FINAL_KEY)
-    if not isinstance(name, str):
-        return ["- No final model selected (metrics/final.json not found: run the select "
-                "stage)."]
-    parts = [f"**Final model: `{name}`** ({metrics.get('final_runtime', '?')}, "
-             f"`{metrics.get('final_file', '?')}`): accuracy "
-             f"{first_number(metrics, 'final_acc') * 100:.2f}%, drop "
-             f"{first_number(metrics, 'final_drop_points'):.2f} pts (budget "
-             f"{first_number(metrics, 'final_max_drop_points'):g})"]
-    smaller = first_number(metrics, "final_smaller_than_teacher")
-    if not math.isnan(smaller):
-        parts.append(f"{smaller:.1f}x smaller file than the teacher's")
-    batch = metrics.get("final_batch_size", "?")
-    same = first_number(metrics, "final_speedup_vs_teacher_same_runtime")
-    if not math.isnan(same):
-        parts.append(f"{same:.2f}x faster than the teacher in the same runtime at batch {batch}")
-    total = first_number(metrics, "final_speedup_vs_teacher")
-    if not math.isnan(total):
-        parts.append(f"{total:.2f}x vs the PyTorch teacher")
-    lines = ["- " + ", ".join(parts) + "."]
-    if isinstance(metrics.get("final_reason"), str):
-        lines.append(f"- Why: {metrics['final_reason']}.")
-    for key, value in metrics.items():  # the runtime's gain: teacher torch -> teacher export
-        parsed = parse_bench_key(key)
-        if parsed and parsed[2] == "speedup_vs_teacher" and f"b{parsed[1]}" == large:
-            lines.append(f"- Runtime's gain alone: `{parsed[0]}` runs {value:.2f}x faster than "
-                         f"the PyTorch `{TEACHER}` at {large.replace('b', 'batch ')} (same "
-                         "weights); speed-ups below are within one runtime.")
+def read_selection(metrics_dir: Path) -> dict[str, Any] | None:
+    """select_final's decision (metrics/selection.json); None when select_final has not run."""
+    path = metrics_dir / SELECTION_JSON
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ShrinkflowError(f"{path}: not valid JSON ({exc})") from exc
+    return data if isinstance(data, dict) else None
+
+
+def _final_lines(selection: dict[str, Any] | None, df: pd.DataFrame) -> list[str]:
+    """The report's lead: the model select_final chose, with its intervals; the runtime's gain
+    that the same-runtime speed-up leaves out."""
+    if selection is None:
+        return ["- No final model selected (metrics/selection.json not found: run the "
+                "select_final stage)."]
+    if selection.get("status") != "selected":
+        return [f"- **No model within the budget**: {selection.get('reason', '?')}. See "
+                "\"No model within the budget\" below."]
+    name = selection["final_model"]
+    c = next((c for c in selection.get("candidates", []) if c["model"] == name), {})
+    parts = [f"**Final model: `{name}`** ({c.get('runtime', '?')}, "
+             f"`{selection.get('final_file', '?')}`): accuracy "
+             + _with_interval(c.get("acc", math.nan), c.get("acc_low", math.nan),
+                              c.get("acc_high", math.nan), "pct")
+             + f" % on {c.get('test_images', '?')} test images, drop "
+             f"{c.get('drop_points', math.nan):.2f} pts (budget "
+             f"{selection.get('max_drop_points', math.nan):g})"]
+    teacher = df[df["model"] == TEACHER]
+    if len(teacher) and c.get("file_bytes"):
+        parts.append(f"{float(teacher['file_bytes'].iloc[0]) / c['file_bytes']:.1f}x smaller "
+                     "file than the teacher's")
+    if c.get("speedup") is not None:
+        parts.append(_with_interval(c["speedup"], _nan(c.get("speedup_low")),
+                                    _nan(c.get("speedup_high")), "x")
+                     + " faster than the teacher in the same runtime at batch "
+                     f"{selection.get('batch_size', '?')}")
+    lines = ["- " + ", ".join(parts) + ".", f"- Why: {selection.get('reason', '?')}."]
+    large = df.attrs.get("large", 64)
+    col = f"b{large}_ms"
+    for _, row in df.iterrows():  # the runtime's gain: teacher torch -> teacher export
+        if (row["model"] != TEACHER and row["model"] in _teacher_forms(df) and col in df.columns
+                and len(teacher) and not math.isnan(row[col])):
+            gain = float(teacher[col].iloc[0]) / row[col]
+            lines.append(f"- Runtime's gain alone: `{row['model']}` runs {gain:.2f}x faster than "
+                         f"the PyTorch `{TEACHER}` at batch {large} (same weights); speed-ups "
+                         "below are within one runtime.")
     return lines
 
 
-def _headline(df: pd.DataFrame, metrics: dict[str, Any], max_drop: float, large: str) -> list[str]:
-    lines = _final_lines(metrics, large)
+def _nan(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _teacher_forms(df: pd.DataFrame) -> set[str]:
+    return set(df.attrs.get("teacher_forms", ()))
+
+
+def none_within_budget_lines(selection: dict[str, Any]) -> list[str]:
+    """Nothing within budget: every candidate against the budget, and what to change."""
+    budget = selection.get("max_drop_points", math.nan)
+    cands = sorted(selection.get("candidates", []), key=lambda c: c["drop_points"])
+    table = pd.DataFrame([{
+        "model": c["model"], "runtime": c["runtime"],
+        "accuracy": _with_interval(c["acc"], c["acc_low"], c["acc_high"], "pct"),
+        "drop_points": c["drop_points"], "over": c["drop_points"] - budget,
+        "file_bytes": c["file_bytes"],
+        "speedup": _with_interval(_nan(c.get("speedup")), _nan(c.get("speedup_low")),
+                                  _nan(c.get("speedup_high")), "x"),
+    } for c in cands])
+    lines = ["## No model within the budget", "",
+             f"No candidate is within `budget.max_drop_points` = {budget:g} points of the "
+             f"teacher ({selection.get('reason', '')}). Nothing was shipped: models/final/ "
+             "holds only NO_MODEL.md, and the report stage exits non-zero so that the pipeline "
+             "does not look finished.", ""]
+    if len(table):
+        lines += [markdown_table(table, {"drop_points": "pts", "over": "pts", "file_bytes": "kb"},
+                                 {"model": "model", "runtime": "runtime",
+                                  "accuracy": "accuracy % (95 % interval)",
+                                  "drop_points": "drop (pts)", "over": "over budget by (pts)",
+                                  "file_bytes": "file KB",
+                                  "speedup": "speed-up, same runtime"}), ""]
+    lines += ["What to change, cheapest first:", "",
+              "- a larger budget, if the drop shown is acceptable: `budget.max_drop_points` in "
+              "params.yaml (only select_final and the report rerun; prune reruns too but writes "
+              "the same model);",
+              "- longer training of the student: `distill.train.epochs` (and "
+              "`prune.train.epochs` when pruning costs the points);",
+              "- a bigger student: `distill.student.widths` (or a smaller `prune.ratio`);",
+              "- on a small test set, a drop within the accuracy's 95 % interval is noise: "
+              "compare the intervals above before spending compute.", ""]
+    return lines
+
+
+def _headline(df: pd.DataFrame, metrics: dict[str, Any], max_drop: float,
+              selection: dict[str, Any] | None) -> list[str]:
+    lines = _final_lines(selection, df)
     if isinstance(metrics.get("distill_input_size"), str):
         lines.append(f"- Student input size: {metrics['distill_input_size']} (what its network "
                      "sees: `distill.input_size` downsamples inside the model, whose files still "
                      "take full-size images; MACs at this size).")
-    if isinstance(metrics.get("kd_gain_points"), (int, float)):
+    student = first_number(metrics, model_key("student", "acc"))
+    scratch = first_number(metrics, model_key("student_scratch", "acc"))
+    if not (math.isnan(student) or math.isnan(scratch)):
+        n = first_number(metrics, model_key("student", "test_images"))
+        note = accuracy_tie_note(student, scratch, n)
         lines.append(f"- Distillation vs the same student trained from scratch: "
-                     f"{metrics['kd_gain_points']:+.2f} pts.")
-    for cost, what in (("file_bytes", "smallest file"), (f"{large}_ms", f"fastest at {large}")):
-        if cost in df.columns:
-            best = best_within(df, max_drop, cost)
-            lines.append(f"- {what[:1].upper() + what[1:]} within {max_drop:g} points of the "
-                         "teacher: "
-                         + (f"`{best['model']}` ({best['runtime']})." if best is not None
-                            else "none."))
+                     f"{(student - scratch) * 100:+.2f} pts" + (f" ({note})." if note else "."))
+    if "file_bytes" in df.columns:
+        best = best_within(df, max_drop, "file_bytes")
+        lines.append(f"- Smallest file within {max_drop:g} points of the teacher: "
+                     + (f"`{best['model']}` ({best['runtime']})." if best is not None
+                        else "none."))
     return lines
 
 
@@ -483,27 +662,33 @@ def build_report(
     """Write ``summary.md`` and the PNG charts into ``out_dir``; returns (page, charts, notes).
 
     ``models`` is the pipeline's model list (``metric_keys.read_model_list``): the table's rows.
+    ``max_drop`` is ``budget.max_drop_points``. The page is written whatever select_final
+    decided: with nothing within budget it leads with the candidates against the budget.
     """
     metrics_dir, out_dir = Path(metrics_dir), Path(out_dir)
     metrics = load_metrics(metrics_dir)
+    selection = read_selection(metrics_dir)
     notes: list[str] = []
     bench = _read_csv(metrics_dir / BENCH_CSV, notes) if (metrics_dir / BENCH_CSV).is_file() \
         else None
     df = model_table(metrics, models, bench)
+    df.attrs["teacher_forms"] = tuple(m.name for m in models if m.accuracy_of == TEACHER)
     teacher_pct = teacher_accuracy(metrics) * 100
-    sizes = bench_batch_sizes(metrics)
+    sizes = bench_batch_sizes(bench)
     large = f"b{sizes[-1]}" if sizes else "b64"
     if not sizes:
-        notes.append("`benchmark.json` has no latencies: speed columns and chart are empty.")
+        notes.append("`benchmark.csv` has no latencies: speed columns and chart are empty.")
+    shipped = selection.get("final_model") if selection else None
     charts: list[tuple[str, Path | None]] = [
         ("Accuracy vs latency", plot_tradeoff(
-            df, f"{large}_ms", f"median latency at batch {large[1:]} (ms)",
-            f"Accuracy vs latency ({large})", out_dir / "accuracy_vs_latency.png",
-            reference=teacher_pct, max_drop=max_drop)),
+            df, f"{large}_ms", f"median latency at batch {large[1:]} (ms), bars: 95 % interval "
+            "over the rounds", f"Accuracy vs latency ({large})",
+            out_dir / "accuracy_vs_latency.png", reference=teacher_pct, max_drop=max_drop,
+            shipped=shipped, x_interval=(f"{large}_low", f"{large}_high"))),
         ("Accuracy vs size", plot_tradeoff(
             df.assign(file_kb=df["file_bytes"] / 1024), "file_kb", "file size (KB)",
             "Accuracy vs model file size", out_dir / "accuracy_vs_size.png",
-            reference=teacher_pct, max_drop=max_drop)),
+            reference=teacher_pct, max_drop=max_drop, shipped=shipped)),
     ]
     histories = {}
     for name in HISTORIES:
@@ -511,17 +696,18 @@ def build_report(
         if h is not None:
             histories[name] = h
     charts.append(("Training curves", plot_histories(histories, out_dir / "training_curves.png")))
-    final = metrics.get(FINAL_KEY)
-    evaluated_as = {e.name: e.accuracy_of for e in models}.get(final) if final else None
+    evaluated_as = {e.name: e.accuracy_of for e in models}.get(shipped) if shipped else None
     if evaluated_as:  # a benchmark-only final model shares its weights' predictions
         pairs = _read_csv(metrics_dir / f"confusion_{evaluated_as}.csv", notes)
         if pairs is not None:
-            charts.append((f"Confusion matrix ({final})", plot_confusion(
-                pairs, f"Confusion matrix: {final} (test set)",
+            charts.append((f"Confusion matrix ({shipped})", plot_confusion(
+                pairs, f"Confusion matrix: {shipped} (test set)",
                 out_dir / f"confusion_{evaluated_as}.png")))
     sens = _read_csv(metrics_dir / "prune_sensitivity.csv", notes)
     if sens is not None:
-        sens_png = plot_sensitivity(sens, out_dir / "prune_sensitivity.png")
+        base = first_number(metrics, "prune_val_student_acc")
+        sens_png = plot_sensitivity(sens, out_dir / "prune_sensitivity.png",
+                                    None if math.isnan(base) else base)
         charts.append(("Prune sensitivity", sens_png))
     steps_csv = metrics_dir / "prune_steps.csv"  # budget mode only: no note when absent
     steps = _read_csv(steps_csv, notes) if steps_csv.is_file() else None
@@ -535,15 +721,21 @@ def build_report(
 
     shared = "; ".join(f"`{e.name}` shares the {e.accuracy_of} model's weights and accuracy "
                        "(not evaluated separately)" for e in models if not e.evaluated)
-    lines = ["# shrinkflow report", "", *_headline(df, metrics, max_drop, large), "",
-             "## Models", "", models_markdown(df), "",
-             "Accuracy is on the test split; drop = teacher minus model, in percentage points"
-             + (" (the teacher ensemble's accuracy minus the model's)"
-                if reference_accuracy_key(metrics) == ENSEMBLE_ACC else "") + ". "
-             "Latency is the median of the benchmark's timed runs; speed-up = the median of the "
-             "teacher's form in the same runtime (PyTorch or ONNX Runtime) / the model's, both "
-             "measured in the same benchmark run"
-             + (f"; {shared}" if shared else "") + ".", ""]
+    none = selection is not None and selection.get("status") != "selected"
+    lines = ["# shrinkflow report", "", *_headline(df, metrics, max_drop, selection), ""]
+    if none:
+        lines += none_within_budget_lines(selection)
+    lines += ["## Models", "", models_markdown(df), "",
+              "Accuracy is on the test split, with its 95 % Wilson interval over the test images "
+              "(small test sets: wide); drop = teacher minus model, in percentage points"
+              + (" (the teacher ensemble's accuracy minus the model's)"
+                 if reference_accuracy_key(metrics) == ENSEMBLE_ACC else "") + ". "
+              "Latency is the median of the benchmark's timed calls, with the 95 % interval of "
+              "the median over its rounds; speed-up = the median of the teacher's form in the "
+              "same runtime (PyTorch or ONNX Runtime) / the model's, timed in the same rounds of "
+              "one run, with the interval of the per-round ratios. Two figures whose intervals "
+              "hold each other's value are a tie (shrinkflow.measure.noise)"
+              + (f"; {shared}" if shared else "") + ".", ""]
     lines += ensemble_lines(metrics)
     lines += budget
     for title, written in charts:

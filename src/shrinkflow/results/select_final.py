@@ -8,11 +8,15 @@ ORT int8 than in ORT fp32, measured), so "the last model" is not a rule.
 The rule: among the candidates whose accuracy drop against the teacher (against the teacher
 ensemble when ``teacher.ensemble_seeds`` adds members) is within ``max_drop_points`` (and whose
 file is within ``max_file_bytes`` when that is set), take the one with the lowest median latency
-at the chosen batch size; ties go to the more accurate, then the smaller file. Picking by
-latency among those within budget guarantees the winner is never slower than a candidate it
-beat on accuracy: a faster and more accurate candidate would also be within budget and would
-have won. Named ``selection`` because a module called ``select`` would shadow the standard
-library's ``select`` (which subprocess and asyncio import).
+at the chosen batch size. Candidates whose latency ties the fastest's (``noise.tie``: inside the
+95 % interval over the benchmark's rounds) are equally fast as far as the measurement can tell:
+among them the more accurate wins, then the smaller file. Picking by latency among those within
+budget guarantees the winner is never clearly slower than a candidate it beat on accuracy: a
+clearly faster and at least as accurate candidate would also be within budget and would have won.
+
+When no candidate is within budget the choice is "none": the stage still writes its outputs
+(``status`` says so) so that the report can show the candidates against the budget; the report
+stage then ends the pipeline with a non-zero exit.
 """
 
 from __future__ import annotations
@@ -23,9 +27,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from shrinkflow.core.errors import ShrinkflowError
-from shrinkflow.core.metric_keys import TEACHER, ModelEntry, model_key, reference_accuracy_key
+from shrinkflow.core.metric_keys import (
+    KD_GAIN,
+    TEACHER,
+    TEST_IMAGES,
+    ModelEntry,
+    final_key,
+    model_key,
+    reference_accuracy_key,
+)
 from shrinkflow.data.images import CARD_NAMES as RESIZE_CARD_NAMES
+from shrinkflow.measure.noise import Estimate, accuracy_estimate, tie
 from shrinkflow.model_files.card import make_card
+
+NONE = "none"  # final_model when no candidate is within budget
 
 EPS = 1e-9  # a drop equal to the budget passes (figures are rounded to 6 digits upstream)
 
@@ -44,17 +59,36 @@ class Candidate:
     p50_ms: float  # median latency at the selection batch size
     speedup_same_runtime: float | None  # vs the teacher's form in the same runtime
     speedup_vs_teacher: float | None  # vs the PyTorch teacher (runtime's gain included)
+    test_images: int = 0  # the accuracy's test-set size (0: unknown, no interval)
+    p50_low_ms: float | None = None  # 95 % interval of the median over the rounds
+    p50_high_ms: float | None = None
+    speedup_low: float | None = None  # ... and of the same-runtime speed-up
+    speedup_high: float | None = None
+
+    def accuracy_estimate(self) -> Estimate:
+        if self.test_images <= 0:
+            return Estimate(self.accuracy, self.accuracy, self.accuracy)
+        return accuracy_estimate(self.accuracy, self.test_images)
+
+    def latency_estimate(self) -> Estimate:
+        low = self.p50_ms if self.p50_low_ms is None else self.p50_low_ms
+        high = self.p50_ms if self.p50_high_ms is None else self.p50_high_ms
+        return Estimate(self.p50_ms, low, high)
 
 
 @dataclass(frozen=True)
 class Selection:
-    """The outcome: the winner, the runner-up (None when only one passed), and what was seen."""
+    """The outcome: the winner (None: nothing within budget), the runner-up (None when only one
+    passed), the candidates whose latency ties the winner's, and what was seen."""
 
-    final: Candidate
+    final: Candidate | None
     runner_up: Candidate | None
     passed: int  # candidates within budget
     considered: int  # candidates with both an accuracy and a latency
     reason: str
+    candidates: tuple[Candidate, ...] = ()
+    tied: tuple[str, ...] = ()  # within budget, latency a tie with the winner's
+    closest: Candidate | None = None  # nothing within budget: the smallest drop
 
 
 def _number(value: Any) -> float | None:
@@ -107,6 +141,10 @@ def build_candidates(
             file_bytes=int(_number(row.get("file_bytes")) or 0), p50_ms=p50,
             speedup_same_runtime=_number(row.get("speedup_vs_teacher_same_runtime")),
             speedup_vs_teacher=_number(row.get("speedup_vs_teacher")),
+            test_images=int(_number(metrics.get(model_key(m.accuracy_of, "test_images"))) or 0),
+            p50_low_ms=_number(row.get("p50_low_ms")), p50_high_ms=_number(row.get("p50_high_ms")),
+            speedup_low=_number(row.get("speedup_vs_teacher_same_runtime_low")),
+            speedup_high=_number(row.get("speedup_vs_teacher_same_runtime_high")),
         ))
     return candidates, notes
 
@@ -121,10 +159,9 @@ def choose(
     candidates: list[Candidate], max_drop_points: float, max_file_bytes: int = 0,
     batch_size: int | None = None,
 ) -> Selection:
-    """The fastest candidate within budget (see the module docstring for the rule).
-
-    Raises ShrinkflowError, one line, when none passes: it names the closest candidate (the
-    smallest accuracy drop) so the user knows how far the budget is from reach.
+    """The fastest candidate within budget (see the module docstring for the rule, ties
+    included); ``final`` is None when no candidate is within budget, and ``reason`` then names
+    the closest (the smallest accuracy drop) so the user knows how far the budget is from reach.
     """
     if not candidates:
         raise ShrinkflowError("select: no candidate model has both an accuracy and a latency "
@@ -135,48 +172,96 @@ def choose(
     if not passing:
         closest = min(candidates, key=lambda c: (c.drop_points, c.p50_ms))
         size = (f", {closest.file_bytes:,} bytes" if max_file_bytes > 0 else "")
-        raise ShrinkflowError(
-            f"select: no model within {max_drop_points:g} points of the teacher{limit}; the "
-            f"closest is {closest.name} (drop {closest.drop_points:.2f} points{size}): raise "
-            "select.max_drop_points or improve the compression; models/final/ was left as it was"
-        )
-    final = passing[0]
-    runner_up = passing[1] if len(passing) > 1 else None
+        reason = (f"no model within {max_drop_points:g} points of the teacher{limit}; the "
+                  f"closest is {closest.name} (drop {closest.drop_points:.2f} points{size})")
+        return Selection(None, None, 0, len(candidates), reason, tuple(candidates),
+                         closest=closest)
+    fastest = passing[0].latency_estimate()
+    tied = [c for c in passing if tie(c.latency_estimate(), fastest)]
+    final = min(tied, key=lambda c: (-c.accuracy, c.file_bytes, c.p50_ms, c.name))
+    rest = [c for c in passing if c is not final]
+    runner_up = rest[0] if rest else None
     at = f" at batch {batch_size}" if batch_size is not None else ""
     reason = (f"fastest{at} ({final.p50_ms:.4g} ms) of {len(passing)}/{len(candidates)} "
               f"candidates within {max_drop_points:g} points of the teacher{limit}")
+    others = [c.name for c in tied if c is not final]
+    if others:
+        reason += (f"; latency a tie (inside the noise) with {', '.join(others)}: the more "
+                   "accurate, then the smaller file wins")
     if runner_up is not None:
         reason += f"; runner-up {runner_up.name} ({runner_up.p50_ms:.4g} ms)"
-    return Selection(final, runner_up, len(passing), len(candidates), reason)
+    return Selection(final, runner_up, len(passing), len(candidates), reason, tuple(candidates),
+                     tuple(others))
 
 
 def final_metrics(
-    s: Selection, final_file: str, file_format: str, batch_size: int, max_drop_points: float,
-    teacher_file_bytes: int | None,
+    s: Selection, models: Iterable[ModelEntry], metrics: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """metrics/final.json: flat ``final_*`` keys, so ``dvc exp show`` shows the choice per
-    experiment (which model, its accuracy, drop, size, latency, speed-ups, the runner-up)."""
-    f, r = s.final, s.runner_up
-    ratio = (round(teacher_file_bytes / f.file_bytes, 2)
-             if teacher_file_bytes and f.file_bytes else None)
+    """metrics/final.json, the pipeline's only DVC metrics besides live progress: what
+    ``dvc exp show`` compares across experiments. Each evaluated model's test accuracy, the
+    test-set size, the distillation gain, and the shipped model's accuracy (with its 95 %
+    interval), drop, file size and same-runtime speed-up (with its interval over the rounds).
+    Everything else (latencies, the reason, the runner-up, every candidate) is in
+    metrics/selection.json and the report. Keys are unique across the project's metrics files."""
+    out: dict[str, Any] = {}
+    for m in models:
+        if m.evaluated:
+            acc = _number(metrics.get(model_key(m.name, "acc")))
+            out[model_key(m.name, "acc")] = None if acc is None else round(acc, 6)
+    out[TEST_IMAGES] = _int(metrics.get(model_key(TEACHER, "test_images")))
+    student = _number(metrics.get(model_key("student", "acc")))
+    scratch = _number(metrics.get(model_key("student_scratch", "acc")))
+    out[KD_GAIN] = (round((student - scratch) * 100, 4)
+                             if student is not None and scratch is not None else None)
+    f = s.final
+    acc = f.accuracy_estimate() if f else None
+    figures = {
+        "model": f.name if f else NONE,
+        "within_budget": f is not None,
+        "acc": round(f.accuracy, 6) if f else None,
+        "acc_low": round(acc.low, 6) if acc else None,
+        "acc_high": round(acc.high, 6) if acc else None,
+        "drop_points": round(f.drop_points, 4) if f else None,
+        "file_bytes": f.file_bytes if f else None,
+        "speedup": f.speedup_same_runtime if f else None,
+        "speedup_low": f.speedup_low if f else None,
+        "speedup_high": f.speedup_high if f else None,
+    }
+    out.update({final_key(field): value for field, value in figures.items()})
+    return out
+
+
+def selection_record(
+    s: Selection, final_file: str | None, batch_size: int, max_drop_points: float,
+    max_file_bytes: int, teacher_accuracy: float,
+) -> dict[str, Any]:
+    """metrics/selection.json (a plain output, not a DVC metric): the whole decision, for the
+    report and for people: status, reason, budget, every candidate with its figures and
+    intervals and whether it passed, the runner-up and the latency ties."""
+    def figures(c: Candidate) -> dict[str, Any]:
+        acc = c.accuracy_estimate()
+        return {"model": c.name, "file": c.file, "runtime": f"{c.runtime} {c.precision}",
+                "acc": round(c.accuracy, 6), "acc_low": round(acc.low, 6),
+                "acc_high": round(acc.high, 6), "test_images": c.test_images,
+                "drop_points": round(c.drop_points, 4), "file_bytes": c.file_bytes,
+                "p50_ms": c.p50_ms, "p50_low_ms": c.p50_low_ms, "p50_high_ms": c.p50_high_ms,
+                "speedup": c.speedup_same_runtime, "speedup_low": c.speedup_low,
+                "speedup_high": c.speedup_high, "speedup_vs_teacher": c.speedup_vs_teacher,
+                "within_budget": within_budget(c, max_drop_points, max_file_bytes)}
+
     return {
-        "final_model": f.name,
+        "status": "selected" if s.final else "none_within_budget",
+        "final_model": s.final.name if s.final else NONE,
         "final_file": final_file,
-        "final_format": file_format,
-        "final_runtime": f"{f.runtime} {f.precision}",
-        "final_acc": round(f.accuracy, 6),
-        "final_drop_points": round(f.drop_points, 4),
-        "final_max_drop_points": max_drop_points,
-        "final_file_bytes": f.file_bytes,
-        "final_smaller_than_teacher": ratio,  # teacher's fp32 file bytes / final's
-        "final_batch_size": batch_size,
-        "final_p50_ms": f.p50_ms,
-        "final_speedup_vs_teacher_same_runtime": f.speedup_same_runtime,
-        "final_speedup_vs_teacher": f.speedup_vs_teacher,
-        "final_reason": s.reason,
-        "final_runner_up": r.name if r else None,
-        "final_runner_up_p50_ms": r.p50_ms if r else None,
-        "final_runner_up_drop_points": round(r.drop_points, 4) if r else None,
+        "reason": s.reason,
+        "max_drop_points": max_drop_points,
+        "max_file_bytes": max_file_bytes,
+        "batch_size": batch_size,
+        "teacher_acc": teacher_accuracy,
+        "runner_up": s.runner_up.name if s.runner_up else None,
+        "tied": list(s.tied),
+        "closest": s.closest.name if s.closest else None,
+        "candidates": [figures(c) for c in s.candidates],
     }
 
 

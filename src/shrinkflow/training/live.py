@@ -6,9 +6,12 @@ declares from that workspace as it is at that moment. A training stage that rewr
 summary after every epoch therefore shows its progress there, not only its end.
 
 The stage's real outputs (model, ``metrics/<stage>.json``, history CSV) are still written once,
-together, at the end. Live progress goes only to its own directory, ``<dir>/metrics.json`` and
-``<dir>/plots/metrics/*.tsv`` (DVCLive's layout), which dvc.yaml declares as a metrics file and
-a plots directory of the stage (``cache: false``: small files that live in git).
+together, at the end. Live progress goes only to its own directory: ``<dir>/metrics.json`` and
+``<dir>/plots/metrics/*.tsv`` (DVCLive's layout: every figure of every epoch, declared as a plain
+output and a plots directory) and ``<dir>/progress.json``, one key ``<name>_epochs_done``, the
+only file dvc.yaml declares as a metric: ``dvc exp show`` is for comparing finished experiments,
+and DVCLive's summary (8 figures per stage plus a ``step`` key repeated in every stage's file,
+which DVC then prefixes with the file path) filled 36 of its columns.
 
 DVCLive's defaults are switched off where they would fight the pipeline: ``dvcyaml=None`` (it
 would rewrite the root dvc.yaml), ``save_dvc_exp=False`` (run outside ``dvc exp run`` it would
@@ -24,8 +27,9 @@ validated, so bad input never even moves them.
 
 Keys are ``<name>_live_<column>`` (``teacher_live_val_acc``), so they stay unique across the
 project's metrics files and never shadow the final ``<name>_*`` metrics. DVCLive adds one key of
-its own, ``step`` (0-based); ``<name>_live_epoch`` counts the epochs done by the stage, across
-every ``fit`` call (prune fine-tunes once per pruning step).
+its own, ``step`` (0-based); ``<name>_live_epoch`` (and ``<name>_epochs_done`` in progress.json)
+counts the epochs done by the stage, across every ``fit`` call (prune fine-tunes once per
+pruning step).
 """
 
 from __future__ import annotations
@@ -38,8 +42,10 @@ from typing import Any
 from dvclive import Live
 
 from shrinkflow.core.errors import ShrinkflowError
-from shrinkflow.core.outputs import WRITE_ERRNOS, restore_set_aside, set_aside
+from shrinkflow.core.outputs import WRITE_ERRNOS, restore_set_aside, set_aside, write_json
 from shrinkflow.training.distributed import is_main_process
+
+PROGRESS_FILE = "progress.json"
 
 EpochHook = Callable[[dict[str, Any]], None]
 
@@ -56,6 +62,7 @@ def live_progress(directory: str | Path, name: str) -> Iterator[EpochHook]:
         yield lambda row: None
         return
     set_aside(directory)
+    progress = Path(directory) / PROGRESS_FILE
     try:
         with Live(str(directory), dvcyaml=None, save_dvc_exp=False, report=None) as live:
 
@@ -66,6 +73,7 @@ def live_progress(directory: str | Path, name: str) -> Iterator[EpochHook]:
                         if key != "epoch" and isinstance(value, (int, float)):
                             live.log_metric(f"{name}_live_{key}", value)
                     live.next_step()
+                    write_json(progress, {f"{name}_epochs_done": live.step})
                 except OSError as exc:  # a full disk: one line, and the old files come back
                     if exc.errno not in WRITE_ERRNOS:
                         raise
