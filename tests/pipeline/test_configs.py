@@ -9,7 +9,7 @@ import yaml
 from shrinkflow.params.all_sections import SECTIONS
 from shrinkflow.params.load import load_section
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from pipeline_repo import pipeline_stages
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
 PACKAGE_INITS = sorted((SRC / "shrinkflow").rglob("__init__.py"))
 

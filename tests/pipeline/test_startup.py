@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LOAD_AND_LIST = """
 import importlib.util, sys
 spec = importlib.util.spec_from_file_location("stage", sys.argv[1])

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,15 +18,12 @@ from shrinkflow.compress.distill import (
     default_feature_layer,
     distill_metrics,
 )
-from shrinkflow.compress.teacher_ensemble import check_teacher_fits_data
 from shrinkflow.core.errors import ShrinkflowError
-from shrinkflow.measure.metrics import accuracy, logit_parity
+from shrinkflow.measure.metrics import accuracy
 from shrinkflow.nets.zoo import build_model, count_params
 from shrinkflow.params.common import ModelSpec, TrainConfig
 from shrinkflow.params.distill import DistillParams
 from shrinkflow.training.loop import fit, predict, seed_everything
-
-STAGE = Path(__file__).resolve().parents[1] / "stages" / "distill.py"
 
 
 def cnn(widths: list[int], channels: int = 1, classes: int = 4, depth: int = 1) -> nn.Module:
@@ -230,19 +224,6 @@ def test_building_the_loss_leaves_the_student_untouched():
 # --- metrics and checks --------------------------------------------------------------------------
 
 
-def test_top1_agreement():
-    a = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.2, 0.1]])
-    b = torch.tensor([[2.0, 0.0], [1.0, 0.0], [0.0, 3.0], [0.5, 0.4]])
-    assert logit_parity(a, b)["agreement"] == pytest.approx(0.5)
-
-
-def test_teacher_must_match_the_data():
-    meta = {"shape": [1, 8, 8], "num_classes": 4}
-    check_teacher_fits_data({"in_channels": 1, "num_classes": 4}, meta, "models/teacher.pt")
-    with pytest.raises(ShrinkflowError, match="num_classes = 10 but the prepared data needs 4"):
-        check_teacher_fits_data({"in_channels": 1, "num_classes": 10}, meta, "models/teacher.pt")
-
-
 # --- end to end ----------------------------------------------------------------------------------
 
 
@@ -290,15 +271,3 @@ def test_tiny_distillation_beats_chance_and_keeps_teacher_fixed(tiny_data, train
     assert m["distill_student_macs"] < m["distill_teacher_macs"]
     same = predict(teacher, tiny_data.test[0]).argmax(1) == student_logits.argmax(1)
     assert m["teacher_student_agreement"] == pytest.approx(same.float().mean().item(), abs=1e-4)
-
-
-@pytest.mark.slow  # a stage process: seconds of imports
-def test_stage_fails_clearly_without_teacher(tmp_path):
-    params = Path(__file__).resolve().parents[1] / "params.yaml"
-    (tmp_path / "params.yaml").write_text(params.read_text())
-    run = subprocess.run([sys.executable, str(STAGE)], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=120)
-    assert run.returncode == 2
-    assert "models/teacher.pt" in run.stderr and "train_teacher" in run.stderr
-    assert "Traceback" not in run.stderr
-    assert not (tmp_path / "models" / "student.pt").exists()

@@ -6,39 +6,28 @@ member its own stage without touching the single-teacher stages."""
 
 from __future__ import annotations
 
-import importlib.util
-import json
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
-from pipeline_repo import ROOT, pipeline_stages, run_stage_main, shipped_params
-from prepared_files import write_prepared_dir
-from test_deps import code_dep_problems
 
 from shrinkflow.compress.distill import KDLoss
 from shrinkflow.compress.teacher_ensemble import (
     EnsembleTeacher,
     check_feature_method,
+    check_teacher_fits_data,
     ensemble_metrics,
     load_teacher,
     member_file,
     teacher_files,
 )
 from shrinkflow.core.errors import ShrinkflowError
-from shrinkflow.core.metric_keys import ENSEMBLE_ACC, read_model_list
+from shrinkflow.core.metric_keys import ENSEMBLE_ACC
 from shrinkflow.measure.metrics import accuracy
 from shrinkflow.model_files.pt import save_model
 from shrinkflow.nets.zoo import build_model
-from shrinkflow.params.load import validate_section
-from shrinkflow.params.teacher import TeacherParams
-from shrinkflow.results.report import ensemble_lines, model_table
-from shrinkflow.results.select_final import build_candidates
 from shrinkflow.training.loop import predict
-
-STAGE = ROOT / "stages" / "teacher_ensemble.py"
 
 
 def spec(classes: int = 4, widths: tuple[int, ...] = (4, 8)) -> dict:
@@ -150,123 +139,17 @@ def test_ensemble_metrics_measure_the_ensemble_on_the_given_split(tiny_data):
     assert ensemble_metrics(members[:1], tiny_data.test, tiny_data.val) == {}
 
 
-def test_drops_are_measured_against_the_ensemble_when_there_is_one():
-    models = read_model_list(ROOT / "models.yaml")
-    metrics = {"teacher_acc": 0.95, "student_acc": 0.93, "teacher_test_acc": 0.95}
-    rows = [{"model": "student", "batch_size": "64", "p50_ms": "1.0", "runtime": "torch",
-             "precision": "fp32", "file_bytes": "100"}]
-    single, _ = build_candidates(models, metrics, rows, 64)
-    assert single[0].drop_points == pytest.approx(2.0)
-    with_ensemble = {**metrics, ENSEMBLE_ACC: 0.97}
-    cands, _ = build_candidates(models, with_ensemble, rows, 64)
-    assert cands[0].drop_points == pytest.approx(4.0)
-    table = model_table(with_ensemble, models).set_index("model")
-    assert table.loc["student", "drop_points"] == pytest.approx(4.0)
-    assert table.loc["teacher", "accuracy"] == pytest.approx(0.95)  # member 0's own accuracy
-    assert table.loc["teacher", "drop_points"] == pytest.approx(2.0)
-
-
-def test_report_lists_each_member_and_the_ensemble_only_when_there_is_one():
-    metrics = {"teacher_test_acc": 0.95, "teacher_1_test_acc": 0.94, "teacher_2_test_acc": 0.96,
-               "teacher_5_test_acc": 0.5,  # a removed member's file, left behind
-               "teacher_ensemble_members": 3, "teacher_ensemble_seeds": "1,2", ENSEMBLE_ACC: 0.97}
-    text = "\n".join(ensemble_lines(metrics))
-    for line in ("| teacher (member 0) | 95.00 |", "| teacher_1 (seed 1) | 94.00 |",
-                 "| teacher_2 (seed 2) | 96.00 |", "| **ensemble** | **97.00** |"):
-        assert line in text
-    assert "teacher_5" not in text
-    assert ensemble_lines({"teacher_test_acc": 0.95}) == []
-
-
 # --- params ------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("seeds, error", [
-    ([1, 1], r"teacher\.ensemble_seeds: .*distinct, \[1\] repeated"),
-    ([0, 2], r"teacher\.ensemble_seeds: .*must not contain teacher\.train\.seed \(0\)"),
-    ([-1], r"teacher\.ensemble_seeds: item 0: .*greater than or equal to 0"),
-    ("3", r"teacher\.ensemble_seeds: .*valid list"),
-])
-def test_bad_member_seeds_get_one_line_naming_the_key(seeds, error):
-    raw = {**shipped_params()["teacher"], "ensemble_seeds": seeds}
-    with pytest.raises(ShrinkflowError, match=error) as info:
-        validate_section("teacher", raw, TeacherParams)
-    assert "\n" not in str(info.value)
-
-
-def test_members_need_train_mode():
-    raw = {**shipped_params()["teacher"], "mode": "import", "init": "w.pt", "ensemble_seeds": [1]}
-    with pytest.raises(ShrinkflowError, match=r"teacher\.ensemble_seeds: .*needs teacher\.mode"):
-        validate_section("teacher", raw, TeacherParams)
 
 
 # --- dvc.yaml ----------------------------------------------------------------------------------
 
 
-def test_each_extra_member_is_its_own_stage_and_member_0_never_depends_on_the_list(tmp_path):
-    default = pipeline_stages(ROOT)
-    assert not any(n.startswith("train_teacher_member@") for n in default)  # [] = no stage
-    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
-    (tmp_path / "models.yaml").write_text((ROOT / "models.yaml").read_text())
-    params = shipped_params({"teacher": {"ensemble_seeds": [1, 2]}})
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    stages = pipeline_stages(tmp_path)
-    for seed in (1, 2):
-        s = stages[f"train_teacher_member@{seed}"]
-        assert s["cmd"] == f"python stages/train_teacher.py {seed}"
-        assert list(s["outs"][0]) == [f"models/teachers/teacher_{seed}.pt"]
-        assert not code_dep_problems(f"train_teacher_member@{seed}", s)
-    assert "teacher.ensemble_seeds" not in stages["train_teacher"]["params"]
-    for name in ("distill", "prune", "teacher_ensemble"):
-        assert "teacher.ensemble_seeds" in stages[name]["params"]
-        assert "models/teachers" in stages[name]["deps"]
-    assert (ROOT / "models" / "teachers" / ".gitkeep").is_file()  # the folder dep exists
-
-
-def test_train_teacher_takes_only_a_listed_seed():
-    spec_ = importlib.util.spec_from_file_location("stage_train_teacher",
-                                                   ROOT / "stages" / "train_teacher.py")
-    stage = importlib.util.module_from_spec(spec_)
-    spec_.loader.exec_module(stage)
-    assert stage.member_seed([], [1, 2]) is None  # member 0, the teacher as before
-    assert stage.member_seed(["2"], [1, 2]) == 2
-    for argv in (["3"], ["x"], ["1", "2"]):
-        with pytest.raises(ShrinkflowError, match=r"SEED one of teacher\.ensemble_seeds \[1, 2\]"):
-            stage.member_seed(argv, [1, 2])
-
-
 # --- the teacher_ensemble stage ----------------------------------------------------------------
 
 
-@pytest.fixture
-def workspace(tmp_path, monkeypatch, tiny_data):
-    write_prepared_dir(tmp_path / "data" / "prepared", tiny_data)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def write_params(seeds: list[int]) -> None:
-    params = shipped_params({"teacher": {"ensemble_seeds": seeds}})
-    Path("params.yaml").write_text(yaml.safe_dump(params))
-
-
-def test_stage_writes_nothing_new_for_one_teacher(workspace):
-    write_params([])
-    run_stage_main(STAGE)  # no model is even needed
-    assert json.loads(Path("metrics/teacher_ensemble.json").read_text()) == {}
-
-
-def test_stage_evaluates_the_ensemble_or_names_the_missing_member(workspace, tiny_data):
-    write_params([1, 2])
-    save(workspace / "models" / "teacher.pt", member(0))
-    save(workspace / "models" / "teachers" / "teacher_1.pt", member(1))
-    with pytest.raises(ShrinkflowError, match=r"teacher_2\.pt \(written by stage "
-                                              r"train_teacher_member@2\)"):
-        run_stage_main(STAGE)
-    save(workspace / "models" / "teachers" / "teacher_2.pt", member(2))
-    run_stage_main(STAGE)
-    m = json.loads(Path("metrics/teacher_ensemble.json").read_text())
-    x, y = tiny_data.test
-    want = accuracy(predict(EnsembleTeacher([member(s) for s in range(3)], 1.0), x), y)
-    assert m["teacher_ensemble_members"] == 3 and m[ENSEMBLE_ACC] == round(want, 6)
-    assert m["teacher_ensemble_seeds"] == "1,2"
+def test_teacher_must_match_the_data():
+    meta = {"shape": [1, 8, 8], "num_classes": 4}
+    check_teacher_fits_data({"in_channels": 1, "num_classes": 4}, meta, "models/teacher.pt")
+    with pytest.raises(ShrinkflowError, match="num_classes = 10 but the prepared data needs 4"):
+        check_teacher_fits_data({"in_channels": 1, "num_classes": 10}, meta, "models/teacher.pt")

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import shrinkflow
 from shrinkflow.core.errors import ShrinkflowError
@@ -20,7 +19,6 @@ from shrinkflow.core.outputs import (
     write_csv,
     write_json,
 )
-from shrinkflow.model_files.pt import load_checkpoint
 
 
 def test_atomic_path_keeps_previous_file_when_interrupted(tmp_path):
@@ -52,28 +50,6 @@ def test_json_and_csv(tmp_path):
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": 1}
     write_csv(tmp_path / "h.csv", [{"epoch": 1, "acc": 0.5}, {"epoch": 2, "acc": 0.75}])
     assert (tmp_path / "h.csv").read_text().splitlines() == ["epoch,acc", "1,0.5", "2,0.75"]
-
-
-def test_pickled_module_files_are_refused(tmp_path):
-    torch.save(torch.nn.Linear(2, 2), tmp_path / "evil.pt")  # a whole module: needs unpickling
-    with pytest.raises(ShrinkflowError, match="not a loadable shrinkflow model"):
-        load_checkpoint(tmp_path / "evil.pt")
-    torch.save({"state_dict": {}}, tmp_path / "other.pt")
-    with pytest.raises(ShrinkflowError, match="not a shrinkflow model file"):
-        load_checkpoint(tmp_path / "other.pt")
-
-
-def test_saving_the_same_model_twice_gives_identical_bytes(tmp_path):
-    from shrinkflow.model_files.pt import save_model
-    from shrinkflow.nets.zoo import build_model, make_spec
-    from shrinkflow.params.common import ModelSpec
-
-    spec = make_spec(ModelSpec(widths=[4]), 1, 3, [0.5], [0.5])
-    torch.manual_seed(0)
-    model = build_model(spec)
-    save_model(tmp_path / "a.pt", model, spec)
-    save_model(tmp_path / "b.pt", model, spec)
-    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
 
 
 def test_require_inputs_names_missing_files_and_their_stages(tmp_path):

@@ -1,10 +1,9 @@
-import gzip
 import pickle
-import struct
 
 import numpy as np
 import pytest
 from PIL import Image
+from raw_sources import make_folder, write_cifar10, write_idx, write_mnist_like
 
 from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.data import sources as data
@@ -19,25 +18,6 @@ from shrinkflow.data.sources import (
     load_source,
     read_idx,
 )
-
-
-def write_idx(path, array, gz=False):
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(
-        struct.pack(">I", d) for d in array.shape
-    )
-    data = header + array.astype(np.uint8).tobytes()
-    path.write_bytes(gzip.compress(data) if gz else data)
-
-
-def write_mnist_like(root, gz=False):
-    rng = np.random.default_rng(0)
-    train_x, test_x = rng.integers(0, 255, (6, 5, 5)), rng.integers(0, 255, (4, 5, 5))
-    suffix = ".gz" if gz else ""
-    write_idx(root / f"train-images-idx3-ubyte{suffix}", train_x, gz)
-    write_idx(root / f"train-labels-idx1-ubyte{suffix}", np.array([0, 1, 2, 0, 1, 2]), gz)
-    write_idx(root / f"t10k-images-idx3-ubyte{suffix}", test_x, gz)
-    write_idx(root / f"t10k-labels-idx1-ubyte{suffix}", np.array([2, 2, 1, 0]), gz)
-    return train_x, test_x
 
 
 @pytest.mark.parametrize("gz", [False, True])
@@ -94,17 +74,6 @@ def test_imagefolder_source_resizes_and_names_classes(tmp_path, channels):
 def test_imagefolder_without_class_folders_is_clear(tmp_path):
     with pytest.raises(ShrinkflowError, match="no images found"):
         load_imagefolder_source(tmp_path, 8, 1)
-
-
-def write_cifar10(root, n=4):
-    base = root / "cifar-10-batches-py"
-    base.mkdir()
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8),
-                 b"labels": [i % 3 for i in range(n)]}
-        (base / name).write_bytes(pickle.dumps(batch))
-    (base / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a", b"b", b"c"]}))
 
 
 def test_cifar_source_reads_torchvision_layout(tmp_path):
@@ -199,13 +168,6 @@ def test_source_split_keeps_the_official_test_set(tmp_path, channels):
     assert meta["split"] == "source" and meta["counts"] == {"train": 120, "val": 30, "test": 30}
     test_x = load_prepared(tmp_path / "out").test[0].numpy()
     np.testing.assert_array_equal(test_x, source.read_all()[0][150:])
-
-
-def make_folder(root, classes=("cat", "dog"), n=4, size=(12, 10)):
-    for k, cls in enumerate(classes):
-        (root / cls).mkdir(parents=True)
-        for i in range(n):
-            Image.new("L", size, 40 * k + i).save(root / cls / f"{i}.png")
 
 
 def test_imagefolder_with_train_and_test_folders(tmp_path):

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import mmap
 import os
-import time
 
 import pytest
-import torch
 
-from shrinkflow.compress.quantize import save_torch_int8
 from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.measure import benchmark as bench
 from shrinkflow.measure.benchmark import (
@@ -22,24 +18,10 @@ from shrinkflow.measure.benchmark import (
     worker_env,
 )
 from shrinkflow.measure.benchmark_job import Job
-from shrinkflow.measure.benchmark_worker import LoadedModel, PeakRss
-from shrinkflow.measure.stopwatch import time_calls
 from shrinkflow.model_files.export_onnx import export_onnx
-from shrinkflow.model_files.pt import save_model
-from shrinkflow.nets.zoo import build_model, count_macs, count_params
+from shrinkflow.nets.zoo import count_params
 
 SHAPE = [1, 8, 8]
-
-
-@pytest.fixture
-def tiny_pt(tmp_path):
-    spec = {"arch": "cnn", "widths": [4, 8], "depth": 1, "width_mult": 1.0, "in_channels": 1,
-            "num_classes": 3, "mean": [0.5], "std": [0.25]}
-    torch.manual_seed(0)
-    model = build_model(spec)
-    path = tmp_path / "tiny.pt"
-    save_model(path, model, spec)
-    return path, model
 
 
 def test_latency_stats_ordered_and_throughput_consistent():
@@ -52,80 +34,6 @@ def test_latency_stats_ordered_and_throughput_consistent():
     assert s["ips"] == pytest.approx(1000 / 5.05, rel=1e-3)
     with pytest.raises(ValueError):
         latency_stats([], 1)
-
-
-def test_time_calls_counts_warmup_and_syncs():
-    calls, syncs = [], []
-    times = time_calls(lambda: calls.append(1), warmup=3, repeats=5, sync=lambda: syncs.append(1))
-    assert len(times) == 5 and len(calls) == 8
-    assert len(syncs) == 6  # once after warm-up, once per timed call
-
-
-def test_time_calls_times_the_call_and_its_sync_in_milliseconds():
-    # the call sleeps 4 ms and the sync 3 ms: each timing must cover both (sleep never returns
-    # early), so a clock started after the call or stopped before the sync would fail this
-    times = time_calls(lambda: time.sleep(0.004), warmup=0, repeats=3,
-                       sync=lambda: time.sleep(0.003))
-    assert all(t >= 7.0 for t in times), times
-
-
-def test_peak_rss_sees_an_allocation():
-    memory = PeakRss()
-    memory.start()
-    # fresh pages from the kernel (a torch tensor may reuse memory an earlier test in this worker
-    # freed, which is already resident and raises no peak)
-    block = mmap.mmap(-1, 80 * 2**20)
-    block.write(b"\1" * len(block))  # 80 MB, touched
-    extra = memory.stop()
-    block.close()
-    assert 70 < extra < 120
-
-
-def test_loaded_model_torch_describes_the_file_and_times_each_batch_size(tiny_pt):
-    path, model = tiny_pt
-    loaded = LoadedModel(Job("tiny", str(path), SHAPE, [4, 1], repeats=5, warmup=1, threads=1))
-    d = loaded.describe()
-    assert (d["runtime"], d["precision"], d["device"], d["threads"]) == ("torch", "fp32", "cpu", 1)
-    assert d["params"] == count_params(model) and d["macs"] == count_macs(model, tuple(SHAPE))
-    assert d["file_bytes"] == path.stat().st_size
-    assert sorted(d["rss_mb"]) == ["1", "4"] and d["torch_version"] == torch.__version__
-    assert len(loaded.time(4, 3)) == 3
-    assert loaded._inputs[4].shape == (4, *SHAPE) and loaded._inputs[4].dtype == torch.float32
-
-
-def test_loaded_model_onnx_reads_counts_from_metadata(tiny_pt, tmp_path):
-    _, model = tiny_pt
-    onnx_path = tmp_path / "tiny.onnx"
-    export_onnx(model, tuple(SHAPE), onnx_path)
-    loaded = LoadedModel(Job("tiny_onnx", str(onnx_path), SHAPE, [2], repeats=3, warmup=1,
-                             threads=1))
-    d = loaded.describe()
-    assert (d["runtime"], d["precision"], d["device"]) == ("onnxruntime", "fp32", "cpu")
-    assert d["params"] == count_params(model) and d["macs"] == count_macs(model, (1, 8, 8))
-    assert type(loaded._inputs[2]).__module__ == "numpy"  # converted once, outside the timing
-
-
-def test_loaded_model_torch_int8_reports_fp32_counts(tiny_pt, tmp_path):
-    _, model = tiny_pt
-    spec = {"arch": "cnn", "widths": [4, 8], "depth": 1, "width_mult": 1.0, "in_channels": 1,
-            "num_classes": 3, "mean": [0.5], "std": [0.25]}
-    calib = torch.randint(0, 256, (16, *SHAPE), dtype=torch.uint8)
-    path = tmp_path / "int8.pt"
-    save_torch_int8(path, model, spec, calib)
-    d = LoadedModel(Job("q", str(path), SHAPE, [2], repeats=3, warmup=1)).describe()
-    assert (d["runtime"], d["precision"], d["device"]) == ("torch_int8", "int8", "cpu")
-    assert d["params"] == count_params(model) and d["macs"] == count_macs(model, (1, 8, 8))
-
-
-def test_loaded_model_cuda_without_gpu_names_the_param(tiny_pt, monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ShrinkflowError, match="benchmark.device is 'cuda'"):
-        LoadedModel(Job("tiny", str(tiny_pt[0]), SHAPE, [1], device="cuda"))
-
-
-def test_loaded_model_checks_the_input_shape(tiny_pt):
-    with pytest.raises(ShrinkflowError, match=r"tiny\.pt: the model takes 1x\?x\? images"):
-        LoadedModel(Job("tiny", str(tiny_pt[0]), [3, 8, 8], [1]))
 
 
 def test_split_calls_spreads_repeats_over_rounds():

@@ -5,11 +5,9 @@ from __future__ import annotations
 import copy
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from pipeline_repo import ROOT
 
 from shrinkflow.results.compare import (
     answer,
@@ -19,8 +17,7 @@ from shrinkflow.results.compare import (
     write_compare,
 )
 
-FIXTURE = Path(__file__).parent / "data" / "exp_show.json"
-REPO = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "data" / "exp_show.json"
 
 
 @pytest.fixture
@@ -80,21 +77,6 @@ def test_write_compare(payload, tmp_path):
     assert chart is not None and chart.stat().st_size > 5000
 
 
-def test_cli_with_input(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "shrinkflow.cli.compare", "--input", str(FIXTURE),
-         "--max-drop", "5", "--out-dir", str(tmp_path)],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "2 of 3 runs" in proc.stdout
-    assert (tmp_path / "compare.md").is_file()
-    bad = subprocess.run([sys.executable, "-m", "shrinkflow.cli.compare", "--input",
-                          str(tmp_path / "missing.json")], capture_output=True, text=True,
-                         cwd=REPO, timeout=120)
-    assert bad.returncode == 2 and "not found" in bad.stderr
-
-
 def test_latency_is_the_models_own_largest_batch(payload):
     # keys of another model, or of a field other than p50, must not decide the batch size
     metrics = payload[1]["experiments"][0]["revs"][0]["data"]["metrics"]["metrics/benchmark.json"]
@@ -143,14 +125,3 @@ def test_a_benchmark_only_model_takes_the_accuracy_and_macs_of_its_weights(paylo
     assert df.loc["r07", "macs"] == own.loc["r07", "macs"] == 300
     assert df.loc["r07", "latency_ms"] == pytest.approx(0.25)
     assert math.isnan(df.loc["r07", "file_bytes"])
-
-
-def test_cli_names_the_models_when_the_model_is_unknown(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "shrinkflow.cli.compare", "--input", str(FIXTURE),
-         "--model", "prunned", "--out-dir", str(tmp_path)],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
-    )
-    assert proc.returncode == 2
-    assert "--model 'prunned': not a model of models.yaml" in proc.stderr
-    assert "pruned_onnx" in proc.stderr and not (tmp_path / "compare.md").exists()

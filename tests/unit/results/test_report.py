@@ -4,25 +4,26 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from pipeline_repo import ROOT
 
 from shrinkflow.core.errors import ShrinkflowError
-from shrinkflow.core.metric_keys import read_model_list
+from shrinkflow.core.metric_keys import ENSEMBLE_ACC, read_model_list
 from shrinkflow.results.report import (
     best_within,
     build_report,
+    ensemble_lines,
     load_metrics,
     model_table,
     pareto_front,
     plot_confusion,
 )
 
-MODELS = read_model_list(Path(__file__).resolve().parents[1] / "models.yaml")
+MODELS = read_model_list(ROOT / "models.yaml")
 RUNTIME = {"teacher_onnx": ("onnxruntime", "fp32"), "student_onnx": ("onnxruntime", "fp32"),
            "pruned_onnx": ("onnxruntime", "fp32"),
            "quantized": ("onnxruntime", "int8"),
@@ -208,3 +209,24 @@ def test_fixed_ratio_has_no_budget_section(tmp_path):
     page, charts, _ = build_report(metrics, tmp_path / "reports", max_drop=1.0, models=MODELS)
     assert "Budget-mode" not in page.read_text()
     assert "prune_steps.png" not in {c.name for c in charts}
+
+
+def test_report_lists_each_member_and_the_ensemble_only_when_there_is_one():
+    metrics = {"teacher_test_acc": 0.95, "teacher_1_test_acc": 0.94, "teacher_2_test_acc": 0.96,
+               "teacher_5_test_acc": 0.5,  # a removed member's file, left behind
+               "teacher_ensemble_members": 3, "teacher_ensemble_seeds": "1,2", ENSEMBLE_ACC: 0.97}
+    text = "\n".join(ensemble_lines(metrics))
+    for line in ("| teacher (member 0) | 95.00 |", "| teacher_1 (seed 1) | 94.00 |",
+                 "| teacher_2 (seed 2) | 96.00 |", "| **ensemble** | **97.00** |"):
+        assert line in text
+    assert "teacher_5" not in text
+    assert ensemble_lines({"teacher_test_acc": 0.95}) == []
+
+
+def test_drops_are_measured_against_the_ensemble_when_there_is_one():
+    metrics = {"teacher_acc": 0.95, "student_acc": 0.93, "teacher_test_acc": 0.95,
+               ENSEMBLE_ACC: 0.97}
+    table = model_table(metrics, MODELS).set_index("model")
+    assert table.loc["student", "drop_points"] == pytest.approx(4.0)
+    assert table.loc["teacher", "accuracy"] == pytest.approx(0.95)  # member 0's own accuracy
+    assert table.loc["teacher", "drop_points"] == pytest.approx(2.0)

@@ -1,16 +1,13 @@
-"""The final-model choice (shrinkflow.results.select_final) on hand-made metrics, and the select
-stage's
-declared deps against models.yaml."""
+"""The final-model choice (shrinkflow.results.select_final) on hand-made metrics: the budget, the
+ranking, the failure line, the flat metrics and the card, drops against a teacher ensemble."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import yaml
+from pipeline_repo import ROOT
 
 from shrinkflow.core.errors import ShrinkflowError
-from shrinkflow.core.metric_keys import ModelEntry, read_model_list
+from shrinkflow.core.metric_keys import ENSEMBLE_ACC, ModelEntry, read_model_list
 from shrinkflow.model_files.card import check_card
 from shrinkflow.results.select_final import (
     Candidate,
@@ -19,8 +16,6 @@ from shrinkflow.results.select_final import (
     final_card,
     final_metrics,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def cand(name: str, drop: float, ms: float, size: int = 1000,
@@ -165,11 +160,13 @@ def test_final_card_carries_the_choice_and_what_running_it_needs():
     assert card["pipeline"] == pipeline
 
 
-def test_select_stage_deps_list_every_model_file_and_eval_metrics():
-    """DVC cannot template a deps list from models.yaml: check the hand-written one."""
-    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["select_final"]
+def test_drops_are_measured_against_the_ensemble_when_there_is_one():
     models = read_model_list(ROOT / "models.yaml")
-    expected = {m.file for m in models} | {f"metrics/eval_{m.name}.json" for m in models
-                                            if m.evaluated}
-    listed = {d for d in stage["deps"] if d.startswith(("models/", "metrics/eval_"))}
-    assert listed == expected
+    metrics = {"teacher_acc": 0.95, "student_acc": 0.93, "teacher_test_acc": 0.95}
+    rows = [{"model": "student", "batch_size": "64", "p50_ms": "1.0", "runtime": "torch",
+             "precision": "fp32", "file_bytes": "100"}]
+    single, _ = build_candidates(models, metrics, rows, 64)
+    assert single[0].drop_points == pytest.approx(2.0)
+    with_ensemble = {**metrics, ENSEMBLE_ACC: 0.97}
+    cands, _ = build_candidates(models, with_ensemble, rows, 64)
+    assert cands[0].drop_points == pytest.approx(4.0)

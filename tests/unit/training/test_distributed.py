@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
+from pipeline_repo import ROOT
 from torch import nn
 
 import shrinkflow.training.distributed
@@ -37,7 +38,7 @@ from shrinkflow.training.loop import fit, iterate_batches, predict, train_superv
 
 pytestmark = pytest.mark.slow  # end to end: real stage processes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = ROOT
 CFG = TrainConfig(epochs=2, batch_size=64, lr=0.05, device="cpu", seed=0)
 
 
@@ -175,16 +176,6 @@ def test_every_rank_gets_the_same_batches_and_together_one_process_batches(n, wo
     assert sum(len(b) for b in ranks[0]) * world == n + (-n) % world
 
 
-def test_batch_size_must_split_over_nproc():
-    teacher = yaml.safe_load((REPO / "params.yaml").read_text())["teacher"]
-    teacher["train"].update(nproc=4, batch_size=64)
-    assert validate_section("teacher", teacher, TeacherParams).train.nproc == 4
-    teacher["train"].update(batch_size=30)
-    with pytest.raises(ShrinkflowError, match=r"teacher\.train: .*batch_size 30 must be "
-                                              r"divisible by nproc 4"):
-        validate_section("teacher", teacher, TeacherParams)
-
-
 @pytest.fixture
 def no_torchrun(monkeypatch):
     """Fail instead of launching anything, and start outside torchrun."""
@@ -212,6 +203,26 @@ def test_more_processes_than_gpus_is_one_line_naming_the_key(no_torchrun):
 
 
 # --- the real stage and the launcher, in subprocesses ------------------------------------------
+
+
+def test_a_failing_rank_fails_the_launch_with_its_exit_code(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(
+        "from shrinkflow.training.distributed import finish, launch, rank_and_world\n"
+        "from shrinkflow.core.errors import ShrinkflowError, run_stage\n"
+        "def main():\n"
+        "    launch(2, 'cpu')\n"
+        "    if rank_and_world()[0] == 1:\n"
+        "        raise ShrinkflowError('rank one is unhappy')\n"
+        "    finish()\n"
+        "run_stage(main)\n"
+    )
+    run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=subprocess_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.count("error: rank one is unhappy") == 1
+    assert run.stderr.splitlines()[-1] == (f"error: {script} under torchrun: rank 1 of 2 failed "
+                                           "with exit code 2 (its messages are above)")
 
 
 def subprocess_env() -> dict[str, str]:
@@ -263,23 +274,3 @@ def test_teacher_stage_on_two_processes(tmp_path):
     *_, one = train_supervised(p.model, one_cfg, data, "teacher")
     assert one["teacher_test_acc"] > 0.5  # it learned (4 classes: chance is 0.25)
     assert abs(metrics["teacher_test_acc"] - one["teacher_test_acc"]) <= 0.01
-
-
-def test_a_failing_rank_fails_the_launch_with_its_exit_code(tmp_path):
-    script = tmp_path / "job.py"
-    script.write_text(
-        "from shrinkflow.training.distributed import finish, launch, rank_and_world\n"
-        "from shrinkflow.core.errors import ShrinkflowError, run_stage\n"
-        "def main():\n"
-        "    launch(2, 'cpu')\n"
-        "    if rank_and_world()[0] == 1:\n"
-        "        raise ShrinkflowError('rank one is unhappy')\n"
-        "    finish()\n"
-        "run_stage(main)\n"
-    )
-    run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=subprocess_env(),
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 2
-    assert run.stderr.count("error: rank one is unhappy") == 1
-    assert run.stderr.splitlines()[-1] == (f"error: {script} under torchrun: rank 1 of 2 failed "
-                                           "with exit code 2 (its messages are above)")

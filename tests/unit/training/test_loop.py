@@ -1,5 +1,6 @@
 import pytest
 import torch
+from tiny_models import FULL, downsampled_spec
 
 from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.nets.zoo import build_model, make_spec
@@ -7,6 +8,8 @@ from shrinkflow.params.common import ModelSpec, TrainConfig
 from shrinkflow.training.loop import (
     CrossEntropy,
     NonFiniteLossGuard,
+    check_input_size,
+    effective_input_size,
     fit,
     iterate_batches,
     predict,
@@ -129,3 +132,12 @@ def test_cuda_without_a_gpu_names_the_key(monkeypatch):
     with pytest.raises(ShrinkflowError, match=r"^teacher\.train\.device = 'cuda': no CUDA GPU"):
         resolve_device("cuda", "teacher.train.device")
     assert resolve_device("auto").type == "cpu"
+
+
+def test_input_size_larger_than_the_data_is_one_line():
+    assert effective_input_size(downsampled_spec(8), list(FULL)) == "8x8"
+    assert effective_input_size(downsampled_spec(0), list(FULL)) == "16x16"
+    check_input_size(16, list(FULL), "distill.input_size")  # equal is fine
+    with pytest.raises(ShrinkflowError, match=r"^distill.input_size = 20: larger than the "
+                                              r"data's images \(16x16\)"):
+        check_input_size(20, list(FULL), "distill.input_size")
