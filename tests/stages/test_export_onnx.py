@@ -1,4 +1,5 @@
-"""export_onnx@NAME: the teacher / student as ONNX, checked against PyTorch on the test split."""
+"""stages/export_onnx.py (export_onnx@NAME) run in this process: the teacher / student as ONNX,
+checked against PyTorch on the test split; a wrong role or name refused."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The deploy command (shrinkflow.cli.predict) and the model card it runs from
-(shrinkflow.model_files.card).
+"""The deploy command (shrinkflow.cli.predict), run from a model carrying its card (the card
+itself: test_card.py).
 
 One tiny model, trained for a few steps on the shared synthetic data, is saved as .pt, exported
 to ONNX and given a card exactly as the select stage does (card.write_model_card). The test

@@ -1,4 +1,5 @@
-"""Distillation losses: exact values, frozen teacher, feature adapters, a tiny end-to-end run."""
+"""Distillation losses (shrinkflow.compress.distill): exact values, frozen teacher, feature
+adapters, a tiny end-to-end run."""
 
 from __future__ import annotations
 
@@ -159,7 +160,15 @@ def test_hint_adapter_maps_student_features_to_teacher_shape(teacher_widths, stu
     projected = loss_fn.adapter(s_feat)
     assert projected.shape[:2] == (3, teacher_widths[-1])
     t_feat = torch.randn(3, *loss_fn.teacher_shape[1:])
-    assert torch.isfinite(loss_fn.feature_loss(s_feat, t_feat))
+    # the hint: MSE between the projected student map and the teacher's, both average-pooled to
+    # the smaller of the two map sizes
+    size = [min(a, b) for a, b in zip(projected.shape[-2:], t_feat.shape[-2:], strict=True)]
+    expected = F.mse_loss(F.adaptive_avg_pool2d(projected, size),
+                          F.adaptive_avg_pool2d(t_feat, size))
+    got = loss_fn.feature_loss(s_feat, t_feat)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5) and got.item() > 0.1
+    if projected.shape[-2:] == t_feat.shape[-2:]:  # the teacher's map is the projection: zero
+        assert loss_fn.feature_loss(s_feat, projected.detach()).item() == pytest.approx(0.0)
 
 
 @pytest.mark.slow  # torchvision models: seconds of import and tracing
@@ -174,7 +183,12 @@ def test_hint_on_torchvision_students(arch):
     x = torch.rand(2, 3, 8, 8)
     loss, parts = loss_fn(student(x), torch.tensor([0, 1]), x)
     loss.backward()
-    assert set(parts) == {"kd", "ce", "hint"} and torch.isfinite(loss)
+    assert set(parts) == {"kd", "ce", "hint"} and parts["hint"] > 0
+    p = distill_params("hint")  # the blend: alpha KD + (1 - alpha) CE + feature_weight hint
+    expected = (p.alpha * parts["kd"] + (1 - p.alpha) * parts["ce"]
+                + p.feature_weight * parts["hint"])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss_fn.adapter.weight.grad is not None  # the adapter trains with the student
 
 
 def test_default_layers_are_last_feature_maps():

@@ -1,4 +1,5 @@
-"""Pruning on tiny inputs: it shrinks, stays runnable, round-trips through files and ONNX."""
+"""Pruning at a fixed ratio (shrinkflow.compress.prune) on tiny inputs: it shrinks, stays runnable,
+round-trips through files and ONNX; the sensitivity scan and the fine-tune."""
 
 from __future__ import annotations
 
@@ -71,11 +72,20 @@ def test_higher_ratio_removes_more():
     assert macs[0] > macs[1] > macs[2]
 
 
-def test_iterative_steps_reach_the_same_width():
+def test_iterative_steps_prune_in_steps_to_the_same_width():
     one, three = fresh("cnn"), fresh("cnn")
     run_pruning(one, SHAPE, params(ratio=0.5), log=quiet)
-    run_pruning(three, SHAPE, params(ratio=0.5, iterative_steps=3), log=quiet)
-    assert count_params(one) == count_params(three)
+    after_each_step = []
+
+    def record(model, step, epochs):  # the fine-tune hook runs after every pruning step
+        after_each_step.append((step, count_params(model)))
+        return []
+
+    run_pruning(three, SHAPE, params(ratio=0.5, iterative_steps=3, train=TrainConfig(epochs=3)),
+                finetune=record, log=quiet)
+    steps, sizes = zip(*after_each_step, strict=True)
+    assert steps == (1, 2, 3) and sizes[0] > sizes[1] > sizes[2]
+    assert count_params(one) == count_params(three) == sizes[2]
 
 
 @pytest.mark.parametrize("importance", ["l1", "random"])

@@ -12,7 +12,6 @@ import pytest
 import torch
 from prepared_files import make_prepared
 from tiny_models import FULL, train_cnn
-from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
 from shrinkflow.compress.distill import KDLoss
 from shrinkflow.compress.quantize import (
@@ -225,6 +224,10 @@ class _ReusedReLU(torch.nn.Module):
 def test_qat_prepares_a_module_called_twice():
     # without pt2e_export's split, the X86 quantizer raises "Input partition has more than one
     # output node" here (measured on resnet18, whose blocks do this)
+    # imported here, not at the top: it costs more than torch itself (measured with -X
+    # importtime), and every xdist worker would pay it while collecting
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
     torch.manual_seed(0)
     graph = pt2e_export(_ReusedReLU().train(), (1, 8, 8))
     prepared = prepare_qat_pt2e(graph, x86_quantizer(is_qat=True, reduce_range=True))

@@ -1,8 +1,6 @@
 """Teacher ensembles (shrinkflow.compress.teacher_ensemble): the soft targets are exactly the
-members' mean
-softened probability, one member is passed through untouched, the ensemble's accuracy becomes the
-reference of every drop, bad member params fail with one line, and dvc.yaml gives each extra
-member its own stage without touching the single-teacher stages."""
+members' mean softened probability, one member is passed through untouched, members load in
+order and are checked by file, the ensemble is measured on the given split."""
 
 from __future__ import annotations
 

@@ -1,3 +1,6 @@
+"""Atomic outputs (shrinkflow.core.outputs): a stage's outputs land together or not at all, a
+kill between renames is rolled forward, temporaries of dead writers are removed."""
+
 import json
 import os
 import shutil

@@ -67,12 +67,12 @@ def test_none_is_no_transform():
         make_augment("rotate", 4, 0)
 
 
-def test_fit_with_augmentation_is_repeatable(tiny_data):
-    def run():
+def test_fit_with_augmentation_is_repeatable_and_augments(tiny_data):
+    def run(augment="crop_flip"):
         torch.manual_seed(0)
         model = build_model({"arch": "cnn", "widths": [4, 8], "depth": 1, "width_mult": 1.0,
                              "in_channels": 1, "num_classes": 4, "mean": [0.3], "std": [0.3]})
-        cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05, device="cpu", augment="crop_flip",
+        cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05, device="cpu", augment=augment,
                           crop_padding=2)
         history = fit(model, tiny_data.train, tiny_data.val, cfg, log=lambda _: None)
         return history, model.state_dict()
@@ -80,3 +80,6 @@ def test_fit_with_augmentation_is_repeatable(tiny_data):
     (h1, s1), (h2, s2) = run(), run()
     assert h1 == h2
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    # and fit did augment: without it the same seed trains other weights
+    _, plain = run("none")
+    assert not all(torch.equal(s1[k], plain[k]) for k in s1)

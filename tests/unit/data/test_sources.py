@@ -1,3 +1,6 @@
+"""Raw data sources (shrinkflow.data.sources): IDX, CIFAR-10, image folders and the bundled digits,
+read in chunks, and every damaged or unusable file named in one line."""
+
 import pickle
 
 import numpy as np
@@ -8,7 +11,6 @@ from raw_sources import make_folder, write_cifar10, write_idx, write_mnist_like
 from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.data import sources as data
 from shrinkflow.data.prepare import make_splits, split_indices, write_prepared
-from shrinkflow.data.prepared import load_prepared
 from shrinkflow.data.sources import (
     check_source,
     load_cifar_source,
@@ -113,63 +115,6 @@ def test_digits_source_is_bundled_and_uint8():
     assert images.max() == 255 and labels.max() == 9
 
 
-def test_split_is_deterministic_disjoint_and_stratified():
-    labels = np.repeat(np.arange(5), 40)
-    a = split_indices(labels, 0.2, 0.2, seed=3)
-    b = split_indices(labels, 0.2, 0.2, seed=3)
-    c = split_indices(labels, 0.2, 0.2, seed=4)
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k])
-    assert not np.array_equal(a["test"], c["test"])
-    everything = np.concatenate(list(a.values()))
-    assert len(everything) == len(set(everything.tolist())) == 200
-    assert np.bincount(labels[a["test"]]).tolist() == [8] * 5
-
-
-def test_prepared_round_trip_and_train_only_stats(tmp_path):
-    source = load_digits_source()
-    images, labels = source.read_all()
-    splits = split_indices(labels, 0.15, 0.15, 0)
-    meta = write_prepared(tmp_path, source, splits, "digits")
-    prepared = load_prepared(tmp_path)
-    assert prepared.meta == meta and meta["split"] == "pooled"
-    for name in ("train", "val", "test"):
-        np.testing.assert_array_equal(getattr(prepared, name)[0].numpy(), images[splits[name]])
-        np.testing.assert_array_equal(getattr(prepared, name)[1].numpy(), labels[splits[name]])
-    train = images[splits["train"]] / 255
-    assert meta["mean"][0] == pytest.approx(train.mean(), abs=1e-6)
-    assert meta["std"][0] == pytest.approx(train.std(), abs=1e-6)
-
-
-def test_prepared_images_are_memory_mapped(tmp_path):
-    source = load_digits_source()
-    write_prepared(tmp_path, source, split_indices(source.labels, 0.15, 0.15, 0), "digits")
-    x = load_prepared(tmp_path).train[0]
-    # the tensor's memory lies inside a mapping of train_x.npy, not in a copy on the heap
-    address = x.untyped_storage().data_ptr()
-    mapped = [line.split()[-1] for line in open("/proc/self/maps")
-              if int(line.split("-")[0], 16) <= address < int(line.split()[0].split("-")[1], 16)]
-    assert mapped and mapped[0].endswith("train_x.npy"), mapped
-
-
-@pytest.mark.parametrize("channels", [1, 3])
-def test_source_split_keeps_the_official_test_set(tmp_path, channels):
-    """IDX, CIFAR and train/+test/ folders: test is exactly the source's test files."""
-    write_cifar10(tmp_path, n=30)  # 150 train + 30 test images
-    source = load_source("cifar", str(tmp_path), 32, 3)
-    splits = make_splits(source, "source", 0.2, 0.5, seed=1)
-    assert splits["test"].tolist() == list(range(150, 180))
-    assert len(splits["val"]) == 30 and len(splits["train"]) == 120
-    assert not set(splits["val"]) & set(splits["train"])
-    assert np.bincount(source.labels[splits["val"]]).tolist() == [10, 10, 10]  # stratified
-    again = make_splits(load_source("cifar", str(tmp_path), 32, 3), "source", 0.2, 0.5, seed=1)
-    np.testing.assert_array_equal(splits["val"], again["val"])
-    meta = write_prepared(tmp_path / "out", source, splits, "cifar", "source")
-    assert meta["split"] == "source" and meta["counts"] == {"train": 120, "val": 30, "test": 30}
-    test_x = load_prepared(tmp_path / "out").test[0].numpy()
-    np.testing.assert_array_equal(test_x, source.read_all()[0][150:])
-
-
 def test_imagefolder_with_train_and_test_folders(tmp_path):
     make_folder(tmp_path / "train", n=5)
     make_folder(tmp_path / "val", n=2)
@@ -179,14 +124,6 @@ def test_imagefolder_with_train_and_test_folders(tmp_path):
     images, labels = source.read_all()
     assert labels[splits["test"]].tolist() == [0, 0, 1, 1]
     assert images[splits["test"]][:, 0, 0, 0].tolist() == [0, 1, 40, 41]
-
-
-def test_source_split_without_a_test_split_is_one_clear_line(tmp_path):
-    with pytest.raises(ShrinkflowError, match="prepare.split = 'source'.*digits.*pooled"):
-        make_splits(load_digits_source(), "source", 0.1, 0.1, 0, "digits")
-    make_folder(tmp_path / "flat")
-    with pytest.raises(ShrinkflowError, match="no test split"):
-        make_splits(load_source("imagefolder", str(tmp_path / "flat"), 8, 1), "source", .1, .1, 0)
 
 
 def test_test_folder_without_train_folder_is_named(tmp_path):
@@ -259,8 +196,3 @@ def test_cifar_batch_of_the_wrong_structure_names_the_file(tmp_path, payload):
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(pickle.dumps(payload))
     with pytest.raises(ShrinkflowError, match="data_batch_3: expected a dict"):
         load_cifar_source(tmp_path)
-
-
-def test_load_prepared_missing_says_run_prepare(tmp_path):
-    with pytest.raises(ShrinkflowError, match="prepare"):
-        load_prepared(tmp_path)

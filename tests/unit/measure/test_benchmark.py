@@ -1,4 +1,5 @@
-"""Benchmark mechanics on a tiny model: statistics, rows, flat keys and ratios (never speed)."""
+"""The benchmark (shrinkflow.measure.benchmark) on a tiny model: statistics, interleaved workers,
+flat keys and ratios (never speed)."""
 
 from __future__ import annotations
 

@@ -1,3 +1,6 @@
+"""Classification metrics (shrinkflow.measure.evaluate) on hand-made logits and against
+scikit-learn."""
+
 import math
 
 import pytest

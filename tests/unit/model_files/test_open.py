@@ -1,5 +1,5 @@
-"""One way to open a model: every file kind through runtime.open_model, bad files in one line,
-roles, the model list (models.yaml) shared with dvc.yaml, and the metric-key scheme."""
+"""One way to open a model (shrinkflow.model_files.open): every file kind through open_model, its
+native input and counts, and bad or mismatched files in one line naming the file."""
 
 from __future__ import annotations
 

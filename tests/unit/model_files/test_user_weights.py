@@ -1,4 +1,5 @@
-"""Teachers users already have: fine-tune from local weights, import a finished model.
+"""Teachers users already have (shrinkflow.model_files.user_weights): fine-tune from local
+weights, import a finished model.
 
 Every weights file is created here (torchvision architectures with weights=None): nothing downloads.
 """
@@ -10,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchvision.models import mobilenet_v2, resnet18
 
 from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.measure.metrics import accuracy
@@ -33,6 +33,8 @@ def spec_for(model_params: ModelSpec, meta: dict = META) -> dict:
 @pytest.fixture(scope="module")
 def imagenet_resnet18() -> dict[str, torch.Tensor]:
     """What a user saves from torchvision: 1000 classes, RGB 7x7 stem (random, not downloaded)."""
+    from torchvision.models import resnet18  # here: its import is seconds of collection
+
     torch.manual_seed(123)
     return resnet18(weights=None).state_dict()
 
@@ -98,6 +100,8 @@ def test_wrapped_checkpoints_load_the_same_tensors(tmp_path, imagenet_resnet18, 
 
 
 def test_weights_for_another_architecture_are_refused(tmp_path):
+    from torchvision.models import mobilenet_v2
+
     torch.manual_seed(0)
     path = save(tmp_path, mobilenet_v2(weights=None, width_mult=0.25).state_dict(), "mnv2.pt")
     spec = spec_for(RESNET)

@@ -1,3 +1,6 @@
+"""Loading a params section (shrinkflow.params.load): one line per bad key naming it and what was
+expected, the shipped params.yaml as the one source of defaults."""
+
 import copy
 import math
 

@@ -1,4 +1,5 @@
-"""compare on a saved `dvc exp show --json` (DVC 3.67, from a tiny real repo, trimmed)."""
+"""Comparing experiments (shrinkflow.results.compare) on a saved `dvc exp show --json` (DVC 3.67,
+from a tiny real repo, trimmed)."""
 
 from __future__ import annotations
 

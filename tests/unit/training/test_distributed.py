@@ -1,5 +1,6 @@
 """Training on several processes, on CPU with gloo: the collectives, DDP through ``fit``, the
-batch split, and the real teacher stage relaunching itself under torchrun with ``nproc: 2``.
+batch split, the relaunch, and the real teacher stage relaunching itself under torchrun with
+``nproc: 2`` (slow).
 
 Each multi-process test pays for starting Python + torch in every process (~3-6 s here), so
 the checks that need processes share one spawn (``two_ranks``)."""

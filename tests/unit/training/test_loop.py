@@ -1,3 +1,6 @@
+"""The training loop (shrinkflow.training.loop): it learns, repeats, stops at a non-finite loss
+before the weights change, and checks the device and the student's input size."""
+
 import pytest
 import torch
 from tiny_models import FULL, downsampled_spec
