@@ -221,11 +221,12 @@ class _ReusedReLU(torch.nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+@pytest.mark.slow  # importing torchao's PT2E quantizer: 4.3 CPU-s here; QAT is not the default
 def test_qat_prepares_a_module_called_twice():
     # without pt2e_export's split, the X86 quantizer raises "Input partition has more than one
     # output node" here (measured on resnet18, whose blocks do this)
-    # imported here, not at the top: it costs more than torch itself (measured with -X
-    # importtime), and every xdist worker would pay it while collecting
+    # imported here, not at the top: it costs more than torch itself (-X importtime), and every
+    # xdist worker would pay it while collecting, also under -m "not slow"
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     torch.manual_seed(0)
