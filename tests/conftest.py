@@ -1,6 +1,5 @@
-"""Shared test inputs: tiny synthetic data separable enough that a few steps of training beat
-chance, and one tiny-params copy of the project reproduced once per session for the end-to-end
-tests."""
+"""Shared test inputs: tiny synthetic data (prepared_files.make_prepared), and one tiny-params
+copy of the project reproduced once per session for the end-to-end tests."""
 
 from __future__ import annotations
 
@@ -12,42 +11,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from filelock import FileLock
 from pipeline_repo import copy_repo, env, make_repo, run
+from prepared_files import make_prepared
 
 from shrinkflow.data.prepared import Prepared
-
-
-def make_split(n: int, channels: int = 1, size: int = 8, classes: int = 4, seed: int = 0):
-    """Class k lights up the k-th horizontal band of the image, plus noise (uint8 images)."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, classes, n)
-    x = rng.integers(0, 60, (n, channels, size, size)).astype(np.float64)
-    band = size // classes
-    for i, k in enumerate(y):
-        x[i, :, k * band : (k + 1) * band, :] += 180
-    return torch.from_numpy(x.clip(0, 255).astype(np.uint8)), torch.from_numpy(y.astype(np.int64))
-
-
-def make_prepared(channels: int = 1, size: int = 8, classes: int = 4) -> Prepared:
-    meta = {
-        "source": "synthetic",
-        "classes": [str(c) for c in range(classes)],
-        "num_classes": classes,
-        "shape": [channels, size, size],
-        "counts": {"train": 256, "val": 64, "test": 64},
-        "mean": [0.3] * channels,
-        "std": [0.3] * channels,
-    }
-    return Prepared(
-        train=make_split(256, channels, size, classes, seed=0),
-        val=make_split(64, channels, size, classes, seed=1),
-        test=make_split(64, channels, size, classes, seed=2),
-        meta=meta,
-    )
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
@@ -209,10 +210,15 @@ def pipeline_stages(root: Path = ROOT) -> dict[str, dict[str, Any]]:
     return stages
 
 
-def run_stage_main(script: Path) -> None:
-    """Run a stage script's ``main()`` in this process (params and paths from the cwd), so a test
-    sees its ShrinkflowError rather than an exit code."""
+def load_stage(script: Path) -> ModuleType:
+    """A stage script imported as a module (its ``main()`` not run), to test its helpers."""
     spec = importlib.util.spec_from_file_location(f"stage_{script.stem}", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.main()
+    return module
+
+
+def run_stage_main(script: Path) -> None:
+    """Run a stage script's ``main()`` in this process (params and paths from the cwd), so a test
+    sees its ShrinkflowError rather than an exit code."""
+    load_stage(script).main()
