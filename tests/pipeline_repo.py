@@ -17,7 +17,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ["dvc.yaml", "params.yaml", "models.yaml", "stages", "src", ".dvc/config",
           ".dvc/.gitignore", ".dvcignore", ".gitignore",
-          "models/teachers/.gitkeep"]  # the ensemble members' folder, a dep even when empty
+          "models/teachers/.gitkeep",  # the ensemble members' folder, a dep even when empty
+          "data/builtin-digits.txt"]  # prepare.path of the digits, prepare's data dep
 
 TEMPLATE = re.compile(r"\$\{\s*([^}\s]+)\s*\}")
 

@@ -284,12 +284,25 @@ def _image_part(name: str, files: list[Path], labels: np.ndarray, size: int,
     return SourcePart(name, labels, lambda: _image_chunks(files, size, channels))
 
 
+def _refuse_half_of_a_split_folder(root: Path) -> None:
+    """``prepare.path`` at ``photos/train`` when ``photos/`` has train/ and test/: the folder
+    would be read as one pool and its test/ half never used; the fix is the parent folder."""
+    parent = root.parent
+    halves = [n for n in ("train", "test", "val") if (parent / n).is_dir()]
+    if root.name in ("train", "test", "val") and "train" in halves and len(halves) > 1:
+        raise ShrinkflowError(
+            f"prepare.path = {str(root)!r} is the {root.name}/ half of a folder with "
+            f"{' and '.join(h + '/' for h in halves)}: set prepare.path: {str(parent)!r} "
+            "(its test/ becomes the test split)")
+
+
 def load_imagefolder_source(root: Path, image_size: int, channels: int) -> Source:
     """An image folder resized to ``image_size`` squares, ``channels`` 1 (grey) or 3 (RGB).
 
     Either ``class_name/*.png|jpg`` (one pool), or ``train/class_name/...`` plus ``test/`` (or
     ``val/``) laid out the same way: the source's own test split.
     """
+    _refuse_half_of_a_split_folder(root)
     holdout = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
     parts: list[SourcePart] = []
     used: list[Path] = []
