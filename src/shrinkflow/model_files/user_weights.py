@@ -85,7 +85,7 @@ def read_weights(path: str | Path, key: str = KEY) -> UserWeights:
     path = str(path)
     if not Path(path).is_file():
         raise _fail(path, "file not found; put the weights there and `dvc add` it "
-                          "(README: Teachers you already have)", key)
+                          "(docs/teachers.md)", key)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or unsafe files
