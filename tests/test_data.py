@@ -239,7 +239,7 @@ def test_auto_split_keeps_a_folder_s_own_test_split_and_pools_the_digits(tmp_pat
 def test_path_at_the_train_half_points_at_the_parent(tmp_path, half):
     make_folder(tmp_path / "photos" / "train")
     make_folder(tmp_path / "photos" / "test")
-    with pytest.raises(ShrinkflowError, match=r"set prepare.path: '.*/photos' \(its test/"):
+    with pytest.raises(ShrinkflowError, match=r"set prepare.path: '.*/photos' \(its test/ becomes"):
         load_imagefolder_source(tmp_path / "photos" / half, 8, 1)
     make_folder(tmp_path / "alone" / "train")  # a lone train/ of classes is a folder like any
     assert load_imagefolder_source(tmp_path / "alone" / "train", 8, 1).classes == ["cat", "dog"]

@@ -293,7 +293,7 @@ def _refuse_half_of_a_split_folder(root: Path) -> None:
         raise ShrinkflowError(
             f"prepare.path = {str(root)!r} is the {root.name}/ half of a folder with "
             f"{' and '.join(h + '/' for h in halves)}: set prepare.path: {str(parent)!r} "
-            "(its test/ becomes the test split)")
+            f"(its {[h for h in halves if h != 'train'][0]}/ becomes the test split)")
 
 
 def load_imagefolder_source(root: Path, image_size: int, channels: int) -> Source:
