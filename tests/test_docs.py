@@ -64,3 +64,11 @@ def test_no_stale_names_in_the_docs():
     for page in [README, *Path(ROOT / "docs").glob("*.md")]:
         for n, line in enumerate(page.read_text().splitlines(), 1):
             assert not stale.search(line), f"{page.name}:{n}: {line}"
+
+
+def test_no_code_fence_inside_a_list():
+    """MkDocs' Markdown (Python-Markdown, no superfences) renders an indented ``` fence as
+    inline text: keep every fenced block at the left margin."""
+    for page in Path(ROOT / "docs").glob("*.md"):
+        for n, line in enumerate(page.read_text().splitlines(), 1):
+            assert not re.match(r"\s+```", line), f"{page.name}:{n}: an indented code fence"
