@@ -7,7 +7,7 @@ was used, train-only normalisation mean/std, sha256 of the source).
 
 from shrinkflow.core.errors import run_stage
 from shrinkflow.core.outputs import commit_outputs
-from shrinkflow.data.prepare import make_splits, write_prepared
+from shrinkflow.data.prepare import make_splits, resolve_split, write_prepared
 from shrinkflow.data.sources import check_source, load_source
 from shrinkflow.params.load import load_section
 from shrinkflow.params.prepare import PrepareParams
@@ -22,10 +22,11 @@ def main() -> None:
     counts = {part.name: len(part.labels) for part in source.parts}
     print(f"[prepare] {p.source}: {counts} images of {source.shape}, "
           f"{len(source.classes)} classes")
-    splits = make_splits(source, p.split, p.val_fraction, p.test_fraction, p.seed, p.source)
+    split = resolve_split(source, p.split)
+    splits = make_splits(source, split, p.val_fraction, p.test_fraction, p.seed, p.source)
     with commit_outputs() as out:
-        meta = write_prepared(out.directory(OUT_DIR), source, splits, p.source, p.split)
-    print(f"[prepare] wrote {OUT_DIR} ({p.split} split): {meta['counts']}  mean {meta['mean']}  "
+        meta = write_prepared(out.directory(OUT_DIR), source, splits, p.source, split)
+    print(f"[prepare] wrote {OUT_DIR} ({split} split): {meta['counts']}  mean {meta['mean']}  "
           f"std {meta['std']}")
 
 

@@ -19,12 +19,14 @@ ROOT = Path(__file__).resolve().parents[1]
 COPIED = ["dvc.yaml", "params.yaml", "models.yaml", "stages", "src", ".dvc/config",
           ".dvc/.gitignore", ".dvcignore", ".gitignore",
           "models/teachers/.gitkeep",  # the ensemble members' folder, a dep even when empty
-          "user_nets"]  # model factories (docs/models.md), a dep of every model-building stage
+          "user_nets",  # model factories (docs/models.md), a dep of every model-building stage
+          "data/builtin-digits.txt"]  # prepare.path of the digits, prepare's data dep
 
 TEMPLATE = re.compile(r"\$\{\s*([^}\s]+)\s*\}")
 
-# prune.ratio 0.5 is the middle value of the README's sweep (0.3,0.5,0.7): that experiment
-# reproduces nothing, which saves a third of the sweep and shows an unchanged recipe is free.
+# prune.ratio 0.5 is the middle value of the sweep in docs/experiments.md (0.3,0.5,0.7): that
+# experiment reproduces nothing, which saves a third of the sweep and shows an unchanged recipe
+# is free.
 TINY = {
     "teacher": {"model": {"widths": [8, 16]}, "train": {"epochs": 2}},
     "distill": {"student": {"widths": [4, 8]}, "train": {"epochs": 1}},

@@ -4,13 +4,16 @@
   127.0.0.1): A shares the baseline and an experiment through a git remote and the DVC remote;
   a fresh clone B gets every model and prepared-data file byte for byte, a clean `dvc status`
   and a `dvc repro` that runs nothing; B pulls and applies A's experiment, runs one of its own
-  and pushes it; A pulls it back and gets B's model bytes. The commands are the README's: the
-  test reads the README's marked blocks (`<!-- test_collab: NAME -->`) and runs them.
+  and pushes it; A pulls it back and gets B's model bytes. The commands are the docs' (team
+  page): the test reads their marked blocks (`<!-- test_collab: NAME -->`) and runs them, in
+  the order a reader meets them (tests/test_docs.py checks that order), in an A that is a clone
+  (it has an `origin` remote, as a user's clone of shrinkflow has).
 - A queued grid, two at a time: paused mid-run, a running experiment's current epoch (the
   training stage's progress.json) is what `dvc exp show` reports; both runs train at once and
   each result matches its own params; a failed run is found in `dvc queue logs` and removed;
   the results go out as CSV and, as JSON, into shrinkflow-compare.
-- DVC's run cache stays empty: every out is `persist: true` (README, "Where the pipeline runs").
+- DVC's run cache stays empty: every out is `persist: true` (docs: team, "Where the pipeline
+  runs").
 """
 
 from __future__ import annotations
@@ -31,12 +34,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pipeline_repo import ROOT, copy_repo, dvc, env, finished_experiments, run
+from doc_blocks import block_commands
+from pipeline_repo import copy_repo, dvc, env, finished_experiments, run
 
 pytestmark = pytest.mark.slow  # end to end: real stage processes
 
-README = ROOT / "README.md"
-# Placeholders in the README's blocks -> what the test substitutes (filled per round trip).
+# Placeholders in the docs' blocks -> what the test substitutes (filled per round trip).
 GIT_URL = "git@git.example.com:team/shrinkflow.git"
 LOCAL_REMOTE = "/mnt/shared/shrinkflow-cache"
 S3_URL = "s3://team-bucket/shrinkflow"
@@ -48,22 +51,12 @@ AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
 TRACKED = ("models", "data/prepared")  # what `dvc pull` must bring back byte for byte
 
 
-# --- the README's commands ----------------------------------------------------------------
-
-
-def readme_block(name: str) -> list[str]:
-    """Command lines of the ```bash block right after ``<!-- test_collab: name -->``."""
-    text = README.read_text()
-    match = re.search(rf"<!-- test_collab: {re.escape(name)} -->\s*```bash\n(.*?)```", text,
-                      re.DOTALL)
-    assert match, f"README.md has no block marked <!-- test_collab: {name} -->"
-    lines = [line.split(" #")[0].strip() for line in match.group(1).splitlines()]
-    return [line for line in lines if line and not line.startswith("#")]
+# --- the docs' commands ------------------------------------------------------------------
 
 
 def run_block(cwd: Path, name: str, subs: dict[str, str] | None = None,
               extra_env: dict[str, str] | None = None) -> tuple[Path, str]:
-    """Run a README block as a shell would (``&&`` chains, ``cd``, ``> file``).
+    """Run a docs block as a shell would (``&&`` chains, ``cd``, ``> file``).
 
     Returns the directory it ended in and every command's output, each after a ``$ command``
     line. Only the placeholders in ``subs`` (URLs, paths) change; everything else is verbatim.
@@ -71,7 +64,7 @@ def run_block(cwd: Path, name: str, subs: dict[str, str] | None = None,
     its stdout, and reading a pipe to its end would wait for the whole queue to finish.
     """
     output = []
-    for line in readme_block(name):
+    for line in block_commands(name):
         for old, new in (subs or {}).items():
             line = line.replace(old, new)
         for command in line.split(" && "):
@@ -89,7 +82,7 @@ def run_block(cwd: Path, name: str, subs: dict[str, str] | None = None,
                 err.seek(0)
                 stdout, stderr = out.read(), err.read()
             if code != 0:
-                raise AssertionError(f"README block {name!r}: `{command}` failed in {cwd}:\n"
+                raise AssertionError(f"docs block {name!r}: `{command}` failed in {cwd}:\n"
                                      f"{stdout}\n{stderr}")
             if target:
                 (cwd / target).write_text(stdout)
@@ -152,19 +145,21 @@ def s3():
 
 def round_trip(project: Path, root: Path, remote_block: str, subs: dict[str, str],
                a_env: dict[str, str], b_env: dict[str, str]) -> None:
-    """A -> (git remote + DVC remote) -> B -> remote -> A, with the README's commands."""
+    """A -> (git remote + DVC remote) -> B -> remote -> A, with the docs' commands."""
     baseline = digests(project)
     assert baseline, "the reproduced project has no models or prepared data"
     origin = root / "origin.git"
     run(root, "git", "init", "-q", "--bare", "-b", "main", str(origin))
     subs = {GIT_URL: str(origin), **subs}
     a = copy_repo(project, root / "a")
+    run(a, "git", "remote", "add", "origin", str(project))  # A is a clone: `origin` is taken
 
     # A: the remotes, once; then share the baseline and an experiment
     run_block(a, remote_block, subs, a_env)
     assert not run(a, "git", "status", "--porcelain").stdout.strip(), "A left changes behind"
     assert run(a, "git", "check-ignore", ".dvc/config.local").returncode == 0
-    run_block(a, "share", subs, a_env)
+    _, out = run_block(a, "share", subs, a_env)
+    assert out.split("$ git push")[0].strip() == "$ git status --short", out  # nothing to commit
     a_exp = digests(a)
     assert params_of(a)["quantize"]["calibration_samples"] == 16
     changed = {k for k in a_exp if a_exp[k] != baseline.get(k)}
@@ -205,7 +200,7 @@ def test_round_trip_through_a_local_folder_remote(project, tmp_path):
 
 
 def test_round_trip_through_s3(project, tmp_path, s3):
-    # A keeps its keys in .dvc/config.local (the README's block); B exports them, as CI would.
+    # A keeps its keys in .dvc/config.local (the docs' block); B exports them, as CI would.
     prefix = tmp_path.name
     subs = {S3_URL: f"s3://{BUCKET}/{prefix}", S3_ENDPOINT: s3["endpoint"]}
     round_trip(project, tmp_path, "remote-s3", subs, a_env={}, b_env=AWS)
@@ -294,13 +289,11 @@ def signal_all(pids, sig: int) -> None:
 def test_queued_grid_shows_live_progress_and_keeps_runs_apart(project, tmp_path, request):
     repo = copy_repo(project, tmp_path / "repo")
     base_epochs = params_of(repo)["teacher"]["train"]["epochs"]
-    dvc(repo, "exp", "run", "--queue", "-n", "bad-arch", "-S", "teacher.model.arch=vgg",
-        "train_teacher")  # the README's example of a failed run
-    _, out = run_block(repo, "grid-teacher")
+    _, out = run_block(repo, "grid-teacher")  # the grid, and bad-arch: a run that fails
     request.addfinalizer(lambda: dvc(repo, "queue", "stop", "--kill", check=False))
-    assert out.count("Queued experiment") == 2, out
     grid = [int(e) for e in re.search(r"teacher\.train\.epochs=([\d,]+)",
-                                      " ".join(readme_block("grid-teacher"))).group(1).split(",")]
+                                      " ".join(block_commands("grid-teacher"))).group(1).split(",")]
+    assert out.count("Queued experiment") == len(grid) + 1, out
     assert min(grid) > base_epochs + 2, "the grid must train longer than the baseline"
 
     # Watch the training processes of the two temp workspaces. Once one is mid-run (its live
@@ -338,7 +331,7 @@ def test_queued_grid_shows_live_progress_and_keeps_runs_apart(project, tmp_path,
         running = [w for w in training_processes(repo) if own_epochs(w) in grid]
         most_at_once = max(most_at_once, len(running))
         time.sleep(0.2)
-    # bad-arch, queued first, has failed long before; `dvc queue status` says so once it is done
+    # bad-arch, queued last, fails in seconds once a worker is free; wait for the whole queue
     while re.search(r"\b(Queued|Running)\b", status := dvc(repo, "queue", "status").stdout):
         assert time.time() < deadline, f"the queue did not finish:\n{status}"
         time.sleep(2)

@@ -1,43 +1,87 @@
-"""Every ready-to-copy params file under configs/ is a complete, valid params.yaml."""
+"""configs/ holds overlays: only the keys that differ from params.yaml, per data shape and
+device, applied with `shrinkflow-config apply` (shrinkflow.cli.config)."""
 
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from shrinkflow.cli.config import apply_overlay
 from shrinkflow.params.all_sections import SECTIONS
 from shrinkflow.params.load import load_section
 
 ROOT = Path(__file__).resolve().parents[2]
+PARAMS = ROOT / "params.yaml"
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+# shipped configs are named SHAPE-COLOUR-DEVICE; a user's own overlay (docs/data.md) need not be
+NAMED = [c for c in CONFIGS if re.fullmatch(r"\d+x\d+-(gray|rgb)-(cpu|gpu)", c.stem)]
+
+
+def leaves(tree: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        out.update(leaves(value, dotted + ".") if isinstance(value, dict) else {dotted: value})
+    return out
+
+
+@pytest.fixture
+def applied(tmp_path, monkeypatch):
+    """A function: the params.yaml that `shrinkflow-config apply CONFIG` writes (in a copy)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the GPU config's device
+
+    def apply(config: Path) -> Path:
+        params = tmp_path / f"{config.stem}.yaml"
+        shutil.copy(PARAMS, params)
+        apply_overlay(config, params)
+        return params
+    return apply
 
 
 def test_the_three_shapes_and_devices_are_covered():
-    names = {c.stem for c in CONFIGS}
+    names = {c.stem for c in NAMED}
     assert {"28x28-gray-cpu", "32x32-rgb-cpu", "32x32-rgb-gpu"} <= names
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
-def test_config_validates_against_every_schema(config, monkeypatch):
-    if "gpu" in config.stem:  # its `device: cuda` is checked against the GPUs of this machine
-        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    raw = yaml.safe_load(config.read_text())
-    assert set(raw) == set(SECTIONS), f"{config.name}: sections {sorted(raw)}"
-    for section in SECTIONS:
-        load_section(SECTIONS[section], config)  # raises on a missing, unknown or invalid key
+def test_config_holds_only_what_differs_from_params(config):
+    shipped = leaves(yaml.safe_load(PARAMS.read_text()))
+    overlay = leaves(yaml.safe_load(config.read_text()))
+    assert overlay, f"{config.name} is empty"
+    for key, value in overlay.items():
+        assert key in shipped, f"{config.name}: {key} is not in params.yaml"
+        assert value != shipped[key], f"{config.name}: {key} repeats params.yaml's {value!r}"
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
-def test_config_matches_its_name(config, monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+def test_applied_config_validates_and_keeps_params_comments(config, applied):
+    params = applied(config)
+    for schema in SECTIONS.values():
+        load_section(schema, params)  # raises on a missing, unknown or invalid key
+    old, new = PARAMS.read_text().splitlines(), params.read_text().splitlines()
+    assert len(new) == len(old)  # values replaced in place: every comment line is still there
+    assert sum(a != b for a, b in zip(old, new, strict=True)) == len(
+        leaves(yaml.safe_load(config.read_text())))  # one line per overlay value, no more
+    assert apply_overlay(config, params) == []  # applying it again changes nothing
+
+
+@pytest.mark.parametrize("config", NAMED, ids=[c.stem for c in NAMED])
+def test_config_matches_its_name(config, applied):
+    params = applied(config)
     shape, colour, device = config.stem.split("-")
-    prepare = load_section(SECTIONS["prepare"], config)
-    assert prepare.split == "source" and prepare.path.startswith("data/raw/")
+    prepare = load_section(SECTIONS["prepare"], params)
+    # auto: the source's own test split (IDX t10k, CIFAR test), as published figures use
+    assert prepare.split == "auto" and prepare.path.startswith("data/raw/")
+    assert prepare.source in ("idx", "cifar", "imagefolder")
     assert prepare.channels == (1 if colour == "gray" else 3)
     if prepare.source == "imagefolder":
         assert f"{prepare.image_size}x{prepare.image_size}" == shape
-    trains = [load_section(SECTIONS[name], config).train for name in ("teacher", "distill")]
+    trains = [load_section(SECTIONS[name], params).train for name in ("teacher", "distill")]
     assert all(t.device == ("cuda" if device == "gpu" else "auto") for t in trains)
 
 
@@ -54,3 +98,20 @@ def test_photo_configs_crop_and_keep_the_standard_stem(monkeypatch):
         sections = [load_section(SECTIONS[name], config) for name in ("teacher", "distill")]
         assert sections[1].student.arch == "mobilenet_v3_small"
         assert all(s.train.augment == "resized_crop_flip" for s in sections)
+
+
+def test_bad_overlay_is_one_line_and_leaves_params_alone(tmp_path):
+    params = tmp_path / "params.yaml"
+    shutil.copy(PARAMS, params)
+    cases = {"typo.yaml": ("distill:\n  temperature: 2\n", r"distill\.temperature is not a key"),
+             "shape.yaml": ("distill: 2\n", r"distill is a section in params.yaml"),
+             "invalid.yaml": ("distill:\n  T: -1\n", r"distill\.T: Input should be greater")}
+    for name, (text, expected) in cases.items():
+        (tmp_path / name).write_text(text)
+        result = subprocess.run([sys.executable, "-m", "shrinkflow.cli.config", "apply",
+                                 str(tmp_path / name), "--params", str(params)],
+                                capture_output=True, text=True)
+        assert result.returncode == 2 and result.stderr.startswith("error: "), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert re.search(expected, result.stderr), result.stderr
+        assert params.read_bytes() == PARAMS.read_bytes()

@@ -1,6 +1,7 @@
-"""Every command of the README's "Compare compression recipes" section, run for real on a
-tiny-params copy of the project: a queued sweep, a workspace experiment, the comparisons,
-promoting a winner and sharing it through a git remote and a DVC remote.
+"""Every command of the docs' "Compare compression recipes" section (docs/experiments.md), run
+for real on a tiny-params copy of the project: a queued sweep, a workspace experiment, the
+comparisons, promoting a winner, and sharing it through a git remote and a DVC remote (the
+team walk itself, read top to bottom, is tests/test_collab.py).
 
 The experiments run once, in the module's own copy of the session's reproduced repo
 (`experiments`); tests that only read it share it, tests that change it (compare writes files,
@@ -23,13 +24,13 @@ from pipeline_repo import copy_repo, dvc, env, finished_experiments, ran_stages,
 
 pytestmark = pytest.mark.slow  # end to end: real stage processes
 
-README_SWEEP = ["prune.ratio=0.3,0.5,0.7"]
+DOCS_SWEEP = ["prune.ratio=0.3,0.5,0.7"]
 UPSTREAM_OF_DISTILL = {"prepare", "train_teacher", "train_student_scratch",
                        "evaluate@teacher", "evaluate@student_scratch"}
 
 
 def start_queue(repo: Path, jobs: int = 2) -> None:
-    """`dvc queue start` (the README's command). It leaves a daemon that keeps the command's
+    """`dvc queue start` (the docs' command). It leaves a daemon that keeps the command's
     stdout and stderr open until its workers exit, so they go to a file: captured through a pipe,
     the call blocks until the queue is done, and forever when a worker fails to exit (seen here
     once: a worker's monitor logged "shutting down due to empty queue" while its task still ran,
@@ -85,14 +86,14 @@ def alive(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def experiments(reproduced_template, tmp_path_factory):
-    """The README's queued sweep, then its workspace experiment kd-t2 (in this order: a queued
+    """The docs' queued sweep, then its workspace experiment kd-t2 (in this order: a queued
     run starts from the workspace, which kd-t2 leaves changed). The DVC remote is committed
     first: `dvc exp push` reads the remote config of the experiment's commit."""
     root = tmp_path_factory.mktemp("exps")
     repo = copy_repo(reproduced_template.path, root / "repo")
     dvc(repo, "remote", "add", "-d", "storage", str(root / "dvc-storage"))
     run(repo, "git", "commit", "-q", "-m", "DVC remote", ".dvc/config")
-    queued = dvc(repo, "exp", "run", "--queue", "-S", README_SWEEP[0])
+    queued = dvc(repo, "exp", "run", "--queue", "-S", DOCS_SWEEP[0])
     start_queue(repo)
     status = wait_for_queue(repo, queued.stdout.count("Queued experiment"))
     stop_queue(repo)

@@ -20,7 +20,7 @@ from shrinkflow.data.images import CARD_NAMES, read_image
 from shrinkflow.model_files.card import make_card, write_model_card
 from shrinkflow.model_files.open import open_model
 
-STAGES = Path(__file__).resolve().parents[1] / "stages"
+STAGES = Path(__file__).resolve().parents[2] / "stages"
 SIZE = 224
 
 

@@ -89,9 +89,10 @@ def invalidated(repo) -> dict[str, object]:
     return json.loads(dvc(repo, "status", "--json").stdout or "{}")
 
 
-# Which stages a params change invalidates, exactly, in the order of the README's table. DVC
-# then reruns those and whatever their new outputs change downstream; test_experiments runs such
-# reruns for real (a distill experiment and a prune.ratio sweep) and checks nothing upstream runs.
+# Which stages a params change invalidates, exactly, in the order of the stage table
+# (docs/index.md). DVC then reruns those and whatever their new outputs change downstream;
+# test_experiments runs such reruns for real (a distill experiment and a prune.ratio sweep) and
+# checks nothing upstream runs.
 @pytest.mark.parametrize(("change", "expected"), [
     ({"evaluate": {"batch_size": 7}}, EVALUATE),
     ({"distill": {"T": 2.5}}, {"distill"}),  # never the scratch control

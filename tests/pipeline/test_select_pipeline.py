@@ -62,7 +62,7 @@ def test_dvc_metrics_are_few_and_unique(repo):
 
 def documented_commands() -> list[str]:
     """The shell lines of docs/results.md's block marked `<!-- test_results: commands -->`."""
-    text = (Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "results.md").read_text()
     block = text.split("<!-- test_results: commands -->", 1)[1].split("```bash\n", 1)[1]
     return [line for line in block.split("```", 1)[0].splitlines() if line.strip()]
 

@@ -8,7 +8,7 @@
   PT2E was tried for this file and works (exact weights_only round trip, resnet18 included once
   ``pt2e_export`` splits its twice-called ReLUs), but without ``torch.compile`` its graph lowered
   to oneDNN ran no faster than fp32: digits pruned model, 1 thread, batch 64 8.2 ms vs FX 3.4 ms
-  (fp32 8.2 ms), batch 1 6.6 ms vs 1.5 ms. So FX stays for this file (README, Quantization);
+  (fp32 8.2 ms), batch 1 6.6 ms vs 1.5 ms. So FX stays for this file (docs/decisions.md);
   the recipe sits behind ``runtime.fx_prepare`` / ``runtime.fx_convert``.
 * Quantization-aware training (``qat_finetune`` + ``quantize_qat_onnx``): ``prepare_qat_pt2e``
   fake quantization, fine-tuned in ``train.fit`` with the caller's loss (KD from the teacher),
@@ -132,7 +132,7 @@ def quantize_onnx_static(
     ``reduce_range`` (7-bit weights) matters on x86 CPUs without VNNI: with plain 8-bit the
     int16 accumulation in ORT's u8s8 kernels saturates (measured ~24 dB output SQNR vs ~36 dB).
     ``quant_format`` / ``activation_type`` / ``weight_type`` exist for
-    ``benchmarks/int8_variants.py``, which measured the alternatives (README, Quantization): on
+    ``benchmarks/int8_variants.py``, which measured the alternatives (docs/decisions.md): on
     the narrow MNIST pruned model none reached fp32 speed, and QOperator with int8 activations
     was the slowest, so the defaults stay those that keep accuracy best on this CPU.
     """

@@ -54,7 +54,7 @@ def source_split_indices(
         raise ShrinkflowError(
             f"prepare.split = 'source': the {source_name or 'configured'} source has no test "
             "split of its own (IDX t10k-* files, CIFAR test batches, or an image folder with "
-            "train/ and test/ or val/); use prepare.split: pooled"
+            "train/ and test/ or val/); use prepare.split: auto or pooled"
         )
     offsets = np.cumsum([0] + [len(p.labels) for p in source.parts])
     ranges = {p.name: np.arange(offsets[i], offsets[i + 1]) for i, p in enumerate(source.parts)}
@@ -63,9 +63,23 @@ def source_split_indices(
     return {"train": np.sort(train), "val": np.sort(val), "test": ranges["test"]}
 
 
+def resolve_split(source: Source, split: str) -> str:
+    """``prepare.split: auto`` is ``source`` when the source has a train and a test part of its
+    own (IDX t10k-*, CIFAR test, a folder with train/ + test/), else ``pooled`` (the digits).
+
+    Resolved before anything is written, so meta.json names the split that was really made
+    (the digits' stays "pooled", byte for byte)."""
+    if split != "auto":
+        return split
+    names = {p.name for p in source.parts}
+    return "source" if {"train", "test"} <= names else "pooled"
+
+
 def make_splits(source: Source, split: str, val_fraction: float, test_fraction: float,
                 seed: int, source_name: str = "") -> dict[str, np.ndarray]:
-    """``prepare.split``: ``source`` keeps the source's test split, ``pooled`` re-splits all."""
+    """``prepare.split``: ``source`` keeps the source's test split, ``pooled`` re-splits all,
+    ``auto`` picks between them (:func:`resolve_split`)."""
+    split = resolve_split(source, split)
     if split == "source":
         return source_split_indices(source, val_fraction, seed, source_name)
     return split_indices(source.labels, val_fraction, test_fraction, seed)

@@ -291,6 +291,18 @@ def _refuse_empty_classes(root: Path, labels: np.ndarray, classes: list[str]) ->
                               f"{', '.join(IMAGE_SUFFIXES[:3])}... files)")
 
 
+def _refuse_half_of_a_split_folder(root: Path) -> None:
+    """``prepare.path`` at ``photos/train`` when ``photos/`` has train/ and test/: the folder
+    would be read as one pool and its test/ half never used; the fix is the parent folder."""
+    parent = root.parent
+    halves = [n for n in ("train", "test", "val") if (parent / n).is_dir()]
+    if root.name in ("train", "test", "val") and "train" in halves and len(halves) > 1:
+        raise ShrinkflowError(
+            f"prepare.path = {str(root)!r} is the {root.name}/ half of a folder with "
+            f"{' and '.join(h + '/' for h in halves)}: set prepare.path: {str(parent)!r} "
+            f"(its {[h for h in halves if h != 'train'][0]}/ becomes the test split)")
+
+
 def load_imagefolder_source(root: Path, image_size: int, channels: int,
                             resize: str = "squash") -> Source:
     """An image folder as ``image_size`` squares, ``channels`` 1 (grey) or 3 (RGB), read by the
@@ -299,6 +311,7 @@ def load_imagefolder_source(root: Path, image_size: int, channels: int,
     Either ``class_name/*.png|jpg`` (one pool), or ``train/class_name/...`` plus ``test/`` (or
     ``val/``) laid out the same way: the source's own test split.
     """
+    _refuse_half_of_a_split_folder(root)
     holdout = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
     parts: list[SourcePart] = []
     used: list[Path] = []

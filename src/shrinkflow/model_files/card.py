@@ -181,7 +181,7 @@ def card_from_onnx_metadata(metadata: Mapping[str, str], source: str | Path) -> 
     """The card in an ONNX file's metadata (as ONNX Runtime's ``custom_metadata_map`` gives it)."""
     if CARD_KEY not in metadata:
         raise ShrinkflowError(f"{source}: no model card (ONNX metadata {CARD_KEY!r} is missing); "
-                              "the select stage writes models/final/ with one")
+                              "the select_final stage writes models/final/ with one")
     return card_from_json(metadata[CARD_KEY], source)
 
 

@@ -81,7 +81,7 @@ def read_weights(path: str | Path, key: str = KEY) -> UserWeights:
     path = str(path)
     if not Path(path).is_file():
         raise _fail(path, "file not found; put the weights there and `dvc add` it "
-                          "(README: Teachers you already have)", key)
+                          "(docs/teachers.md)", key)
     name = f"{key} = '{path}'"
     obj = torch_load(path, name)  # the project's one torch.load (weights_only=True)
     if isinstance(obj, Mapping) and obj.get("format") == MODEL_FORMAT:

@@ -11,7 +11,7 @@ from raw_sources import make_folder, write_cifar10, write_idx, write_mnist_like
 
 from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.data import sources as data
-from shrinkflow.data.prepare import make_splits, split_indices, write_prepared
+from shrinkflow.data.prepare import make_splits, resolve_split, split_indices, write_prepared
 from shrinkflow.data.sources import (
     check_source,
     load_cifar_source,
@@ -125,6 +125,40 @@ def test_imagefolder_with_train_and_test_folders(tmp_path):
     images, labels = source.read_all()
     assert labels[splits["test"]].tolist() == [0, 0, 1, 1]
     assert images[splits["test"]][:, 0, 0, 0].tolist() == [0, 1, 40, 41]
+
+
+def test_auto_split_keeps_a_folder_s_own_test_split_and_pools_the_digits(tmp_path):
+    make_folder(tmp_path / "train", n=5)
+    make_folder(tmp_path / "test", n=2)
+    source = load_imagefolder_source(tmp_path, 8, 1)
+    assert resolve_split(source, "auto") == "source"
+    auto = make_splits(source, "auto", 0.2, 0.2, seed=0)
+    assert all(np.array_equal(auto[k], v)
+               for k, v in make_splits(source, "source", 0.2, 0.2, seed=0).items())
+    assert len(auto["test"]) == 4  # the folder's 4 test images, none re-split into training
+    digits = load_digits_source()
+    assert resolve_split(digits, "auto") == "pooled"
+    assert resolve_split(digits, "source") == "source"  # an explicit choice stays (and fails)
+    assert all(np.array_equal(make_splits(digits, "auto", .15, .15, 0)[k], v)
+               for k, v in make_splits(digits, "pooled", .15, .15, 0).items())
+
+
+@pytest.mark.parametrize("half", ["train", "test"])
+def test_path_at_the_train_half_points_at_the_parent(tmp_path, half):
+    make_folder(tmp_path / "photos" / "train")
+    make_folder(tmp_path / "photos" / "test")
+    with pytest.raises(ShrinkflowError, match=r"set prepare.path: '.*/photos' \(its test/ becomes"):
+        load_imagefolder_source(tmp_path / "photos" / half, 8, 1)
+    make_folder(tmp_path / "alone" / "train")  # a lone train/ of classes is a folder like any
+    assert load_imagefolder_source(tmp_path / "alone" / "train", 8, 1).classes == ["cat", "dog"]
+
+
+def test_source_split_without_a_test_split_is_one_clear_line(tmp_path):
+    with pytest.raises(ShrinkflowError, match="prepare.split = 'source'.*digits.*pooled"):
+        make_splits(load_digits_source(), "source", 0.1, 0.1, 0, "digits")
+    make_folder(tmp_path / "flat")
+    with pytest.raises(ShrinkflowError, match="no test split"):
+        make_splits(load_source("imagefolder", str(tmp_path / "flat"), 8, 1), "source", .1, .1, 0)
 
 
 def test_test_folder_without_train_folder_is_named(tmp_path):
