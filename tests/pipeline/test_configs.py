@@ -85,17 +85,17 @@ def test_config_matches_its_name(config, applied):
     assert all(t.device == ("cuda" if device == "gpu" else "auto") for t in trains)
 
 
-def test_photo_configs_crop_and_keep_the_standard_stem(monkeypatch):
+def test_photo_configs_crop_and_keep_the_standard_stem(applied):
     """The photo configs (issue 26): both devices, shorter side + centre crop, photo augmentation
     in every training section, and sizes at which torchvision's own stems are used."""
     from shrinkflow.nets.torchvision_nets import SMALL_STEM_BELOW
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     photos = [c for c in CONFIGS if int(c.stem.split("x")[0]) >= SMALL_STEM_BELOW]
     assert {c.stem for c in photos} >= {"224x224-rgb-gpu", "128x128-rgb-cpu"}
     for config in photos:
-        assert load_section(SECTIONS["prepare"], config).resize == "crop"
-        sections = [load_section(SECTIONS[name], config) for name in ("teacher", "distill")]
+        params = applied(config)
+        assert load_section(SECTIONS["prepare"], params).resize == "crop"
+        sections = [load_section(SECTIONS[name], params) for name in ("teacher", "distill")]
         assert sections[1].student.arch == "mobilenet_v3_small"
         assert all(s.train.augment == "resized_crop_flip" for s in sections)
 

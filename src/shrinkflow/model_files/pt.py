@@ -225,7 +225,7 @@ def check_payload(payload: dict[str, Any], path: str | Path) -> dict[str, Any]:
             what = "missing" if field not in payload else type(payload[field]).__name__
             raise ShrinkflowError(f"{path}: {field}: expected a mapping, got {what}")
     spec, state = payload["spec"], payload["state_dict"]
-    if not isinstance(spec.get("arch"), str):
+    if not isinstance(spec.get("arch"), str) or len(spec["arch"]) > 100:
         raise _bad(path, "spec.arch", "an architecture name", spec.get("arch"))
     try:  # a name only: torchvision's, cnn, or a factory under user_nets/ (never other code)
         check_arch(spec["arch"], OWN_ARCHS)

@@ -72,11 +72,11 @@ def test_known_sections_are_the_schema_modules():
 def test_unknown_missing_or_empty_params_file_is_named(tmp_path):
     path = write(tmp_path, {**SHIPPED, "distil": {"T": 2.0}})  # a misspelled section
     with pytest.raises(ShrinkflowError, match=r"params\.yaml: unknown section\(s\) distil "
-                                              r"\(known sections: benchmark, distill, .*teacher\)"):
+                                              r"\(known sections: benchmark, budget, .*teacher\)"):
         load_section(SECTIONS["distill"], path)
     path.write_text("# nothing but a comment\n")
     with pytest.raises(ShrinkflowError, match=r"params\.yaml: params file is empty; expected the "
-                                              r"sections benchmark, distill"):
+                                              r"sections benchmark, budget, distill"):
         load_section(SECTIONS["distill"], path)
     path.unlink()
     with pytest.raises(ShrinkflowError, match=r"params\.yaml: params file not found"):
@@ -92,9 +92,9 @@ def test_an_echoed_value_is_capped():
     for _ in range(9):
         value = [value] * 10
     with pytest.raises(ShrinkflowError) as err:
-        validate_section("report", {**SHIPPED["report"], "max_drop_points": value},
-                         SECTIONS["report"])
-    assert "report.max_drop_points: " in str(err.value) and len(str(err.value)) < 700
+        validate_section("budget", {**SHIPPED["budget"], "max_drop_points": value},
+                         SECTIONS["budget"])
+    assert "budget.max_drop_points: " in str(err.value) and len(str(err.value)) < 700
 
 
 def test_range_checks(tmp_path):
