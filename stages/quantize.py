@@ -2,8 +2,9 @@
 
 Reads models/pruned.pt or models/student.pt (``quantize.input``), calibrates on a seeded sample
 of the train split, and checks every converted model against the fp32 one on the test split,
-running the saved files through ``runtime.open_model`` exactly as evaluate and benchmark will.
-``quantize.mode`` picks static, dynamic or qat for the ONNX Runtime model: qat first fine-tunes
+running the saved files through ``model_files.open.open_model`` exactly as evaluate and benchmark
+will. ``quantize.mode`` picks static, dynamic or qat for the ONNX Runtime model: qat first
+fine-tunes
 a copy of the model with fake quantization and distillation from models/teacher.pt
 (``quantize.qat``), then quantizes the tuned weights, and checks the int8 file against the
 fake-quantized model too. The PyTorch int8 model is always static PTQ of the input model

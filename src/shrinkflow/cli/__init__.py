@@ -1,5 +1,5 @@
 """Command-line entry points: ``shrinkflow-predict`` (``predict``) and ``shrinkflow-compare``
 (``compare``).
 
-Holds no code: no stage lists an ``__init__.py`` in its deps (tests/test_deps.py).
+Holds no code: no stage lists an ``__init__.py`` in its deps (tests/pipeline/test_deps.py).
 """

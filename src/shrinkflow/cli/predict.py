@@ -11,7 +11,7 @@ and preprocessing of the model's card (``shrinkflow.card``)::
 and probability), for scripts.
 
 With an ONNX model this needs only onnxruntime, numpy and Pillow: no torch, no DVC (the card is
-read through ONNX Runtime's metadata; tests/test_predict.py runs it with ``import torch``
+read through ONNX Runtime's metadata; tests/unit/cli/test_predict.py runs it with ``import torch``
 failing). A ``.pt`` model needs torch. Both open through ``shrinkflow.model_files.open``, the one
 opener, which checks a ``.pt`` file against its tensors before building anything: a hostile file
 whose spec asks for a huge network is one line, not gigabytes (docs/bad-input.md).

@@ -2,23 +2,26 @@
 
 * ONNX Runtime (``quantize_onnx_static`` / ``quantize_onnx_dynamic``): a plain ``.onnx`` file
   that runs anywhere ORT does, no PyTorch needed. The fp32 input comes from
-  ``onnx_export.export_onnx``.
+  ``model_files.export_onnx.export_onnx``.
 * PyTorch-native (``save_torch_int8``): ``torch.ao.quantization`` FX graph mode with the x86
   backend. ``torch.ao.quantization`` is deprecated upstream in favour of torchao's PT2E flow;
   PT2E was tried for this file and works (exact weights_only round trip, resnet18 included once
   ``pt2e_export`` splits its twice-called ReLUs), but without ``torch.compile`` its graph lowered
   to oneDNN ran no faster than fp32: digits pruned model, 1 thread, batch 64 8.2 ms vs FX 3.4 ms
   (fp32 8.2 ms), batch 1 6.6 ms vs 1.5 ms. So FX stays for this file (docs/decisions.md);
-  the recipe sits behind ``runtime.fx_prepare`` / ``runtime.fx_convert``.
+  the recipe sits behind ``model_files.torch_int8.fx_prepare`` /
+  ``model_files.torch_int8.fx_convert``.
 * Quantization-aware training (``qat_finetune`` + ``quantize_qat_onnx``): ``prepare_qat_pt2e``
-  fake quantization, fine-tuned in ``train.fit`` with the caller's loss (KD from the teacher),
-  then int8 ONNX for ONNX Runtime (see ``quantize_qat_onnx`` for why through ORT's quantizer).
+  fake quantization, fine-tuned in ``training.loop.fit`` with the caller's loss (KD from the
+  teacher), then int8 ONNX for ONNX Runtime (see ``quantize_qat_onnx`` for why through ORT's
+  quantizer).
 
 A quantized torch module cannot be pickled safely, so ``save_torch_int8`` stores only tensors and
-plain data through ``checkpoints.save_model`` (the fp32 spec, the int8 state_dict, and in ``meta``
-the fp32 layer shapes, input shape and ``quantized`` recipe); ``runtime.open_model`` rebuilds the
-module by re-running the same prepare/convert steps on the fp32 architecture, then loads the
-tensors. Opening and running every model, int8 or not, is ``runtime``'s job; the parity checks
+plain data through ``model_files.pt.save_model`` (the fp32 spec, the int8 state_dict, and in
+``meta`` the fp32 layer shapes, input shape and ``quantized`` recipe);
+``model_files.open.open_model`` rebuilds the module by re-running the same prepare/convert steps
+on the fp32 architecture, then loads the tensors. Opening and running every model, int8 or not,
+is ``model_files.open``'s job; the parity checks
 here compare logits that callers get from it.
 """
 
@@ -259,7 +262,8 @@ def qat_finetune(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> QATResult:
     """Fine-tune a copy of ``model`` with fake quantization (PT2E ``prepare_qat_pt2e``, torchao's
-    X86 recipe), in the one training loop (``train.fit``) with ``loss_fn`` (KD from the teacher).
+    X86 recipe), in the one training loop (``training.loop.fit``) with ``loss_fn`` (KD from the
+    teacher).
 
     The model is exported in train mode, so batch norm keeps updating its statistics and the
     QAT graph simulates conv-BN folding. The exported graph keeps the original parameter names,
@@ -340,10 +344,11 @@ def save_torch_int8(
     calibration_x: torch.Tensor,
     **meta: Any,
 ) -> nn.Module:
-    """Quantize ``fp32_model`` with FX, store it through ``checkpoints.save_model``, return it.
+    """Quantize ``fp32_model`` with FX, store it through ``model_files.pt.save_model``, return it.
 
-    ``meta`` gets everything ``runtime.open_model`` needs to rebuild the module (the fp32 tensor
-    shapes, so pruned layers can be rebuilt; the input shape; the per-module state_dict format
+    ``meta`` gets everything ``model_files.open.open_model`` needs to rebuild the module (the fp32
+    tensor shapes, so pruned layers can be rebuilt; the input shape; the per-module state_dict
+    format
     versions quantized modules need to parse their entries) and the fp32 model's params and
     MACs, which cannot be counted on int8 modules.
     """
@@ -376,7 +381,7 @@ def parity_metrics(
 
     ONNX fp32 must match PyTorch fp32 to float precision (an export bug shows up here, not in
     accuracy); each int8 flavour is compared with the fp32 model of its own lineage. Callers get
-    the logits from the saved files (``runtime.open_model``), so what is checked is what
+    the logits from the saved files (``model_files.open.open_model``), so what is checked is what
     evaluate and benchmark will run.
     """
     export = logit_parity(fp32, onnx_fp32)

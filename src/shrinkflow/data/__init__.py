@@ -1,5 +1,5 @@
 """Data: reading sources (``sources``), splitting and writing the prepared arrays (``prepare``),
 reading them back (``prepared``) and training-time augmentation (``augment``).
 
-Holds no code: no stage lists an ``__init__.py`` in its deps (tests/test_deps.py).
+Holds no code: no stage lists an ``__init__.py`` in its deps (tests/pipeline/test_deps.py).
 """

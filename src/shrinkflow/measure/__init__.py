@@ -2,5 +2,5 @@
 (``evaluate``), the stopwatch (``stopwatch``) and the benchmark (``benchmark``, its worker
 ``benchmark_worker`` and the job they share, ``benchmark_job``).
 
-Holds no code: no stage lists an ``__init__.py`` in its deps (tests/test_deps.py).
+Holds no code: no stage lists an ``__init__.py`` in its deps (tests/pipeline/test_deps.py).
 """

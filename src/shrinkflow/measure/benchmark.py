@@ -149,7 +149,8 @@ def _start_forkserver() -> None:
 
 
 class Worker:
-    """A child process holding one job's ``bench_worker.LoadedModel``, timing calls when asked.
+    """A child process holding one job's ``measure.benchmark_worker.LoadedModel``, timing calls when
+    asked.
 
     Protocol (objects over a pipe): the child sends ``describe()`` once it is loaded and warmed
     up (or ``{"error": line}`` for bad input, ``{"crash": traceback}`` for anything else), then
@@ -204,8 +205,9 @@ class Worker:
 
 
 def _serve(job: dict[str, Any], conn: Connection) -> None:
-    """A worker's body (``bench_worker.serve``), imported here, in the worker, so that the parent
-    runs without torch: the forkserver has already imported ``bench_worker`` (``_WORKER_PRELOAD``),
+    """A worker's body (``measure.benchmark_worker.serve``), imported here, in the worker, so that
+    the parent runs without torch: the forkserver has already imported ``bench_worker``
+    (``_WORKER_PRELOAD``),
     so this import costs the worker nothing, and the parent saves torch's import (about 2 s of
     CPU per benchmark run on 2 cores, measured)."""
     from shrinkflow.measure.benchmark_worker import serve

@@ -3,7 +3,7 @@
 ``shrinkflow.measure.benchmark`` (the parent: scheduling, statistics, ratios) starts one worker per
 model
 and never imports this module itself, so the benchmark stage starts without torch; the workers
-are forked from a server that has already imported it (``bench._WORKER_PRELOAD``).
+are forked from a server that has already imported it (``measure.benchmark._WORKER_PRELOAD``).
 
 Memory: during warm-up of each batch size the worker resets the kernel's peak-RSS counter (writing
 ``5`` to ``/proc/self/clear_refs`` resets ``VmHWM``, Linux >= 4.0) and reports ``VmHWM - VmRSS``
@@ -11,8 +11,9 @@ afterwards: the extra resident memory inference needed beyond the loaded model a
 Where that reset is not available, it falls back to ``getrusage`` max-RSS growth, which misses
 memory that was already at its peak before the run (the ``rss_method`` field says which).
 
-Each worker opens its file with ``runtime.open_model``, which decides the runtime (``torch``,
-``torch_int8`` or ``onnxruntime``) from the file, exactly as evaluate does; the timed call is the
+Each worker opens its file with ``model_files.open.open_model``, which decides the runtime
+(``torch``, ``torch_int8`` or ``onnxruntime``) from the file, exactly as evaluate does; the timed
+call is the
 model's bare ``run`` on an input already converted by its ``prepare``. int8 and ONNX Runtime
 always run on the CPU.
 """
@@ -125,7 +126,7 @@ class LoadedModel:
 
 
 def serve(job: Job, conn: Connection) -> None:
-    """A worker's body: see ``bench.Worker`` for the protocol."""
+    """A worker's body: see ``measure.benchmark.Worker`` for the protocol."""
     try:
         model = LoadedModel(job)
     except ShrinkflowError as exc:

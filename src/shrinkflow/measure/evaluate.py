@@ -1,6 +1,6 @@
 """Test-set metrics from logits, the same for every model of the pipeline.
 
-``runtime.open_model`` gives float32 logits for any model file (PyTorch fp32 or int8, ONNX
+``model_files.open.open_model`` gives float32 logits for any model file (PyTorch fp32 or int8, ONNX
 Runtime), so every model lands in the same table with the same metrics.
 """
 

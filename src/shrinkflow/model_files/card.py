@@ -8,7 +8,7 @@ and the commit of the pipeline that made it. The ``select`` stage writes it twic
   gets it as the ``metadata_props`` entry ``shrinkflow.card`` (ONNX Runtime reads it back with
   ``session.get_modelmeta().custom_metadata_map``, so reading needs neither torch nor the
   ``onnx`` package); a ``.pt`` file gets it in its payload, ``meta["card"]`` (plain data, still
-  loadable with ``weights_only=True``; ``runtime.open_model(path).meta["card"]``);
+  loadable with ``weights_only=True``; ``model_files.open.open_model(path).meta["card"]``);
 * **beside the model** as ``card.json``, the same text, for people and tools that do not open
   models.
 
@@ -73,7 +73,7 @@ def make_card(
 
     ``input_shape`` is the data's (C, H, W): every shrinkflow model takes full-size images and
     does its own downsampling (``distill.input_size``) and mean/std normalisation inside
-    (``models.Classifier``), so the preprocessing outside is only "8-bit pixels / 255";
+    (``nets.zoo.Classifier``), so the preprocessing outside is only "8-bit pixels / 255";
     ``mean``/``std`` are recorded for reference with ``normalize_in_model: true``.
     ``latency`` holds the benchmark's runtime, threads, cpu and ``p50_ms`` per batch size.
     """
@@ -186,7 +186,7 @@ def card_from_onnx_metadata(metadata: Mapping[str, str], source: str | Path) -> 
 
 
 def card_from_pt_meta(meta: Mapping[str, Any], source: str | Path) -> dict[str, Any]:
-    """The card in a ``.pt`` model's ``meta`` (``runtime.open_model(path).meta``)."""
+    """The card in a ``.pt`` model's ``meta`` (``model_files.open.open_model(path).meta``)."""
     if "card" not in meta:
         raise ShrinkflowError(f"{source}: no model card (meta['card'] is missing); the select "
                               "stage writes models/final/ with one")
@@ -209,7 +209,8 @@ def write_model_card(source: str | Path, target: str | Path, card: Mapping[str, 
 
 def _write_onnx_card(source: Path, target: Path, card: Mapping[str, Any]) -> None:
     # The onnx package is imported here, not at the top: shrinkflow.cli.predict imports this module
-    # and must run with onnxruntime, numpy and Pillow only (tests/test_predict.py blocks the rest).
+    # and must run with onnxruntime, numpy and Pillow only (tests/unit/cli/test_predict.py blocks
+    # the rest).
     import onnx
 
     proto = onnx.load(str(source))

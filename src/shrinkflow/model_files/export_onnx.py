@@ -4,8 +4,8 @@ The exported file has a dynamic batch axis, one input ``"input"`` ([0, 1] float 
 model normalises them itself) and one output ``"logits"``. Its ``metadata_props`` record the fp32
 model's MACs, parameter count and class count, because an int8 graph made from it cannot be
 counted and every flavour of one model should report the same figures; the quantizer drops
-metadata, so ``copy_metadata`` puts it back on its output. ``runtime.open_model`` runs the files
-and reads those figures back.
+metadata, so ``copy_metadata`` puts it back on its output. ``model_files.open.open_model`` runs the
+files and reads those figures back.
 """
 
 from __future__ import annotations

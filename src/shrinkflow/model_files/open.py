@@ -3,7 +3,7 @@
 ``open_model(path)`` reads the file once and returns a ``Model`` that says how it runs and what
 it is, and runs batches of images:
 
-* ``.pt`` fp32 (``checkpoints.save_model``) -> PyTorch eager, runtime ``torch``;
+* ``.pt`` fp32 (``model_files.pt.save_model``) -> PyTorch eager, runtime ``torch``;
 * ``.pt`` int8 (``quantize.save_torch_int8``) -> a torch.ao FX int8 module, runtime
   ``torch_int8``, rebuilt from plain tensors (``model_files.torch_int8``);
 * ``.onnx`` -> an ONNX Runtime CPU session, runtime ``onnxruntime`` (fp32 or int8).
@@ -11,7 +11,7 @@ it is, and runs batches of images:
 Input: a torch batch (N, C, H, W) of uint8 images (0..255) or of floats already in [0, 1].
 Output of ``predict``: float32 logits as a CPU ``torch.Tensor`` for every runtime (ORT's numpy
 result is wrapped without a copy), so metrics code never branches on the runtime. uint8 images
-are scaled exactly as ``train.to_input`` does (float, then / 255): every runtime sees
+are scaled exactly as ``training.loop.to_input`` does (float, then / 255): every runtime sees
 bit-identical inputs, and a difference in logits is the runtime's or the quantizer's.
 
 Timing code uses the two halves of ``predict``: ``prepare`` converts a batch once to what the
@@ -29,8 +29,8 @@ This is the one opener of model files: stages, the benchmark and ``shrinkflow.cl
 all go through ``open_model``. It imports onnxruntime but neither torch nor the ``onnx`` package
 (~1 s): ONNX metadata is read through the ORT session, and torch is imported only when a ``.pt``
 file is opened or a torch batch is run, so ``predict`` on an ONNX model starts without torch
-(tests/test_predict.py runs it with ``import torch`` failing). A ``.pt`` file is checked field
-by field and against its tensors before anything is built from it (``model_files.pt``).
+(tests/unit/cli/test_predict.py runs it with ``import torch`` failing). A ``.pt`` file is checked
+field by field and against its tensors before anything is built from it (``model_files.pt``).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Network architectures: the model zoo (``zoo``): building a model from its spec, counting
 parameters and MACs.
 
-Holds no code: no stage lists an ``__init__.py`` in its deps (tests/test_deps.py).
+Holds no code: no stage lists an ``__init__.py`` in its deps (tests/pipeline/test_deps.py).
 """

@@ -39,8 +39,8 @@ S = TypeVar("S", bound=Section)
 
 # Modules of this package that are not a section's schema; every other one is (``select.py``
 # holds the ``select`` section). Listing files rather than importing the schemas keeps a stage's
-# imports (and so its DVC deps) to the schemas it reads; tests/test_params.py checks the list
-# against ``all_sections.SECTIONS``.
+# imports (and so its DVC deps) to the schemas it reads; tests/unit/params/test_load.py checks the
+# list against ``all_sections.SECTIONS``.
 NOT_SECTIONS = {"__init__", "common", "load", "all_sections"}
 
 

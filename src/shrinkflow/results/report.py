@@ -111,7 +111,7 @@ def bench_facts(bench: pd.DataFrame | None) -> dict[str, dict[str, Any]]:
     """Per model, what the benchmark CSV knows besides latency: runtime, precision, size, counts.
 
     The report's source for models that are benchmarked but not evaluated, and for the runtime
-    each model ran in (decided by ``runtime.open_model`` from the file).
+    each model ran in (decided by ``model_files.open.open_model`` from the file).
     """
     if bench is None or "model" not in bench.columns:
         return {}

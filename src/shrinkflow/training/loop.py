@@ -396,7 +396,7 @@ def train_supervised(
     initial weights in every stage. ``init(model, spec)``, when given, runs between building and
     training (fine-tuning from a user's weights). Returns (model, spec, history rows,
     ``<name>_*`` metrics). ``params_key`` is where ``cfg`` lives in params.yaml, for errors.
-    ``input_size`` > 0 builds the model with its input downsampling (``models.Resize``).
+    ``input_size`` > 0 builds the model with its input downsampling (``nets.zoo.Resize``).
     """
     meta = data.meta
     spec = make_spec(model_params, meta["shape"][0], meta["num_classes"], meta["mean"], meta["std"],
