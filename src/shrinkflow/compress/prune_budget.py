@@ -46,6 +46,7 @@ from shrinkflow.compress.prune import (
     split_epochs,
     taylor_gradients,
 )
+from shrinkflow.measure.noise import within_budget
 from shrinkflow.measure.stopwatch import time_calls
 from shrinkflow.model_files.export_onnx import export_onnx
 from shrinkflow.model_files.open import ort_session
@@ -394,7 +395,7 @@ def step_loop(
         model.cpu().eval()
         acc = evaluate_val(model)
         drop = 100 * (base_acc - acc)
-        within = drop <= max_drop_points + 1e-9
+        within = bool(within_budget(drop, max_drop_points))
         rows.append({"step": step, **measure(model), "predicted_drop_points": round(pred_drop, 4),
                      "predicted_saving": round(pred_saving, 4), "val_acc": round(acc, 6),
                      "val_drop_points": round(drop, 4), "within_budget": within})

@@ -26,6 +26,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 CONFIDENCE = 0.95
+BUDGET_EPS = 1e-9  # a drop equal to the budget passes (figures are rounded to 6 digits upstream)
+
+
+def within_budget(drop_points, max_drop_points: float):
+    """The one accuracy-budget rule: a drop of at most ``max_drop_points`` (to rounding) passes.
+
+    Works on a float or elementwise on a pandas Series / numpy array, so select_final, the report,
+    compare and pruning's auto mode all ask the same question the same way."""
+    return drop_points <= max_drop_points + BUDGET_EPS
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 
 from shrinkflow.core.metric_keys import TEACHER, TEST_IMAGES, final_key, model_key
 from shrinkflow.core.outputs import atomic_path
-from shrinkflow.measure.noise import Estimate, accuracy_estimate, tie
+from shrinkflow.measure.noise import Estimate, accuracy_estimate, tie, within_budget
 from shrinkflow.results.report import (
     first_number,
     fmt_value,
@@ -185,7 +185,7 @@ def answer(df: pd.DataFrame, max_drop: float) -> list[str]:
     a winner whose lead is inside the noise is called a tie, naming who it ties with."""
     model = df.attrs.get("model", FINAL)
     what = "the shipped model" if model == FINAL else f"`{model}`"
-    ok = df[df["drop_points"] <= max_drop + 1e-9]
+    ok = df[within_budget(df["drop_points"], max_drop)]
     lines = [f"{len(ok)} of {len(df)} runs (baselines + experiments) keep {what} within "
              f"{max_drop:g} points of their teacher."]
     for col, title, best_is, interval, kind in (

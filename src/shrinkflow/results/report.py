@@ -29,7 +29,7 @@ from shrinkflow.core.metric_keys import (
     reference_accuracy_key,
 )
 from shrinkflow.core.outputs import atomic_path
-from shrinkflow.measure.noise import Estimate, accuracy_estimate, tie
+from shrinkflow.measure.noise import Estimate, accuracy_estimate, tie, within_budget
 
 SELECTION_JSON = "selection.json"  # select_final's whole decision (not a flat metrics file)
 BENCH_CSV = "benchmark.csv"  # one row per model and batch size: latencies, runtime, environment
@@ -232,7 +232,7 @@ def pareto_front(cost: Sequence[float], value: Sequence[float]) -> list[bool]:
 
 def best_within(df: pd.DataFrame, max_drop: float, cost: str) -> pd.Series | None:
     """The row with the lowest ``cost`` among those within ``max_drop`` points of the teacher."""
-    ok = df[(df["drop_points"] <= max_drop + 1e-9) & df[cost].notna()]
+    ok = df[within_budget(df["drop_points"], max_drop) & df[cost].notna()]
     return None if ok.empty else ok.loc[ok[cost].idxmin()]
 
 

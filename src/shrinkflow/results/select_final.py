@@ -37,12 +37,11 @@ from shrinkflow.core.metric_keys import (
     reference_accuracy_key,
 )
 from shrinkflow.data.images import CARD_NAMES as RESIZE_CARD_NAMES
-from shrinkflow.measure.noise import Estimate, accuracy_estimate, tie
+from shrinkflow.measure.noise import Estimate, accuracy_estimate, tie, within_budget
 from shrinkflow.model_files.card import make_card
 
 NONE = "none"  # final_model when no candidate is within budget
 
-EPS = 1e-9  # a drop equal to the budget passes (figures are rounded to 6 digits upstream)
 
 
 @dataclass(frozen=True)
@@ -149,9 +148,9 @@ def build_candidates(
     return candidates, notes
 
 
-def within_budget(c: Candidate, max_drop_points: float, max_file_bytes: int = 0) -> bool:
+def candidate_passes(c: Candidate, max_drop_points: float, max_file_bytes: int = 0) -> bool:
     """Accuracy drop within the budget, and file size within the limit (0 = no limit)."""
-    return c.drop_points <= max_drop_points + EPS and (
+    return bool(within_budget(c.drop_points, max_drop_points)) and (
         max_file_bytes <= 0 or c.file_bytes <= max_file_bytes)
 
 
@@ -167,8 +166,9 @@ def choose(
         raise ShrinkflowError("select: no candidate model has both an accuracy and a latency "
                               "(have evaluate and benchmark run?)")
     limit = f" and file <= {max_file_bytes:,} bytes" if max_file_bytes > 0 else ""
-    passing = sorted((c for c in candidates if within_budget(c, max_drop_points, max_file_bytes)),
-                     key=lambda c: (c.p50_ms, -c.accuracy, c.file_bytes, c.name))
+    passing = sorted(
+        (c for c in candidates if candidate_passes(c, max_drop_points, max_file_bytes)),
+        key=lambda c: (c.p50_ms, -c.accuracy, c.file_bytes, c.name))
     if not passing:
         closest = min(candidates, key=lambda c: (c.drop_points, c.p50_ms))
         size = (f", {closest.file_bytes:,} bytes" if max_file_bytes > 0 else "")
@@ -247,7 +247,7 @@ def selection_record(
                 "p50_ms": c.p50_ms, "p50_low_ms": c.p50_low_ms, "p50_high_ms": c.p50_high_ms,
                 "speedup": c.speedup_same_runtime, "speedup_low": c.speedup_low,
                 "speedup_high": c.speedup_high, "speedup_vs_teacher": c.speedup_vs_teacher,
-                "within_budget": within_budget(c, max_drop_points, max_file_bytes)}
+                "within_budget": candidate_passes(c, max_drop_points, max_file_bytes)}
 
     return {
         "status": "selected" if s.final else "none_within_budget",
