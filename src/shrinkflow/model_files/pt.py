@@ -141,7 +141,8 @@ def model_from_checkpoint(payload: dict[str, Any], path: str | Path) -> nn.Modul
     spec, state = payload["spec"], payload["state_dict"]
     model = skeleton(spec, path)
     check_weights_match(model, state, path, spec, pruned=bool(payload["meta"].get("pruned")))
-    resize_to_state_dict(model, state)
+    with torch.device("meta"):  # layers resized to a pruned file's shapes stay shapes only too
+        resize_to_state_dict(model, state)
     model.load_state_dict(state, assign=True)
     return model.eval()
 
@@ -150,7 +151,12 @@ def skeleton(spec: dict[str, Any], path: str | Path) -> nn.Module:
     """``spec``'s model on the ``meta`` device (no memory), except the input ``Resize``, whose
     matrices are computed from the spec (its sides are bounded by ``check_payload``)."""
     try:
-        with torch.device("meta"):
+        try:
+            with torch.device("meta"):
+                model = build_model(spec)
+        except NotImplementedError:
+            # a torchvision constructor that computes on tensors (RegNet's widths) cannot run on
+            # the meta device; its size comes from the architecture name, so build it for real
             model = build_model(spec)
     except (KeyError, TypeError, ValueError) as exc:
         raise ShrinkflowError(
