@@ -68,7 +68,9 @@ def apply_overlay(overlay_path: str | Path, params_path: str | Path = "params.ya
     overlay = read_yaml(overlay_path)
     if not isinstance(overlay, dict):
         raise ShrinkflowError(f"{overlay_path}: expected a mapping of params.yaml sections")
-    yaml = YAML()  # round trip: comments, key order and quoting survive
+    # round trip: comments, key order and quoting survive; ruamel's round-trip loader builds
+    # only YAML's own types (like safe_load), never Python objects
+    yaml = YAML()
     yaml.width = 4096  # never re-wrap a long line
     yaml.preserve_quotes = True  # "" stays "", not ''
     params = yaml.load(Path(params_path).read_text())
