@@ -70,13 +70,13 @@ def apply_overlay(overlay_path: str | Path, params_path: str | Path = "params.ya
         raise ShrinkflowError(f"{overlay_path}: expected a mapping of params.yaml sections")
     # round trip: comments, key order and quoting survive; ruamel's round-trip loader builds
     # only YAML's own types (like safe_load), never Python objects
-    yaml = YAML()
-    yaml.width = 4096  # never re-wrap a long line
-    yaml.preserve_quotes = True  # "" stays "", not ''
-    params = yaml.load(Path(params_path).read_text())
+    round_trip = YAML()
+    round_trip.width = 4096  # never re-wrap a long line
+    round_trip.preserve_quotes = True  # "" stays "", not ''
+    params = round_trip.load(Path(params_path).read_text())
     changed = _merge(params, overlay, "", str(overlay_path))
     text = io.StringIO()
-    yaml.dump(params, text)
+    round_trip.dump(params, text)
     merged = YAML(typ="safe").load(text.getvalue())
     for section, schema in SECTIONS.items():
         validate_section(section, merged.get(section), schema, str(overlay_path))

@@ -153,14 +153,6 @@ def test_path_at_the_train_half_points_at_the_parent(tmp_path, half):
     assert load_imagefolder_source(tmp_path / "alone" / "train", 8, 1).classes == ["cat", "dog"]
 
 
-def test_source_split_without_a_test_split_is_one_clear_line(tmp_path):
-    with pytest.raises(ShrinkflowError, match="prepare.split = 'source'.*digits.*pooled"):
-        make_splits(load_digits_source(), "source", 0.1, 0.1, 0, "digits")
-    make_folder(tmp_path / "flat")
-    with pytest.raises(ShrinkflowError, match="no test split"):
-        make_splits(load_source("imagefolder", str(tmp_path / "flat"), 8, 1), "source", .1, .1, 0)
-
-
 def test_test_folder_without_train_folder_is_named(tmp_path):
     make_folder(tmp_path / "test")
     with pytest.raises(ShrinkflowError, match="no train/ folder"):
