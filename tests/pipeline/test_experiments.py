@@ -136,8 +136,9 @@ def test_exp_show_only_changed_fits_200_columns(experiments):
     """docs/results.md's comparison view: after the sweep and kd-t2 (distill.T, distill.alpha),
     on a 200-column terminal (a pseudo-terminal through `script`: DVC sizes its table to the
     terminal and folds the columns that do not fit into one "…"), every column shows, with the
-    changed params and the final model's figures."""
-    command = ("stty cols 200 rows 50; python -m dvc exp show --only-changed --no-pager "
+    changed params and the final model's figures. TERM is set because a CI runner's TERM=dumb
+    makes rich assume 80 columns whatever the terminal's size."""
+    command = ("stty cols 200 rows 50; TERM=xterm-256color python -m dvc exp show --only-changed --no-pager "
                "--drop '.*/|.*\\.yaml$|metrics$|.*_low$|.*_high$|Created|Executor|.*_acc$|"
                "test_images|final_within_budget' --keep 'final_acc$'")
     result = run(experiments["repo"], "script", "-qc", command, "/dev/null")
