@@ -31,6 +31,7 @@ from shrinkflow.measure.benchmark import (
 )
 from shrinkflow.measure.benchmark_job import Job, cpu_name, resolve_threads
 from shrinkflow.params.benchmark import BenchmarkParams
+from shrinkflow.params.ladder import LadderParams
 from shrinkflow.params.load import load_section
 
 META = "data/prepared/meta.json"
@@ -44,7 +45,7 @@ def main() -> None:
                         help="run the whole benchmark twice and print the median-latency drift")
     args = parser.parse_args()
     p = load_section(BenchmarkParams)
-    models = read_model_list(MODEL_LIST)
+    models = read_model_list(MODEL_LIST, load_section(LadderParams).rungs)
     require_inputs("benchmark", {META: "prepare", **{m.file: m.stage for m in models}})
     shape = read_json(META)["shape"]
     threads = resolve_threads(p.threads)

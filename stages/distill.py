@@ -9,9 +9,8 @@ The student is seeded and built exactly as in train_student_scratch (same spec, 
 order), so the two differ only in the loss, and kd_gain_points measures what the teacher adds.
 """
 
-import time
-
-from shrinkflow.compress.distill import FeatureKDLoss, build_loss, distill_metrics
+from shrinkflow.compress.distill import distill_metrics
+from shrinkflow.compress.distill_student import distill_student
 from shrinkflow.compress.teacher_ensemble import (
     check_feature_method,
     check_teacher_fits_data,
@@ -22,13 +21,11 @@ from shrinkflow.core.errors import ShrinkflowError, run_stage
 from shrinkflow.core.outputs import check_outputs, commit_outputs, read_json, require_inputs
 from shrinkflow.data.prepared import load_prepared
 from shrinkflow.model_files.pt import write_model_file
-from shrinkflow.nets.zoo import build_model, make_spec
 from shrinkflow.params.distill import DistillParams
 from shrinkflow.params.load import load_section
 from shrinkflow.params.teacher import TeacherParams
 from shrinkflow.training.distributed import finish, is_main_process, launch
-from shrinkflow.training.live import live_progress
-from shrinkflow.training.loop import check_input_size, effective_input_size, fit, seed_everything
+from shrinkflow.training.loop import effective_input_size
 
 PARAMS = "params.yaml"
 DATA_DIR = "data/prepared"
@@ -72,27 +69,11 @@ def main() -> None:
         check_teacher_fits_data(payload["spec"], meta, path)
     launch(p.train.nproc, p.train.device, "distill.train.nproc")
 
-    check_input_size(p.input_size, meta["shape"], "distill.input_size")
-    # the resize is part of the student: the teacher (and every later stage) sees full-size images
-    spec = make_spec(p.student, meta["shape"][0], meta["num_classes"], meta["mean"], meta["std"],
-                     p.input_size, meta["shape"][1:])
-    seed_everything(p.train.seed)  # same order as train_student_scratch: seed, then build
-    student = build_model(spec)
-    loss_fn = build_loss(p, teacher, student, shape)
-    print(f"[distill] method {p.method}, T {p.T}, alpha {p.alpha}"
-          + (f", ensemble of {len(teachers)} teachers" if len(teachers) > 1 else "")
-          + (f", feature_weight {p.feature_weight}" if p.method != "kd" else ""))
-
-    start = time.perf_counter()
-    loss_params = {"distill.T": p.T, "distill.alpha": p.alpha}
-    if p.method != "kd":
-        loss_params["distill.feature_weight"] = p.feature_weight
-    with live_progress(LIVE_DIR, "distill") as on_epoch:
-        history = fit(student, data.train, data.val, p.train, loss_fn=loss_fn, name="distill",
-                      params_key="distill.train", loss_params=loss_params, on_epoch=on_epoch)
-    seconds = time.perf_counter() - start
-    if isinstance(loss_fn, FeatureKDLoss):
-        loss_fn.remove_hooks()
+    if len(teachers) > 1:
+        print(f"[distill] teacher: an ensemble of {len(teachers)}")
+    d = distill_student(p, p.student, p.input_size, "distill.input_size", teacher, data,
+                        "distill", LIVE_DIR)
+    student, spec, history, seconds = d.student, d.spec, d.history, d.seconds
 
     m = distill_metrics(teacher, student, data.test, shape, scratch_acc, seconds)
     m["distill_input_size"] = effective_input_size(spec, meta["shape"])  # MACs are at this size

@@ -20,7 +20,7 @@ from shrinkflow.core.metric_keys import model_key
 from shrinkflow.core.outputs import commit_outputs, read_json, require_inputs
 from shrinkflow.data.prepared import load_prepared
 from shrinkflow.measure.metrics import logit_parity
-from shrinkflow.model_files.export_onnx import export_onnx
+from shrinkflow.model_files.export_onnx import FP32_MAX_ABS_DIFF, export_onnx
 from shrinkflow.model_files.open import open_model
 from shrinkflow.model_files.pt import check_role
 from shrinkflow.params.load import load_section
@@ -28,7 +28,6 @@ from shrinkflow.params.quantize import QuantizeParams
 
 DATA_DIR = "data/prepared"
 SOURCES = {"teacher": "train_teacher", "student": "distill"}  # model -> the stage that writes it
-MAX_ABS_DIFF = 1e-3  # fp32 export: logits agree to float precision (measured ~1e-6 on digits)
 
 
 def main() -> None:
@@ -50,10 +49,10 @@ def main() -> None:
         export_onnx(model.module, tuple(meta["shape"]), onnx_path, opset)
         exported = open_model(onnx_path, meta["shape"], meta["num_classes"])
         parity = logit_parity(model.predict(x), exported.predict(x))
-        if parity["max_abs_diff"] > MAX_ABS_DIFF:
+        if parity["max_abs_diff"] > FP32_MAX_ABS_DIFF:
             raise ShrinkflowError(
                 f"{onnx_out}: exported model differs from {source} by up to "
-                f"{parity['max_abs_diff']:.2e} in logits (expected <= {MAX_ABS_DIFF:g}); "
+                f"{parity['max_abs_diff']:.2e} in logits (expected <= {FP32_MAX_ABS_DIFF:g}); "
                 "nothing was replaced"
             )
         onnx_name = f"{name}_onnx"  # its name in models.yaml

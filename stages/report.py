@@ -14,6 +14,7 @@ from shrinkflow.core.errors import ShrinkflowError, run_stage
 from shrinkflow.core.metric_keys import read_model_list
 from shrinkflow.core.outputs import commit_outputs
 from shrinkflow.params.budget import BudgetParams
+from shrinkflow.params.ladder import LadderParams
 from shrinkflow.params.load import load_section
 from shrinkflow.results.report import build_report, read_selection
 
@@ -26,7 +27,7 @@ def main() -> None:
     budget = load_section(BudgetParams).max_drop_points
     if not Path(METRICS_DIR).is_dir():
         raise ShrinkflowError(f"{METRICS_DIR}/ not found: run the pipeline before the report")
-    models = read_model_list(MODEL_LIST)
+    models = read_model_list(MODEL_LIST, load_section(LadderParams).rungs)
     with commit_outputs() as out:  # the whole folder: a chart no longer drawn does not linger
         page, charts, notes = build_report(METRICS_DIR, out.directory(OUT_DIR), budget, models)
     for note in notes:

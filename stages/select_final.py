@@ -37,6 +37,7 @@ from shrinkflow.core.metric_keys import read_model_list, reference_accuracy_key
 from shrinkflow.core.outputs import commit_outputs, read_json, require_inputs
 from shrinkflow.model_files.card import CARD_FILE, card_json, pipeline_commit, write_model_card
 from shrinkflow.params.budget import BudgetParams
+from shrinkflow.params.ladder import LadderParams
 from shrinkflow.params.load import load_section
 from shrinkflow.params.select import SelectParams
 from shrinkflow.results.select_final import (
@@ -63,7 +64,7 @@ ENSEMBLE_METRICS = "metrics/teacher_ensemble.json"
 def main() -> None:
     p = load_section(SelectParams)
     budget = load_section(BudgetParams).max_drop_points
-    models = read_model_list(MODEL_LIST)
+    models = read_model_list(MODEL_LIST, load_section(LadderParams).rungs)
     names = [m.name for m in models]
     unknown = [n for n in p.exclude if n not in names]
     if unknown:

@@ -18,6 +18,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ["dvc.yaml", "params.yaml", "models.yaml", "stages", "src", ".dvc/config",
           ".dvc/.gitignore", ".dvcignore", ".gitignore",
+          "models/ladder/.gitkeep",  # the ladder rungs' folder, a dep even with no rungs
           "models/teachers/.gitkeep",  # the ensemble members' folder, a dep even when empty
           "user_nets",  # model factories (docs/models.md), a dep of every model-building stage
           "data/builtin-digits.txt"]  # prepare.path of the digits, prepare's data dep

@@ -9,6 +9,9 @@ from test_deps import code_dep_problems
 
 from shrinkflow.core.metric_keys import read_model_list
 
+# the ladder's rungs live in this folder (models.yaml): benchmark and select_final depend on it
+LADDER = yaml.safe_load((ROOT / "models.yaml").read_text())["ladder_models"]["folder"]
+
 
 def test_models_yaml_drives_dvc_yaml():
     models = read_model_list(ROOT / "models.yaml")
@@ -30,7 +33,8 @@ def test_models_yaml_drives_dvc_yaml():
                 for o in definition["outs"]]
         assert m.file in outs, f"models.yaml: {m.name} says stage {m.stage} writes {m.file}"
     model_files = {d for d in bench_deps if d.startswith("models/")}
-    assert model_files == {m.file for m in models}, "benchmark deps list a model not in the list"
+    assert model_files == {m.file for m in models} | {LADDER}, \
+        "benchmark deps list a model not in the list"
 
 
 def test_select_stage_deps_list_every_model_file_and_eval_metrics():
@@ -38,9 +42,29 @@ def test_select_stage_deps_list_every_model_file_and_eval_metrics():
     stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["select_final"]
     models = read_model_list(ROOT / "models.yaml")
     expected = {m.file for m in models} | {f"metrics/eval_{m.name}.json" for m in models
-                                            if m.evaluated}
+                                            if m.evaluated} | {LADDER}
     listed = {d for d in stage["deps"] if d.startswith(("models/", "metrics/eval_"))}
     assert listed == expected
+
+
+def test_each_rung_is_its_own_stage_writing_what_the_model_list_says(tmp_path):
+    """A rung's stage writes the file and eval metrics that benchmark and select_final read
+    for it (read_model_list with the rungs), inside the folder they depend on."""
+    assert not any(n.startswith("distill_rung@") for n in pipeline_stages(ROOT))  # {}: none
+    for name in ("dvc.yaml", "models.yaml"):
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    rungs = {"w8": {"widths": [8, 16]}, "big": {"depth": 3}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
+        shipped_params({"ladder": {"rungs": rungs}})))
+    stages = pipeline_stages(tmp_path)
+    for m in read_model_list(ROOT / "models.yaml", rungs)[-2:]:
+        s = stages[m.stage]
+        outs = {next(iter(o)) for o in s["outs"]}
+        assert {m.file, f"metrics/eval_{m.name}.json"} <= outs, (m, outs)
+        assert m.file.startswith(f"{LADDER}/")
+        rung = m.stage.partition("@")[2]
+        assert s["params"][:2] == ["distill", f"ladder.rungs.{rung}"]
+        assert not code_dep_problems(m.stage, s)
 
 
 def test_each_extra_member_is_its_own_stage_and_member_0_never_depends_on_the_list(tmp_path):

@@ -24,7 +24,7 @@ select_final write, and a key spelled by hand in one place silently becomes a mi
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,11 +83,21 @@ class ModelEntry:
     baseline: str | None = None  # the CSV's ``speedup_vs_baseline`` column compares with it
 
 
-def read_model_list(path: str | Path) -> list[ModelEntry]:
-    """The models of ``models.yaml``, in report order.
+RUNG_PREFIX = "rung_"  # the ladder's rung NAME is the model rung_NAME
+
+
+def rung_model(rung: str) -> str:
+    """The model name of the ladder's rung ``rung`` (params ``ladder.rungs``)."""
+    return f"{RUNG_PREFIX}{rung}"
+
+
+def read_model_list(path: str | Path, rungs: Iterable[str] = ()) -> list[ModelEntry]:
+    """The models of ``models.yaml``, in report order, then one per ladder rung.
 
     ``models`` are evaluated and benchmarked; ``benchmark_only`` models share another model's
     weights in another runtime, take its accuracy (``accuracy_of``), and come right after it.
+    ``rungs`` (params ``ladder.rungs``): each is the evaluated model ``rung_NAME``, its fp32
+    ONNX file ``NAME.onnx`` in the folder ``ladder_models.folder`` names.
     """
     path = Path(path)
     try:
@@ -111,6 +121,15 @@ def read_model_list(path: str | Path) -> list[ModelEntry]:
                                   f"{entry.accuracy_of!r}: expected one of {evaluated}")
         entries.insert(max(i for i, e in enumerate(entries)
                            if e.accuracy_of == entry.accuracy_of) + 1, entry)
+    rungs = list(rungs)
+    if rungs:
+        ladder = raw.get("ladder_models")
+        folder = ladder.get("folder") if isinstance(ladder, dict) else None
+        if not isinstance(folder, str):
+            raise ShrinkflowError(f"{path}: expected 'ladder_models: {{folder: ...}}', the "
+                                  "rungs' model folder")
+        entries += [ModelEntry(rung_model(r), f"{folder}/{r}.onnx", f"distill_rung@{r}", True,
+                               rung_model(r)) for r in rungs]
     names = [e.name for e in entries]
     if len(set(names)) != len(names):
         raise ShrinkflowError(f"{path}: a model is listed twice: {names}")

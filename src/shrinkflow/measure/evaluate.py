@@ -6,12 +6,14 @@ Runtime), so every model lands in the same table with the same metrics.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from shrinkflow.core.metric_keys import model_key
 from shrinkflow.measure.metrics import accuracy
 
 
@@ -67,3 +69,28 @@ def classification_metrics(
         "support": support.tolist(),
         "confusion": matrix,
     }
+
+
+def write_evaluation(out: Any, metrics_dir: Path, name: str, model: Any, x: np.ndarray,
+                     y: np.ndarray, classes: list[str], batch_size: int, ece_bins: int) -> dict:
+    """Evaluate ``model`` (an opened model file, ``model_files.open``) on the test split and
+    stage its three files in ``out`` (``core.outputs.commit_outputs``): ``eval_NAME.json`` (keys
+    ``NAME_*``), ``confusion_NAME.csv`` (one row per test image, for DVC's confusion template)
+    and ``per_class_NAME.csv``. Shared by evaluate@NAME and the ladder's rungs, so every
+    candidate's figures are the same kind. Returns the metrics."""
+    logits = model.predict(x, batch_size)
+    m = classification_metrics(logits, y, len(classes), ece_bins)
+    figures = {"acc": round(m["acc"], 6), "macro_f1": round(m["macro_f1"], 6),
+               "loss": round(m["loss"], 6), "ece": round(m["ece"], 6), "params": model.params,
+               "macs": model.macs, "file_bytes": model.file_bytes, "test_images": len(y)}
+    pairs = zip(y.tolist(), logits.argmax(1).tolist(), strict=True)
+    out.json(metrics_dir / f"eval_{name}.json",
+             {model_key(name, field): value for field, value in figures.items()})
+    out.csv(metrics_dir / f"confusion_{name}.csv", [
+        {"actual": classes[a], "predicted": classes[b]} for a, b in pairs
+    ])
+    out.csv(metrics_dir / f"per_class_{name}.csv", [
+        {"class": c, "accuracy": round(acc, 6), "support": n}
+        for c, acc, n in zip(classes, m["per_class_acc"], m["support"], strict=True)
+    ])
+    return m

@@ -10,6 +10,7 @@ from shrinkflow.params.budget import BudgetParams
 from shrinkflow.params.common import Section
 from shrinkflow.params.distill import DistillParams
 from shrinkflow.params.evaluate import EvaluateParams
+from shrinkflow.params.ladder import LadderParams
 from shrinkflow.params.prepare import PrepareParams
 from shrinkflow.params.prune import PruneParams
 from shrinkflow.params.quantize import QuantizeParams
@@ -19,5 +20,5 @@ from shrinkflow.params.teacher import TeacherParams
 SECTIONS: dict[str, type[Section]] = {
     schema.section: schema
     for schema in (PrepareParams, TeacherParams, DistillParams, PruneParams, QuantizeParams,
-                   EvaluateParams, BenchmarkParams, SelectParams, BudgetParams)
+                   EvaluateParams, BenchmarkParams, SelectParams, BudgetParams, LadderParams)
 }

@@ -22,7 +22,7 @@ What is rejected, and why:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -88,11 +88,14 @@ def _describe(section: str, schema: type[BaseModel], err: dict[str, Any]) -> tup
     if err["type"] == "extra_forbidden":
         parent: Any = schema
         for part in err["loc"][:-1]:
-            field = parent.model_fields.get(str(part))
+            if get_origin(parent) is dict:  # e.g. ladder.rungs.NAME: the key names an item
+                parent = get_args(parent)[1]
+                continue
+            field = getattr(parent, "model_fields", {}).get(str(part))
             parent = field.annotation if field is not None else None
             if parent is None:
                 break
-        allowed = ", ".join(parent.model_fields) if parent is not None else "?"
+        allowed = ", ".join(getattr(parent, "model_fields", {})) or "?"
         return key, f"unknown key (allowed here: {allowed})"
     where = f"item {', '.join(items)}: " if items else ""
     return key, f"{where}{err['msg']} (got {echo(err.get('input'))})"
