@@ -286,7 +286,7 @@ CASES = [
     # params.yaml as a whole
     Case("misspelled section", "distill",
          r"params\.yaml: unknown section\(s\) distil \(known sections: benchmark, budget, "
-         r"distill, evaluate, prepare, prune, quantize, select, teacher\)",
+         r"distill, evaluate, ladder, prepare, prune, quantize, select, teacher\)",
          setup=params_text("distil:\n  T: 2.0\n", append=True)),
     Case("empty params.yaml", "train_teacher", r"params\.yaml: params file is empty; expected "
          r"the sections benchmark, budget, distill", setup=params_text("# all commented out\n")),

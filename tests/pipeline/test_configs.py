@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from shrinkflow.cli.config import apply_overlay
+from shrinkflow.cli.config import apply_overlay, free_mapping
 from shrinkflow.params.all_sections import SECTIONS
 from shrinkflow.params.load import load_section
 
@@ -23,10 +23,12 @@ NAMED = [c for c in CONFIGS if re.fullmatch(r"\d+x\d+-(gray|rgb)-(cpu|gpu)", c.s
 
 
 def leaves(tree: dict, prefix: str = "") -> dict[str, object]:
+    """Dotted key -> value; a mapping of the user's own keys (ladder.rungs) is one value."""
     out = {}
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
-        out.update(leaves(value, dotted + ".") if isinstance(value, dict) else {dotted: value})
+        nested = isinstance(value, dict) and not free_mapping(dotted)
+        out.update(leaves(value, dotted + ".") if nested else {dotted: value})
     return out
 
 
@@ -115,3 +117,19 @@ def test_bad_overlay_is_one_line_and_leaves_params_alone(tmp_path):
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert re.search(expected, result.stderr), result.stderr
         assert params.read_bytes() == PARAMS.read_bytes()
+
+
+def test_a_mapping_of_the_users_own_keys_is_replaced_whole(tmp_path):
+    """ladder.rungs (and model.options) hold the user's own keys: an overlay sets the whole
+    mapping, where a section's keys are checked one by one against params.yaml."""
+    params = tmp_path / "params.yaml"
+    shutil.copy(PARAMS, params)
+    overlay = tmp_path / "ladder.yaml"
+    overlay.write_text("ladder:\n  rungs:\n    w16: {widths: [16, 32]}\n"
+                       "distill:\n  student:\n    options: {}\n")
+    assert apply_overlay(overlay, params) == ["ladder.rungs"]
+    overlay.write_text("ladder:\n  rungs:\n    w8: {widths: [8]}\n")
+    assert apply_overlay(overlay, params) == ["ladder.rungs"]
+    rungs = load_section(SECTIONS["ladder"], params).rungs
+    assert list(rungs) == ["w8"] and rungs["w8"].widths == [8]  # replaced, not merged
+    assert apply_overlay(overlay, params) == []

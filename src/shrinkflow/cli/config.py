@@ -19,10 +19,10 @@ import io
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_origin
 
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedSeq
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from shrinkflow.core.errors import ShrinkflowError, run_stage
 from shrinkflow.core.outputs import atomic_path
@@ -43,12 +43,43 @@ def _merge(base: Any, overlay: dict[str, Any], where: str, source: str) -> list[
             kind = "a section" if isinstance(base[key], dict) else "a value"
             raise ShrinkflowError(f"{source}: {dotted} is {kind} in params.yaml, the overlay "
                                   f"gives {value!r}")
-        if isinstance(value, dict):
+        if isinstance(value, dict) and free_mapping(dotted):  # e.g. ladder.rungs: replaced
+            if dict(base[key]) != value:
+                new = _flow(value)  # one line, as params.yaml writes `rungs: {}`
+                new.ca.comment = base[key].ca.comment  # the comment after it stays
+                base[key] = new
+                changed.append(dotted)
+        elif isinstance(value, dict):
             changed += _merge(base[key], value, dotted, source)
         elif base[key] != value:
             base[key] = _like(base[key], value)
             changed.append(dotted)
     return changed
+
+
+def free_mapping(dotted: str) -> bool:
+    """Whether the schema makes ``dotted`` a mapping of the user's own keys (``ladder.rungs``,
+    ``model.options``), which an overlay replaces whole, not key by key."""
+    section, *parts = dotted.split(".")
+    node: Any = SECTIONS.get(section)
+    for part in parts:
+        field = getattr(node, "model_fields", {}).get(part)
+        if field is None:
+            return False
+        node = field.annotation
+    return get_origin(node) is dict
+
+
+def _flow(value: Any) -> Any:
+    """``value`` with every mapping and list in YAML flow style (``{w16: {widths: [16]}}``)."""
+    if isinstance(value, dict):
+        node: Any = CommentedMap((k, _flow(v)) for k, v in value.items())
+    elif isinstance(value, list):
+        node = CommentedSeq(_flow(v) for v in value)
+    else:
+        return value
+    node.fa.set_flow_style()
+    return node
 
 
 def _like(old: Any, value: Any) -> Any:
