@@ -70,7 +70,7 @@ def main() -> None:
     launch(p.train.nproc, p.train.device, "distill.train.nproc")
 
     d = distill_student(p, student, input_size, f"ladder.rungs.{name}.input_size", teacher,
-                        data, stage, live_dir)
+                        data, model, live_dir)  # live keys rung_NAME_*
     x, y = data.test
     ep = load_section(EvaluateParams)
     if is_main_process():  # every rank holds the same model; other ranks print nothing
