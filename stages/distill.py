@@ -10,11 +10,9 @@ order), so the two differ only in the loss, and kd_gain_points measures what the
 """
 
 from shrinkflow.compress.distill import distill_metrics
-from shrinkflow.compress.distill_student import distill_student
+from shrinkflow.compress.distill_student import distill_student, load_fitting_teacher
 from shrinkflow.compress.teacher_ensemble import (
     check_feature_method,
-    check_teacher_fits_data,
-    load_teacher,
     teacher_files,
 )
 from shrinkflow.core.errors import ShrinkflowError, run_stage
@@ -62,11 +60,7 @@ def main() -> None:
     scratch_acc = check_inputs(teachers)
     data = load_prepared(DATA_DIR)
     meta, shape = data.meta, data.input_shape
-    # the member itself for one teacher, else their ensemble at T; role-checked: not a student
-    # copied over it
-    teacher, payloads = load_teacher(list(teachers), p.T)
-    for path, payload in zip(teachers, payloads, strict=True):
-        check_teacher_fits_data(payload["spec"], meta, path)
+    teacher = load_fitting_teacher(list(teachers), p.T, meta)
     launch(p.train.nproc, p.train.device, "distill.train.nproc")
 
     if len(teachers) > 1:

@@ -14,11 +14,9 @@ select_final take it with the other models (its name there: rung_NAME).
 import sys
 from pathlib import Path
 
-from shrinkflow.compress.distill_student import distill_student
+from shrinkflow.compress.distill_student import distill_student, load_fitting_teacher
 from shrinkflow.compress.teacher_ensemble import (
     check_feature_method,
-    check_teacher_fits_data,
-    load_teacher,
     teacher_files,
 )
 from shrinkflow.core.errors import ShrinkflowError, run_stage
@@ -64,9 +62,7 @@ def main() -> None:
     check_outputs(pt_out, onnx_out)
     data = load_prepared(DATA_DIR)
     meta = data.meta
-    teacher, payloads = load_teacher(list(teachers), p.T)
-    for path, payload in zip(teachers, payloads, strict=True):
-        check_teacher_fits_data(payload["spec"], meta, path)
+    teacher = load_fitting_teacher(list(teachers), p.T, meta)
     launch(p.train.nproc, p.train.device, "distill.train.nproc")
 
     d = distill_student(p, student, input_size, f"ladder.rungs.{name}.input_size", teacher,

@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from shrinkflow.compress.distill import FeatureKDLoss, build_loss
+from shrinkflow.compress.teacher_ensemble import check_teacher_fits_data, load_teacher
 from shrinkflow.data.prepared import Prepared
 from shrinkflow.nets.zoo import build_model, make_spec
 from shrinkflow.params.common import ModelSpec
@@ -29,6 +30,15 @@ class Distilled:
     spec: dict[str, Any]  # what the model file records (nets.zoo.make_spec)
     history: list[dict[str, Any]]  # one row per epoch
     seconds: float
+
+
+def load_fitting_teacher(teachers: list[str], T: float, meta: dict[str, Any]) -> nn.Module:
+    """The member itself for one teacher file, else their ensemble at ``T``; each file
+    role-checked (not a student copied over it) and checked to fit the data's shape and classes."""
+    teacher, payloads = load_teacher(teachers, T)
+    for path, payload in zip(teachers, payloads, strict=True):
+        check_teacher_fits_data(payload["spec"], meta, path)
+    return teacher
 
 
 def distill_student(p: DistillParams, student: ModelSpec, input_size: int, input_size_key: str,
