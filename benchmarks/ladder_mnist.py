@@ -2,6 +2,7 @@
 `28x28-gray-cpu` overlay with its ladder, a 0.3-point budget, the whole pipeline on the CPU.
 
     python benchmarks/ladder_mnist.py [--workdir /tmp/sf-ladder] [--budget 0.3]
+        [--rung w2=2,4,8 ...]   # more rungs besides the overlay's (name=widths)
 
 Copies the project into a scratch git repo, brings MNIST with ../shared/data/get-mnist.sh
 (offline here), applies the overlay, sets the budget, runs `dvc repro` and prints per rung (and
@@ -31,14 +32,16 @@ from pipeline_repo import copy_project, deep_update  # noqa: E402
 from shrinkflow.cli.config import apply_overlay  # noqa: E402
 
 
-def make_project(work: Path, budget: float) -> None:
+def make_project(work: Path, budget: float, rungs: dict[str, list[int]]) -> None:
     shutil.rmtree(work, ignore_errors=True)
     copy_project(work)
     subprocess.run(["bash", str(ROOT.parent / "shared/data/get-mnist.sh"),
                     str(work / "data/raw/mnist")], check=True, stdout=subprocess.DEVNULL)
     apply_overlay(ROOT / "configs/28x28-gray-cpu.yaml", work / "params.yaml")
     params = yaml.safe_load((work / "params.yaml").read_text())
-    params = deep_update(params, {"budget": {"max_drop_points": budget}})
+    extra = {name: {"widths": widths} for name, widths in rungs.items()}
+    params = deep_update(params, {"budget": {"max_drop_points": budget},
+                                  "ladder": {"rungs": {**extra, **params["ladder"]["rungs"]}}})
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
                 ["git", "commit", "-q", "-m", "ladder"]):
@@ -73,8 +76,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/sf-ladder"))
     parser.add_argument("--budget", type=float, default=0.3)
+    parser.add_argument("--rung", action="append", default=[], metavar="NAME=W1,W2,...",
+                        help="one more rung, listed before the overlay's (repeatable)")
     args = parser.parse_args()
-    make_project(args.workdir, args.budget)
+    rungs = {name: [int(w) for w in widths.split(",")]
+             for name, widths in (r.split("=", 1) for r in args.rung)}
+    make_project(args.workdir, args.budget, rungs)
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(args.workdir / "src")}
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=args.workdir, env=env,

@@ -5,7 +5,9 @@ rung's keys changed, then exported to fp32 ONNX: the rung's candidate for the fi
     python stages/distill_rung.py NAME   # -> models/ladder/NAME.pt, models/ladder/NAME.onnx
 
 A rung is a candidate as a distilled fp32 ONNX model; pruning and int8 run on distill.student
-only (docs/compression.md, "A ladder of students", says what that costs and saves).
+only (docs/compression.md, "A ladder of students", says what that costs and saves). With
+``ladder.early_stop.after_epochs`` set, a rung that cannot reach the teacher stops early
+(``training.early_stop``); metrics/rung_NAME.json says how many epochs it trained.
 The stage also measures it on the test split as evaluate@NAME measures the other models
 (metrics/eval_rung_NAME.json, confusion_ and per_class_rung_NAME.csv); benchmark and
 select_final take it with the other models (its name there: rung_NAME).
@@ -20,7 +22,7 @@ from shrinkflow.compress.teacher_ensemble import (
     teacher_files,
 )
 from shrinkflow.core.errors import ShrinkflowError, run_stage
-from shrinkflow.core.metric_keys import read_model_list, rung_model
+from shrinkflow.core.metric_keys import model_key, read_model_list, rung_model
 from shrinkflow.core.outputs import check_outputs, commit_outputs, require_inputs
 from shrinkflow.data.prepared import load_prepared
 from shrinkflow.measure.evaluate import write_evaluation
@@ -35,16 +37,19 @@ from shrinkflow.params.load import load_section
 from shrinkflow.params.quantize import QuantizeParams
 from shrinkflow.params.teacher import TeacherParams
 from shrinkflow.training.distributed import finish, is_main_process, launch
+from shrinkflow.training.early_stop import give_up_rule
+from shrinkflow.training.loop import evaluate_loss_acc, resolve_device
 
 DATA_DIR = "data/prepared"
 TEACHER = "models/teacher.pt"
 MEMBERS_DIR = "models/teachers"  # extra ensemble members (train_teacher_member@SEED)
 MODEL_LIST = "models.yaml"  # names the rungs' folder (ladder_models)
-METRICS_DIR = Path("metrics")  # eval_rung_NAME.json, confusion_ and per_class_rung_NAME.csv
+METRICS_DIR = Path("metrics")  # eval_ / confusion_ / per_class_rung_NAME, rung_NAME.json
 
 
 def main() -> None:
-    rungs = load_section(LadderParams).rungs
+    ladder = load_section(LadderParams)
+    rungs = ladder.rungs
     if len(sys.argv) != 2 or sys.argv[1] not in rungs:
         raise ShrinkflowError(f"usage: python stages/distill_rung.py NAME (NAME: a rung of "
                               f"ladder.rungs in params.yaml: {sorted(rungs) or 'none'})")
@@ -65,8 +70,13 @@ def main() -> None:
     teacher = load_fitting_teacher(list(teachers), p.T, meta)
     launch(p.train.nproc, p.train.device, "distill.train.nproc")
 
+    stop, early = None, ladder.early_stop
+    if early.after_epochs:
+        device = resolve_device(p.train.device, "distill.train.device")
+        _, teacher_val = evaluate_loss_acc(teacher.to(device), data.val, device)
+        stop = give_up_rule(teacher_val, p.train.epochs, early.after_epochs, early.points_behind)
     d = distill_student(p, student, input_size, f"ladder.rungs.{name}.input_size", teacher,
-                        data, model, live_dir)  # live keys rung_NAME_*
+                        data, model, live_dir, stop)  # live keys rung_NAME_*
     x, y = data.test
     ep = load_section(EvaluateParams)
     if is_main_process():  # every rank holds the same model; other ranks print nothing
@@ -85,6 +95,10 @@ def main() -> None:
             # the candidate's test figures, as evaluate@NAME writes them for the other models
             m = write_evaluation(out, METRICS_DIR, model, exported, x, y, meta["classes"],
                                  ep.batch_size, ep.ece_bins)
+            out.json(METRICS_DIR / f"{model}.json", {
+                model_key(model, "epochs_trained"): len(d.history),
+                model_key(model, "stopped_early"): int(len(d.history) < p.train.epochs),
+                model_key(model, "train_seconds"): round(d.seconds, 2)})
             out.adopt(live_dir)  # the run's live progress (training.live)
         print(f"[{stage}] {exported.params:,} params, {exported.macs:,} MACs, trained in "
               f"{d.seconds:.1f}s -> {pt_out}, {onnx_out} (max |diff| "

@@ -16,7 +16,10 @@ the teacher ensemble's accuracy in metrics/teacher_ensemble.json when there is o
   test-set size, the distillation gain, the final model's accuracy (95 % interval), drop, size
   and same-runtime speed-up (interval over the benchmark's rounds);
 * ``metrics/selection.json``: the whole decision (reason, every candidate against the budget,
-  runner-up, latency ties), read by the report.
+  runner-up, latency ties), read by the report;
+* ``metrics/shipped.json``: the shipped model's name alone, for rung_scratch@NAME, which trains
+  the shipped rung's control: a dep that changes only when another model ships (final.json and
+  selection.json change with every re-timing).
 
 When no candidate is within budget the stage still succeeds and writes all three: models/final/
 then holds only ``NO_MODEL.md`` (why, and what to change), final.json says ``final_model: none``
@@ -41,6 +44,7 @@ from shrinkflow.params.ladder import LadderParams
 from shrinkflow.params.load import load_section
 from shrinkflow.params.select import SelectParams
 from shrinkflow.results.select_final import (
+    NONE,
     Selection,
     build_candidates,
     choose,
@@ -54,6 +58,7 @@ BENCH_CSV = "metrics/benchmark.csv"
 FINAL_DIR = Path("models/final")
 METRICS_OUT = "metrics/final.json"
 SELECTION_OUT = "metrics/selection.json"
+SHIPPED_OUT = "metrics/shipped.json"
 NO_MODEL = "NO_MODEL.md"
 DATA_META = "data/prepared/meta.json"
 # what the card's pipeline.modified lists when it differs from the commit checked out
@@ -107,6 +112,7 @@ def main() -> None:
         out.json(METRICS_OUT, final_metrics(s, models, metrics))
         out.json(SELECTION_OUT, selection_record(s, str(final_file), batch, budget,
                                                  p.max_file_bytes, teacher_acc))
+        out.json(SHIPPED_OUT, {"final_model": s.final.name})
     same = s.final.speedup_same_runtime
     print(f"[select] final: {s.final.name} -> {final_file} ({s.reason}); acc "
           f"{s.final.accuracy:.2%}, drop {s.final.drop_points:.2f} pts, "
@@ -133,6 +139,7 @@ def write_none(s: Selection, models: list, metrics: dict, batch: int, budget: fl
         out.json(METRICS_OUT, final_metrics(s, models, metrics))
         out.json(SELECTION_OUT, selection_record(s, None, batch, budget, max_file_bytes,
                                                  teacher_acc))
+        out.json(SHIPPED_OUT, {"final_model": NONE})
     print(f"[select] NO MODEL SHIPPED: {s.reason}. {FINAL_DIR}/{NO_MODEL} says so; the report "
           "stage shows the candidates against the budget, then fails the pipeline")
 

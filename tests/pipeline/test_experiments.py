@@ -138,9 +138,11 @@ def test_exp_show_only_changed_fits_200_columns(experiments):
     """docs/results.md's comparison view: after the sweep and kd-t2 (distill.T, distill.alpha),
     on a 200-column terminal (a pseudo-terminal through `script`: DVC sizes its table to the
     terminal and folds the columns that do not fit into one "…"), every column shows, with the
-    changed params and the final model's figures. TERM is set because a CI runner's TERM=dumb
-    makes rich assume 80 columns whatever the terminal's size."""
-    command = ("stty cols 200 rows 50; TERM=xterm-256color "
+    changed params and the final model's figures. rich takes COLUMNS over the terminal's size
+    and assumes 80 columns under TERM=dumb, so both are set: a CI runner set COLUMNS=80, and
+    `script` ran the command with SHELL=/bin/sh, which (unlike bash) does not refresh COLUMNS
+    after `stty` (reproduced here: rich saw 80 columns, then 200 with the export)."""
+    command = ("stty cols 200 rows 50; export TERM=xterm-256color COLUMNS=200 LINES=50; "
                "python -m dvc exp show --only-changed --no-pager "
                "--drop '.*/|.*\\.yaml$|metrics$|.*_low$|.*_high$|Created|Executor|.*_acc$|"
                "test_images|final_within_budget' --keep 'final_acc$'")

@@ -1,6 +1,7 @@
 """The student ladder end to end, on a copy of the session's reproduced tiny project: three rungs
 (params ladder.rungs), each its own distill_rung@NAME stage; under a budget the smallest rung
-misses and a bigger one meets, select_final ships a bigger rung; a new rung trains only itself.
+misses and a bigger one meets, select_final ships a bigger rung, and its from-scratch control
+(rung_scratch@NAME) trains; a new rung trains only itself.
 """
 
 import json
@@ -13,6 +14,7 @@ pytestmark = pytest.mark.slow  # end to end: real stage processes
 # widths per rung: 2 channels cannot learn the digits in one epoch, 32 can (teacher: [8, 16])
 RUNGS = {"w2": {"widths": [2, 2]}, "w16": {"widths": [16, 16]}, "w32": {"widths": [32, 32]}}
 RUNG_STAGES = {f"distill_rung@{name}" for name in RUNGS}
+SCRATCH_STAGES = {f"rung_scratch@{name}" for name in RUNGS}
 AFTER_RUNGS = {"benchmark", "select_final", "report"}
 
 
@@ -26,7 +28,7 @@ def test_select_ships_a_bigger_rung_and_a_new_rung_trains_only_itself(reproduced
     repo = reproduced_repo
     set_params(repo, {"ladder": {"rungs": RUNGS}})
     first = dvc(repo, "repro")
-    assert ran_stages(first.stdout) == RUNG_STAGES | AFTER_RUNGS, first.stdout
+    assert ran_stages(first.stdout) == RUNG_STAGES | SCRATCH_STAGES | AFTER_RUNGS, first.stdout
     for name in RUNGS:
         assert (repo / f"models/ladder/{name}.onnx").is_file()
     acc = accuracies(repo)
@@ -41,6 +43,7 @@ def test_select_ships_a_bigger_rung_and_a_new_rung_trains_only_itself(reproduced
     second = dvc(repo, "repro")
     assert not ran_stages(second.stdout) & RUNG_STAGES, second.stdout
     final = json.loads((repo / "metrics/final.json").read_text())
+    shipped = final["final_model"]
     selection = json.loads((repo / "metrics/selection.json").read_text())
     assert final["final_model"] in ("rung_w16", "rung_w32"), selection["reason"]
     assert final["final_drop_points"] <= budget
@@ -50,11 +53,23 @@ def test_select_ships_a_bigger_rung_and_a_new_rung_trains_only_itself(reproduced
     assert card["model"] == final["final_model"]
     summary = (repo / "reports/summary.md").read_text()
     assert "rung_w2" in summary and f"**Final model: `{final['final_model']}`**" in summary
+    assert f"**{shipped}** (shipped)" in summary.split("## The student ladder")[1]
+    # the shipped rung's control trained (ladder.scratch: shipped); the others' did not
+    for name in RUNGS:
+        control = json.loads((repo / f"metrics/rung_scratch_{name}.json").read_text())
+        if f"rung_{name}" != shipped:
+            assert control == {}, (name, control)
+            continue
+        scratch = control[f"{shipped}_scratch_test_acc"]
+        assert control[f"{shipped}_kd_gain_points"] == round((acc[shipped] - scratch) * 100, 4)
 
     # one more rung: only it trains; the ladder's models are re-timed and chosen again
     set_params(repo, {"ladder": {"rungs": {**RUNGS, "w8": {"widths": [8, 8]}}}})
     third = dvc(repo, "repro")
-    assert ran_stages(third.stdout) == {"distill_rung@w8"} | AFTER_RUNGS, third.stdout
+    ran = ran_stages(third.stdout)
+    assert {"distill_rung@w8", "rung_scratch@w8"} | AFTER_RUNGS <= ran, third.stdout
+    # no other rung retrains; the other controls rerun only if another model now ships
+    assert ran - {"distill_rung@w8"} - AFTER_RUNGS <= SCRATCH_STAGES | {"rung_scratch@w8"}
     assert "rung_w8_acc" in json.loads((repo / "metrics/final.json").read_text())
 
 
@@ -66,3 +81,16 @@ def test_a_bad_rung_is_one_line_before_any_work(reproduced_repo):
     out = result.stdout + result.stderr
     assert "ladder.rungs.w4.depht" in out or ("ladder" in out and "depht" in out), out
     assert not (repo / "models/ladder/w4.pt").exists()
+
+
+def test_a_rung_that_cannot_reach_the_teacher_stops_early_and_is_still_measured(reproduced_repo):
+    repo = reproduced_repo
+    set_params(repo, {"ladder": {"rungs": {"w2": {"widths": [2, 2]}},
+                                 "early_stop": {"after_epochs": 1, "points_behind": 0.01}},
+                      "distill": {"train": {"epochs": 4}}})
+    result = dvc(repo, "repro", "-s", "distill_rung@w2")  # this stage alone: the rung's epochs
+    assert "[rung_w2] stopped after epoch 1/4: val accuracy projected" in result.stdout
+    trained = json.loads((repo / "metrics/rung_w2.json").read_text())
+    assert trained["rung_w2_epochs_trained"] == 1 and trained["rung_w2_stopped_early"] == 1
+    assert "rung_w2_acc" in json.loads((repo / "metrics/eval_rung_w2.json").read_text())
+    assert (repo / "models/ladder/w2.onnx").is_file()

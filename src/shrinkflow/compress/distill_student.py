@@ -8,6 +8,7 @@ same steps in the same order and differs only in its architecture.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,10 +44,12 @@ def load_fitting_teacher(teachers: list[str], T: float, meta: dict[str, Any]) ->
 
 def distill_student(p: DistillParams, student: ModelSpec, input_size: int, input_size_key: str,
                     teacher: nn.Module, data: Prepared, name: str,
-                    live_dir: str | Path) -> Distilled:
+                    live_dir: str | Path,
+                    stop: Callable[[list[dict[str, Any]]], str | None] | None = None
+                    ) -> Distilled:
     """Seeded as train_student_scratch seeds its student (seed, then build), so a student and
     its scratch control differ only in the loss. ``input_size_key`` names the key an input size
-    larger than the images came from."""
+    larger than the images came from; ``stop`` may end training early (``training.loop.fit``)."""
     meta = data.meta
     check_input_size(input_size, meta["shape"], input_size_key)
     # the resize is part of the student: the teacher (and every later stage) sees full-size images
@@ -63,7 +66,8 @@ def distill_student(p: DistillParams, student: ModelSpec, input_size: int, input
         loss_params["distill.feature_weight"] = p.feature_weight
     with live_progress(live_dir, name) as on_epoch:
         history = fit(model, data.train, data.val, p.train, loss_fn=loss_fn, name=name,
-                      params_key="distill.train", loss_params=loss_params, on_epoch=on_epoch)
+                      params_key="distill.train", loss_params=loss_params, on_epoch=on_epoch,
+                      stop=stop)
     seconds = time.perf_counter() - start
     if isinstance(loss_fn, FeatureKDLoss):
         loss_fn.remove_hooks()

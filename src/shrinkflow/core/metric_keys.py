@@ -39,6 +39,7 @@ TEACHER = "teacher"  # every speed-up and accuracy drop is measured against this
 ENSEMBLE_ACC = "teacher_ensemble_test_acc"
 TEST_IMAGES = "test_images"  # final.json: the test-set size every accuracy is measured on
 KD_GAIN = "kd_gain_points"  # final.json: student minus student_scratch, test points
+STUDENT = "student"  # distill.student, distilled (distill): the model the ladder's rungs vary
 # final.json: the shipped model ("none" when nothing is within budget) and its figures; _low /
 # _high are the 95 % interval (shrinkflow.measure.noise); speedup is against the teacher's form
 # in the same runtime at select's batch size
@@ -81,6 +82,7 @@ class ModelEntry:
     evaluated: bool  # True: listed under ``models`` (an evaluate@name item)
     accuracy_of: str  # whose evaluate gives its accuracy: itself, or the model it shares weights
     baseline: str | None = None  # the CSV's ``speedup_vs_baseline`` column compares with it
+    rung: bool = False  # a rung of params' ladder.rungs (distill_rung@NAME writes it)
 
 
 RUNG_PREFIX = "rung_"  # the ladder's rung NAME is the model rung_NAME
@@ -129,7 +131,7 @@ def read_model_list(path: str | Path, rungs: Iterable[str] = ()) -> list[ModelEn
             raise ShrinkflowError(f"{path}: expected 'ladder_models: {{folder: ...}}', the "
                                   "rungs' model folder")
         entries += [ModelEntry(rung_model(r), f"{folder}/{r}.onnx", f"distill_rung@{r}", True,
-                               rung_model(r)) for r in rungs]
+                               rung_model(r), rung=True) for r in rungs]
     names = [e.name for e in entries]
     if len(set(names)) != len(names):
         raise ShrinkflowError(f"{path}: a model is listed twice: {names}")

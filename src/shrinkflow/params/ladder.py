@@ -9,7 +9,7 @@ guessed student is too small still ends with a model when a bigger rung meets th
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, StringConstraints, ValidationError
 
@@ -31,10 +31,22 @@ class Rung(Section):
     input_size: int | None = Field(default=None, ge=0, le=4096)
 
 
+class EarlyStop(Section):
+    """When a rung gives up (``training.early_stop``): after ``after_epochs`` epochs (0: never),
+    once its projected validation accuracy trails the teacher's by more than ``points_behind``."""
+
+    after_epochs: int = Field(default=0, ge=0, le=100_000)
+    points_behind: float = Field(default=5.0, gt=0, le=100)
+
+
 class LadderParams(Section):
     section: ClassVar[str] = "ladder"
 
     rungs: dict[RungName, Rung] = Field(default={}, max_length=16)
+    early_stop: EarlyStop = EarlyStop()
+    # the control that shows what distillation bought (rung_scratch@NAME): for the rung that
+    # ships, or for every rung (each costs about one more rung's training)
+    scratch: Literal["shipped", "every"] = "shipped"
 
 
 def rung_student(name: str, base: ModelSpec, base_input_size: int, rung: Rung

@@ -23,6 +23,8 @@ from matplotlib.ticker import MaxNLocator
 from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.core.metric_keys import (
     ENSEMBLE_ACC,
+    KD_GAIN,
+    STUDENT,
     TEACHER,
     ModelEntry,
     model_key,
@@ -634,6 +636,84 @@ def none_within_budget_lines(selection: dict[str, Any]) -> list[str]:
     return lines
 
 
+# --- the student ladder -----------------------------------------------------------------------
+
+
+def ladder_table(df: pd.DataFrame, models: list[ModelEntry], metrics: dict[str, Any],
+                 max_drop: float) -> pd.DataFrame:
+    """The students side by side in one runtime, smallest first: distill.student's fp32 ONNX form
+    and every rung of ``ladder.rungs`` (their models ``rung_NAME``), with the budget verdict,
+    the epochs each trained (``ladder.early_stop``) and what distillation bought each (when its
+    scratch control ran). Empty without rungs."""
+    rungs = [e.name for e in models if e.rung]
+    if not rungs:
+        return pd.DataFrame()
+    student = [e.name for e in models
+               if e.accuracy_of == STUDENT and Path(e.file).suffix == ".onnx"]
+    ladder = df[df["model"].isin(student + rungs)].copy()
+    ladder["within"] = ["yes" if ok else "no"
+                        for ok in within_budget(ladder["drop_points"], max_drop)]
+    ladder["epochs"] = [
+        "-" if (done := metrics.get(model_key(name, "epochs_trained"))) is None
+        else f"{done} (stopped early)" if metrics.get(model_key(name, "stopped_early"))
+        else str(done) for name in ladder["model"]]
+    ladder["kd_gain"] = [first_number(metrics, KD_GAIN if name in student
+                                      else model_key(name, KD_GAIN))
+                         for name in ladder["model"]]
+    return ladder.sort_values("params", kind="stable")
+
+
+def ladder_lines(ladder: pd.DataFrame, max_drop: float, shipped: str | None) -> list[str]:
+    """The ladder's table, and which way to go: the smallest student within the budget, or,
+    when none is, whether size still pays (a bigger rung), or training or the budget must
+    change."""
+    large = ladder.attrs.get("large", 64)
+    shown = ladder.assign(
+        accuracy_ci=[_with_interval(r["accuracy"], r["acc_low"], r["acc_high"], "pct")
+                     for _, r in ladder.iterrows()],
+        model=[f"**{m}** (shipped)" if m == shipped else m for m in ladder["model"]])
+    table = markdown_table(
+        shown, {"params": "int", "drop_points": "pts", f"b{large}_ms": "ms",
+                f"speedup_b{large}": "x", "kd_gain": "pts"},
+        {"model": "student", "params": "params", "accuracy_ci": "accuracy % (95 % interval)",
+         "drop_points": "drop (pts)", "within": f"within {max_drop:g}",
+         f"b{large}_ms": f"b{large} p50 ms", f"speedup_b{large}": "speed-up, same runtime",
+         "epochs": "epochs trained", "kd_gain": "KD gain (pts)"})
+    lines = ["## The student ladder", "",
+             "distill.student and each rung of `ladder.rungs`, as fp32 ONNX models in ONNX "
+             "Runtime, smallest first. KD gain: the distilled student's test accuracy minus the "
+             "same student's trained from scratch (`ladder.scratch` says which rungs get that "
+             "control).", "", table, ""]
+    within = ladder[ladder["within"] == "yes"]
+    if len(within):
+        first = within.iloc[0]
+        lines.append(f"- Smallest student within the budget: `{first['model']}` "
+                     f"({int(first['params']):,} params, drop {first['drop_points']:.2f} "
+                     "points). Rungs above it cost training time for accuracy the budget does "
+                     "not ask for; rungs below it can leave `ladder.rungs`.")
+        return [*lines, ""]
+    lines.append(f"- No student is within {max_drop:g} points of the teacher. Which way to go:")
+    if len(ladder) >= 2:
+        below, top = ladder.iloc[-2], ladder.iloc[-1]
+        n = top["test_images"]
+        gain = (top["accuracy"] - below["accuracy"]) * 100
+        noise = not math.isnan(n) and tie(accuracy_estimate(top["accuracy"], int(n)),
+                                          accuracy_estimate(below["accuracy"], int(n)))
+        if gain > 0 and not noise:
+            lines.append(f"  - size still pays: `{below['model']}` -> `{top['model']}` gained "
+                         f"{gain:.2f} points (outside the noise): add a bigger rung, about "
+                         "twice the largest one's widths, to `ladder.rungs`;")
+        else:
+            lines.append(f"  - size stopped paying: `{below['model']}` -> `{top['model']}` "
+                         f"changed accuracy by {gain:+.2f} points"
+                         + (" (inside the noise)" if noise else "") + ": train longer "
+                         "(`distill.train.epochs`) before adding rungs;")
+    closest = ladder.loc[ladder["drop_points"].idxmin()]
+    lines += [f"  - or a budget of {closest['drop_points']:.2f} points "
+              f"(`budget.max_drop_points`) admits `{closest['model']}`.", ""]
+    return lines
+
+
 def _headline(df: pd.DataFrame, metrics: dict[str, Any], max_drop: float,
               selection: dict[str, Any] | None) -> list[str]:
     lines = _final_lines(selection, df)
@@ -695,6 +775,12 @@ def build_report(
         h = _read_csv(metrics_dir / f"history_{name}.csv", notes)
         if h is not None:
             histories[name] = h
+    ladder = ladder_table(df, models, metrics, max_drop)
+    ladder.attrs["large"] = df.attrs.get("large", 64)
+    if len(ladder):
+        charts.append(("The ladder: accuracy vs parameters", plot_tradeoff(
+            ladder, "params", "parameters", "The student ladder: accuracy vs size",
+            out_dir / "ladder.png", reference=teacher_pct, max_drop=max_drop, shipped=shipped)))
     charts.append(("Training curves", plot_histories(histories, out_dir / "training_curves.png")))
     evaluated_as = {e.name: e.accuracy_of for e in models}.get(shipped) if shipped else None
     if evaluated_as:  # a benchmark-only final model shares its weights' predictions
@@ -725,6 +811,8 @@ def build_report(
     lines = ["# shrinkflow report", "", *_headline(df, metrics, max_drop, selection), ""]
     if none:
         lines += none_within_budget_lines(selection)
+    if len(ladder):
+        lines += ladder_lines(ladder, max_drop, shipped)
     lines += ["## Models", "", models_markdown(df), "",
               "Accuracy is on the test split, with its 95 % Wilson interval over the test images "
               "(small test sets: wide); drop = teacher minus model, in percentage points"

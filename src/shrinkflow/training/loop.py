@@ -288,6 +288,7 @@ def fit(
     params_key: str = "train",
     loss_params: Mapping[str, Any] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    stop: Callable[[list[dict[str, Any]]], str | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place for ``cfg.epochs``; returns one history row per epoch.
 
@@ -300,6 +301,8 @@ def fit(
     parameters, e.g. a hint adapter, have their gradients averaged alongside; a teacher inside
     the loss is frozen and stays unwrapped), and every rank returns the same rows.
     ``on_epoch(row)`` (rank 0 only) sees each row as soon as its epoch ends: live progress.
+    ``stop(history)``, after each epoch, returns a reason to end training there, or None
+    (``training.early_stop``); every rank holds the same rows, so all ranks stop together.
     """
     rank, world = rank_and_world()
     if cfg.batch_size % world:
@@ -375,6 +378,11 @@ def fit(
             )
             if on_epoch is not None:
                 on_epoch(row)
+        reason = stop(history) if stop is not None else None
+        if reason:
+            if is_main_process():
+                log(f"[{name}] stopped after epoch {epoch}/{cfg.epochs}: {reason}")
+            break
     return history
 
 

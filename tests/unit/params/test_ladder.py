@@ -31,10 +31,13 @@ def test_a_rung_that_would_silently_copy_the_student_is_refused():
                                           "widths, depth, width_mult, input_size)"),
     ({"W-4": {"widths": [4]}}, "ladder.rungs.W-4"),
     ({"w4": {"widths": []}}, "ladder.rungs.w4.widths: List should have at least 1 item"),
-], ids=["unknown key", "bad name", "empty widths"])
+    ({"rungs": {}, "early_stop": {"after_epochs": -1}}, "ladder.early_stop.after_epochs"),
+    ({"rungs": {}, "scratch": "all"}, "ladder.scratch"),
+], ids=["unknown key", "bad name", "empty widths", "negative epochs", "unknown scratch"])
 def test_bad_rungs_are_one_line_naming_the_key(tmp_path, rungs, expected):
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(shipped_params({"ladder": {"rungs": rungs}})))
+    ladder = rungs if "rungs" in rungs else {"rungs": rungs}
+    path.write_text(yaml.safe_dump(shipped_params({"ladder": ladder})))
     with pytest.raises(ShrinkflowError) as info:
         load_section(LadderParams, path)
     assert expected in str(info.value) and len(str(info.value).splitlines()) == 1, info.value

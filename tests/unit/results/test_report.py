@@ -274,3 +274,59 @@ def test_drops_are_measured_against_the_ensemble_when_there_is_one():
     assert table.loc["student", "drop_points"] == pytest.approx(4.0)
     assert table.loc["teacher", "accuracy"] == pytest.approx(0.95)  # member 0's own accuracy
     assert table.loc["teacher", "drop_points"] == pytest.approx(2.0)
+
+
+def add_rungs(metrics, rungs: dict[str, tuple[float, int]]) -> list:
+    """eval_rung_NAME.json per rung (accuracy, params) as distill_rung@NAME writes it; returns the
+    model list with those rungs."""
+    for name, (acc, params) in rungs.items():
+        model = f"rung_{name}"
+        (metrics / f"eval_{model}.json").write_text(json.dumps({
+            f"{model}_acc": acc, f"{model}_params": params, f"{model}_file_bytes": params * 4,
+            f"{model}_test_images": 270}))
+    return read_model_list(ROOT / "models.yaml", list(rungs))
+
+
+def ladder_section(text: str) -> str:
+    return text.split("## The student ladder")[1].split("\n## ")[0]
+
+
+def test_the_ladder_section_names_the_smallest_student_within_the_budget(tmp_path):
+    metrics = write_metrics(tmp_path)
+    models = add_rungs(metrics, {"w8": (0.90, 10_000), "w32": (0.975, 200_000)})
+    (metrics / "rung_w8.json").write_text(json.dumps({
+        "rung_w8_epochs_trained": 3, "rung_w8_stopped_early": 1}))
+    (metrics / "rung_scratch_w32.json").write_text(json.dumps({"rung_w32_kd_gain_points": 1.5}))
+    page, charts, _ = build_report(metrics, tmp_path / "reports", max_drop=1.0, models=models)
+    section = ladder_section(page.read_text())
+    rows = [line for line in section.splitlines() if line.startswith("| ")][1:]
+    # smallest first: w8 (10 k params), student_onnx (97.5 k), w32 (200 k)
+    assert [r.split(" | ")[0] for r in rows] == ["| rung_w8", "| student_onnx", "| rung_w32"]
+    assert "| no | - | - | 3 (stopped early) |" in rows[0]
+    assert rows[1].endswith("| +3.00 |") and rows[2].endswith("| +1.50 |")  # KD gains
+    assert "Smallest student within the budget: `rung_w32` (200,000 params, drop 0.50" in section
+    assert "ladder.png" in {c.name for c in charts}
+
+
+@pytest.mark.parametrize("w16, advice", [
+    (0.90, "size still pays: `rung_w16` -> `rung_w32` gained 7.50 points (outside the noise)"),
+    (0.97, "size stopped paying: `rung_w16` -> `rung_w32` changed accuracy by +0.50 points "
+           "(inside the noise): train longer"),
+], ids=["still climbing", "flat"])
+def test_with_no_student_within_the_budget_the_ladder_says_which_way_to_go(tmp_path, w16,
+                                                                            advice):
+    metrics = write_metrics(tmp_path)
+    (metrics / "selection.json").write_text(json.dumps(selection("none_within_budget", 0.1)))
+    models = add_rungs(metrics, {"w16": (w16, 150_000), "w32": (0.975, 200_000)})
+    page, _, _ = build_report(metrics, tmp_path / "reports", max_drop=0.1, models=models)
+    section = ladder_section(page.read_text())
+    assert "No student is within 0.1 points of the teacher" in section
+    assert advice in section
+    assert "a budget of 0.50 points (`budget.max_drop_points`) admits `rung_w32`" in section
+
+
+def test_no_rungs_no_ladder_section(tmp_path):
+    page, charts, _ = build_report(write_metrics(tmp_path), tmp_path / "reports", max_drop=1.0,
+                                   models=MODELS)
+    assert "student ladder" not in page.read_text()
+    assert "ladder.png" not in {c.name for c in charts}
