@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, StringConstraints, ValidationError
+from pydantic import AfterValidator, Field, StringConstraints, ValidationError
 
 from shrinkflow.core.errors import ShrinkflowError
-from shrinkflow.params.common import ModelSpec, Section
+from shrinkflow.params.common import ModelSpec, Option, Section, known_arch
 
 # a rung's name is part of a stage name, a file name and metric keys
 RungName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_]{0,31}$")]
@@ -22,8 +22,11 @@ RungName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_]{0,31}$"
 
 class Rung(Section):
     """The keys of ``distill.student`` / ``distill.input_size`` this rung changes; the rest are
-    inherited, so one line per rung says what differs."""
+    inherited, so one line per rung says what differs. A rung that names an ``arch`` is another
+    network: it inherits none of distill.student's keys (their meaning is per arch)."""
 
+    arch: Annotated[str, AfterValidator(known_arch)] | None = None
+    options: dict[str, Option] | None = Field(default=None, max_length=32)
     widths: list[Annotated[int, Field(ge=1, le=4096)]] | None = Field(
         default=None, min_length=1, max_length=16)
     depth: int | None = Field(default=None, ge=1, le=16)
@@ -55,12 +58,14 @@ def rung_student(name: str, base: ModelSpec, base_input_size: int, rung: Rung
     changed, validated again as distill.student is. A width_mult on an arch that ignores it
     would make the rung a silent copy of distill.student, so it is refused."""
     where = f"ladder.rungs.{name}"
-    if rung.width_mult is not None and base.arch != "mobilenet_v2":
-        raise ShrinkflowError(f"{where}.width_mult: applies to mobilenet_v2 only "
-                              f"(distill.student.arch is {base.arch}); give widths instead")
+    arch = rung.arch or base.arch
+    if rung.width_mult is not None and arch != "mobilenet_v2":
+        raise ShrinkflowError(f"{where}.width_mult: applies to mobilenet_v2 only (the rung's "
+                              f"arch is {arch}); give widths, or options for torchvision nets")
     changes = rung.model_dump(exclude_none=True, exclude={"input_size"})
+    inherited = {} if rung.arch else base.model_dump()
     try:
-        spec = ModelSpec.model_validate({**base.model_dump(), **changes})
+        spec = ModelSpec.model_validate({**inherited, **changes})
     except ValidationError as exc:
         raise ShrinkflowError(f"{where}: {exc.errors()[0]['msg']}") from None
     return spec, base_input_size if rung.input_size is None else rung.input_size

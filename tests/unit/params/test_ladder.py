@@ -20,6 +20,15 @@ def test_a_rung_changes_only_its_keys():
     assert rung_student("half", mobile, 0, Rung(width_mult=0.5))[0].width_mult == 0.5
 
 
+def test_a_rung_of_another_arch_inherits_none_of_the_students_keys():
+    base = ModelSpec(arch="mobilenet_v3_small", options={"dropout": 0.1})
+    spec, _ = rung_student("cnn16", base, 0, Rung(arch="cnn", widths=[16, 32]))
+    assert (spec.arch, spec.widths, spec.options) == ("cnn", [16, 32], {})
+    spec, _ = rung_student("m", ModelSpec(arch="cnn", widths=[8]), 0,
+                           Rung(arch="mobilenet_v2", width_mult=0.5))
+    assert (spec.arch, spec.width_mult, spec.widths) == ("mobilenet_v2", 0.5, ModelSpec().widths)
+
+
 def test_a_rung_that_would_silently_copy_the_student_is_refused():
     with pytest.raises(ShrinkflowError, match=r"ladder.rungs.w.width_mult: applies to "
                                               "mobilenet_v2 only"):
@@ -28,7 +37,7 @@ def test_a_rung_that_would_silently_copy_the_student_is_refused():
 
 @pytest.mark.parametrize("rungs, expected", [
     ({"w4": {"widths": [4], "depht": 3}}, "ladder.rungs.w4.depht: unknown key (allowed here: "
-                                          "widths, depth, width_mult, input_size)"),
+                                          "arch, options, widths, depth, width_mult, input_size)"),
     ({"W-4": {"widths": [4]}}, "ladder.rungs.W-4"),
     ({"w4": {"widths": []}}, "ladder.rungs.w4.widths: List should have at least 1 item"),
     ({"rungs": {}, "early_stop": {"after_epochs": -1}}, "ladder.early_stop.after_epochs"),
