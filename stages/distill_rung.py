@@ -7,7 +7,7 @@ rung's keys changed, then exported to fp32 ONNX: the rung's candidate for the fi
 A rung is a candidate as a distilled fp32 ONNX model; pruning and int8 run on distill.student
 only (docs/compression.md, "A ladder of students", says what that costs and saves). With
 ``ladder.early_stop.after_epochs`` set, a rung that cannot reach the teacher stops early
-(``training.early_stop``); metrics/rung_NAME.json says how many epochs it trained.
+(``compress.early_stop``); metrics/rung_NAME.json says how many epochs it trained.
 The stage also measures it on the test split as evaluate@NAME measures the other models
 (metrics/eval_rung_NAME.json, confusion_ and per_class_rung_NAME.csv); benchmark and
 select_final take it with the other models (its name there: rung_NAME).
@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from shrinkflow.compress.distill_student import distill_student, load_fitting_teacher
+from shrinkflow.compress.early_stop import give_up_rule
 from shrinkflow.compress.teacher_ensemble import (
     check_feature_method,
     teacher_files,
@@ -37,7 +38,6 @@ from shrinkflow.params.load import load_section
 from shrinkflow.params.quantize import QuantizeParams
 from shrinkflow.params.teacher import TeacherParams
 from shrinkflow.training.distributed import finish, is_main_process, launch
-from shrinkflow.training.early_stop import give_up_rule
 from shrinkflow.training.loop import evaluate_loss_acc, resolve_device
 
 DATA_DIR = "data/prepared"
@@ -74,7 +74,8 @@ def main() -> None:
     if early.after_epochs:
         device = resolve_device(p.train.device, "distill.train.device")
         _, teacher_val = evaluate_loss_acc(teacher.to(device), data.val, device)
-        stop = give_up_rule(teacher_val, p.train.epochs, early.after_epochs, early.points_behind)
+        stop = give_up_rule(teacher_val, p.train.epochs, early.after_epochs, early.points_behind,
+                            len(data.val[1]))
     d = distill_student(p, student, input_size, f"ladder.rungs.{name}.input_size", teacher,
                         data, model, live_dir, stop)  # live keys rung_NAME_*
     x, y = data.test

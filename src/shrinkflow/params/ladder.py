@@ -35,7 +35,7 @@ class Rung(Section):
 
 
 class EarlyStop(Section):
-    """When a rung gives up (``training.early_stop``): after ``after_epochs`` epochs (0: never),
+    """When a rung gives up (``compress.early_stop``): after ``after_epochs`` epochs (0: never),
     once its projected validation accuracy trails the teacher's by more than ``points_behind``."""
 
     after_epochs: int = Field(default=0, ge=0, le=100_000)

@@ -660,7 +660,7 @@ def ladder_table(df: pd.DataFrame, models: list[ModelEntry], metrics: dict[str, 
     ladder["kd_gain"] = [first_number(metrics, KD_GAIN if name in student
                                       else model_key(name, KD_GAIN))
                          for name in ladder["model"]]
-    return ladder.sort_values("params", kind="stable")
+    return ladder.sort_values(["params", "macs"], kind="stable")  # equal params: input size
 
 
 def ladder_lines(ladder: pd.DataFrame, max_drop: float, shipped: str | None) -> list[str]:
@@ -692,7 +692,13 @@ def ladder_lines(ladder: pd.DataFrame, max_drop: float, shipped: str | None) -> 
                      "points). Rungs above it cost training time for accuracy the budget does "
                      "not ask for; rungs below it can leave `ladder.rungs`.")
         return [*lines, ""]
-    lines.append(f"- No student is within {max_drop:g} points of the teacher. Which way to go:")
+    if shipped is not None and shipped not in set(ladder["model"]):
+        lines.append(f"- No student of the ladder is within {max_drop:g} points of the teacher as "
+                     f"a distilled fp32 model; `{shipped}` shipped from the main chain "
+                     "(distill.student compressed further). For a rung to compete:")
+    else:
+        lines.append(f"- No student is within {max_drop:g} points of the teacher. Which way to "
+                     "go:")
     if len(ladder) >= 2:
         below, top = ladder.iloc[-2], ladder.iloc[-1]
         n = top["test_images"]
@@ -812,7 +818,7 @@ def build_report(
     if none:
         lines += none_within_budget_lines(selection)
     if len(ladder):
-        lines += ladder_lines(ladder, max_drop, shipped)
+        lines += ladder_lines(ladder, max_drop, None if none or selection is None else shipped)
     lines += ["## Models", "", models_markdown(df), "",
               "Accuracy is on the test split, with its 95 % Wilson interval over the test images "
               "(small test sets: wide); drop = teacher minus model, in percentage points"

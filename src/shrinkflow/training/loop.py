@@ -302,7 +302,7 @@ def fit(
     the loss is frozen and stays unwrapped), and every rank returns the same rows.
     ``on_epoch(row)`` (rank 0 only) sees each row as soon as its epoch ends: live progress.
     ``stop(history)``, after each epoch, returns a reason to end training there, or None
-    (``training.early_stop``); every rank holds the same rows, so all ranks stop together.
+    (``compress.early_stop``); every rank holds the same rows, so all ranks stop together.
     """
     rank, world = rank_and_world()
     if cfg.batch_size % world:

@@ -325,6 +325,16 @@ def test_with_no_student_within_the_budget_the_ladder_says_which_way_to_go(tmp_p
     assert "a budget of 0.50 points (`budget.max_drop_points`) admits `rung_w32`" in section
 
 
+def test_when_the_main_chain_ships_the_ladder_says_what_a_rung_needs(tmp_path):
+    metrics = write_metrics(tmp_path)  # quantized shipped (selection.json)
+    models = add_rungs(metrics, {"w16": (0.90, 150_000), "w32": (0.975, 200_000)})
+    page, _, _ = build_report(metrics, tmp_path / "reports", max_drop=0.1, models=models)
+    section = ladder_section(page.read_text())
+    assert ("No student of the ladder is within 0.1 points of the teacher as a distilled fp32 "
+            "model; `quantized` shipped from the main chain") in section
+    assert "size still pays" in section
+
+
 def test_no_rungs_no_ladder_section(tmp_path):
     page, charts, _ = build_report(write_metrics(tmp_path), tmp_path / "reports", max_drop=1.0,
                                    models=MODELS)
