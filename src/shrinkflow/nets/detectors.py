@@ -1,0 +1,57 @@
+"""Detectors (issue 27; the pipeline does not build them yet): torchvision's FCOS around a
+backbone of the same VGG-style stages as the zoo's cnn classifier.
+
+Why FCOS first: it is anchor-free, one prediction point per cell of the backbone's feature map,
+so one head fits any backbone stride without tuning anchor boxes to the data, and a student with
+the teacher's stride predicts at the teacher's points: the per-point class logits and box
+offsets are then what detection distillation compares. torchvision's model brings the losses
+(sigmoid focal loss, GIoU, centre-ness), the box decoding and the NMS.
+
+Images go in as torchvision's detection models take them: a list of float ``(C, H, W)`` tensors
+in [0, 1]; in training mode with targets (``boxes`` ``(N, 4)`` pixels ``x0, y0, x1, y1``,
+``labels`` ``(N,)`` class indices from 0), out come the three losses; in eval mode, per image,
+``boxes``, ``scores`` and ``labels``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+from torchvision.models.detection import FCOS
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+from shrinkflow.nets.zoo import _cnn
+
+
+class CnnBackbone(nn.Module):
+    """The cnn's stages without its pooling head: ``depth`` conv-BN-ReLU per width, a 2x max-pool
+    between stages, so the feature map's stride is ``2 ** (len(widths) - 1)``."""
+
+    def __init__(self, in_channels: int, widths: list[int], depth: int) -> None:
+        super().__init__()
+        # the classifier's own stages (one definition of the cnn), its pooling head dropped
+        self.features = _cnn(in_channels, 1, widths, depth).features
+        self.out_channels = widths[-1]  # what torchvision's heads read
+        self.stride = 2 ** (len(widths) - 1)
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        return OrderedDict([("0", self.features(x))])
+
+
+def build_fcos(in_channels: int, num_classes: int, widths: list[int], depth: int,
+               image_size: int, mean: list[float], std: list[float],
+               head_convs: int = 2) -> FCOS:
+    """An FCOS detector for square ``image_size`` images of ``num_classes`` classes.
+
+    torchvision's transform would resize every image to 800 px; here its min and max size are the
+    data's own, so images keep their size. One feature map, one point per cell (``anchor`` of one
+    stride, only its position is used by FCOS). ``head_convs``: convolutions in each head branch
+    (torchvision's default 4 is sized for COCO; 2 keeps a small detector small)."""
+    backbone = CnnBackbone(in_channels, widths, depth)
+    anchors = AnchorGenerator(sizes=((backbone.stride * 2,),), aspect_ratios=((1.0,),))
+    model = FCOS(backbone, num_classes, min_size=image_size, max_size=image_size,
+                 image_mean=mean, image_std=std, anchor_generator=anchors)
+    model.head = type(model.head)(backbone.out_channels, 1, num_classes, num_convs=head_convs)
+    return model

@@ -1,0 +1,57 @@
+"""The FCOS detector around the zoo's cnn stages (shrinkflow.nets.detectors): losses in training,
+boxes in evaluation, and it learns the built-in digit scenes."""
+
+import numpy as np
+import pytest
+import torch
+
+from shrinkflow.data.digit_scenes import make_digit_scenes
+from shrinkflow.nets.detectors import build_fcos
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    images, split = make_digit_scenes(96, canvas=64, seed=0)
+    x = [torch.from_numpy(im).float() / 255 for im in images]
+    t = [{"boxes": torch.from_numpy(s.boxes), "labels": torch.from_numpy(s.labels)}
+         for s in split.images]
+    return x, t
+
+
+def detector():
+    torch.manual_seed(0)
+    return build_fcos(1, 10, [8, 16, 32], 1, 64, [0.1], [0.25])
+
+
+def test_training_gives_the_three_fcos_losses_and_evaluation_gives_boxes_in_the_image(scenes):
+    x, t = scenes
+    model = detector()
+    assert model.backbone.stride == 4 and model.backbone.out_channels == 32
+    losses = model(x[:4], t[:4])
+    assert set(losses) == {"classification", "bbox_regression", "bbox_ctrness"}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    model.eval()
+    with torch.no_grad():
+        out = model(x[:4])
+    assert len(out) == 4
+    for o in out:
+        boxes = o["boxes"]
+        assert boxes.shape[1:] == (4,) and len(o["scores"]) == len(o["labels"]) == len(boxes)
+        assert ((boxes >= 0) & (boxes <= 64)).all()
+        assert ((o["labels"] >= 0) & (o["labels"] < 10)).all()
+
+
+def test_it_learns_the_digit_scenes(scenes):
+    x, t = scenes
+    model = detector()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    order = np.random.default_rng(0).permutation(len(x))
+    totals = []
+    for step in range(12):  # 4 passes over 96 scenes in batches of 32
+        idx = order[(step % 3) * 32:(step % 3 + 1) * 32]
+        loss = sum(model([x[i] for i in idx], [t[i] for i in idx]).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        totals.append(loss.item())
+    assert np.mean(totals[-3:]) < 0.8 * np.mean(totals[:3]), totals
