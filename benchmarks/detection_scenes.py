@@ -1,12 +1,15 @@
-"""Can a small detector learn the built-in digit scenes on 2 CPU cores? (docs/research.md,
-"Detection feasibility"; issue 27, before detection is in the pipeline.)
+"""Can a small detector learn the built-in digit scenes on 2 CPU cores, and what does
+distillation buy a smaller one? (docs/research.md, "Detection feasibility"; issue 27, before
+detection is in the pipeline.)
 
     python benchmarks/detection_scenes.py [--train 1200] [--test 200] [--epochs 6]
 
-Trains ``nets.detectors.build_fcos`` (the zoo cnn's stages [16, 32, 64] x2, stride 4) with SGD
-on ``data.digit_scenes`` scenes (64 px, 1-4 digits of 16 px each), and prints per epoch the
-training loss, COCO mAP on held-apart scenes (``measure.detection_metrics``) and the seconds.
-A probe, not the product's loop: detection's training stage will use the pipeline's own.
+Trains ``nets.detectors.build_fcos`` detectors with SGD on ``data.digit_scenes`` scenes (64 px,
+1-4 digits of 16 px each): the teacher (the zoo cnn's stages [16, 32, 64] x2), then a student
+([8, 16, 32] x1) from scratch and, with the same seed, distilled from the teacher
+(``compress.detection_distill``, T 2, alpha 0.5). Prints per epoch the training loss, COCO mAP
+on held-apart scenes (``measure.detection_metrics``) and the seconds. A probe, not the product's
+loop: detection's training stage will use the pipeline's own.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 import numpy as np
 import torch
 
+from shrinkflow.compress.detection_distill import DetectionKD
 from shrinkflow.data.digit_scenes import make_digit_scenes
 from shrinkflow.measure.detection_metrics import detection_metrics
 from shrinkflow.nets.detectors import build_fcos
@@ -29,40 +33,56 @@ def as_inputs(images: np.ndarray, split, idx) -> tuple[list, list]:
     return x, t
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=int, default=1200)
-    parser.add_argument("--test", type=int, default=200)
-    parser.add_argument("--epochs", type=int, default=6)
-    args = parser.parse_args()
+def evaluate(model, images: np.ndarray, split) -> dict:
+    model.eval()
+    with torch.no_grad():
+        outputs = [o for k in range(0, len(images), 50)
+                   for o in model(as_inputs(images, split, range(k, min(k + 50, len(images))))[0])]
+    return detection_metrics([(o["boxes"].numpy(), o["scores"].numpy(), o["labels"].numpy())
+                              for o in outputs], split.images, split.classes)
+
+
+def train(name: str, widths: list[int], depth: int, data: tuple, epochs: int,
+          teacher=None):
+    (train_x, train), (test_x, test) = data
     torch.manual_seed(0)
-    train_x, train = make_digit_scenes(args.train, canvas=64, seed=0)
-    test_x, test = make_digit_scenes(args.test, canvas=64, seed=1)
-    model = build_fcos(1, 10, [16, 32, 64], 2, 64, [0.1], [0.25])
-    print(f"FCOS, {sum(p.numel() for p in model.parameters()):,} params; {args.train} training "
-          f"scenes, {args.test} test scenes, {torch.get_num_threads()} threads")
+    model = build_fcos(1, 10, widths, depth, 64, [0.1], [0.25])
+    kd = DetectionKD(teacher, T=2.0, alpha=0.5) if teacher is not None else None
+    print(f"{name}: FCOS {widths} x{depth}, {sum(p.numel() for p in model.parameters()):,} "
+          f"params{', distilled' if kd else ''}")
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    for epoch in range(1, args.epochs + 1):
+    for epoch in range(1, epochs + 1):
         start, total = time.perf_counter(), 0.0
         model.train()
-        order = np.random.default_rng(epoch).permutation(args.train)
-        for k in range(0, args.train, 32):
+        order = np.random.default_rng(epoch).permutation(len(train_x))
+        for k in range(0, len(train_x), 32):
             x, t = as_inputs(train_x, train, order[k:k + 32])
-            loss = sum(model(x, t).values())
+            loss = kd(model, x, t)[0] if kd else sum(model(x, t).values())
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             opt.step()
             total += loss.item()
         seconds = time.perf_counter() - start
-        model.eval()
-        with torch.no_grad():
-            outputs = [o for k in range(0, args.test, 50)
-                       for o in model(as_inputs(test_x, test, range(k, min(k + 50, args.test)))[0])]
-        m = detection_metrics([(o["boxes"].numpy(), o["scores"].numpy(), o["labels"].numpy())
-                               for o in outputs], test.images, test.classes)
-        print(f"epoch {epoch}: loss {total:.2f}  mAP {m['map']:.3f}  mAP@.5 {m['map_50']:.3f}  "
-              f"train {seconds:.1f} s")
+        m = evaluate(model, test_x, test)
+        print(f"  epoch {epoch}: loss {total:.2f}  mAP {m['map']:.3f}  mAP@.5 {m['map_50']:.3f}"
+              f"  train {seconds:.1f} s", flush=True)
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", type=int, default=1200)
+    parser.add_argument("--test", type=int, default=200)
+    parser.add_argument("--epochs", type=int, default=6)
+    args = parser.parse_args()
+    data = (make_digit_scenes(args.train, canvas=64, seed=0),
+            make_digit_scenes(args.test, canvas=64, seed=1))
+    print(f"{args.train} training scenes, {args.test} test scenes, "
+          f"{torch.get_num_threads()} threads")
+    teacher = train("teacher", [16, 32, 64], 2, data, args.epochs)
+    train("student, from scratch", [8, 16, 32], 1, data, args.epochs)
+    train("student, distilled", [8, 16, 32], 1, data, args.epochs, teacher=teacher)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,18 @@ in [0, 1]; in training mode with targets (``boxes`` ``(N, 4)`` pixels ``x0, y0, 
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import torch
 from torch import nn
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.fcos import (
+    FCOSClassificationHead,
+    FCOSHead,
+    FCOSRegressionHead,
+)
 
 from shrinkflow.nets.zoo import _cnn
 
@@ -51,7 +57,16 @@ def build_fcos(in_channels: int, num_classes: int, widths: list[int], depth: int
     (torchvision's default 4 is sized for COCO; 2 keeps a small detector small)."""
     backbone = CnnBackbone(in_channels, widths, depth)
     anchors = AnchorGenerator(sizes=((backbone.stride * 2,),), aspect_ratios=((1.0,),))
-    model = FCOS(backbone, num_classes, min_size=image_size, max_size=image_size,
-                 image_mean=mean, image_std=std, anchor_generator=anchors)
-    model.head = type(model.head)(backbone.out_channels, 1, num_classes, num_convs=head_convs)
-    return model
+    # torchvision's head normalises with GroupNorm of 32 groups, which needs a multiple of 32
+    # channels; a small backbone's 8 or 16 get the largest group count that divides them
+    head = FCOSHead(backbone.out_channels, 1, num_classes, num_convs=0)
+    head.classification_head = FCOSClassificationHead(
+        backbone.out_channels, 1, num_classes, head_convs, norm_layer=_group_norm)
+    head.regression_head = FCOSRegressionHead(backbone.out_channels, 1, head_convs,
+                                              norm_layer=_group_norm)
+    return FCOS(backbone, num_classes, min_size=image_size, max_size=image_size,
+                image_mean=mean, image_std=std, anchor_generator=anchors, head=head)
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(32, channels), channels)

@@ -1,0 +1,76 @@
+"""Distillation for detection (issue 27; the pipeline does not run it yet): a dense detector's
+per-point outputs, the student's against the teacher's.
+
+FCOS predicts at every cell of its feature map: class logits (one sigmoid per class), four box
+offsets and a centre-ness. A student with the teacher's stride predicts at the same points, so
+the teacher's outputs are a dense soft target, as logits are for a classifier:
+
+- ``kd_cls``: per point and class, the Bernoulli KL divergence from the teacher's sigmoid
+  probabilities to the student's, both at temperature ``T``, times ``T**2`` (as for classifier
+  KD, so the gradient's scale does not shrink with ``T``), averaged over points and classes;
+- ``kd_box``: the L1 distance between the box offsets, weighted per point by the teacher's
+  highest class probability, so the many background points, whose boxes mean nothing, count
+  little.
+
+The student's own FCOS losses against the labelled boxes stay; ``alpha`` shares the weight, as
+distill's classifier losses do.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.detection import FCOS
+
+from shrinkflow.core.errors import ShrinkflowError
+
+
+def head_outputs(model: FCOS, images: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The head's raw outputs at every point: ``cls_logits`` (N, P, K), ``bbox_regression``
+    (N, P, 4), ``bbox_ctrness`` (N, P, 1), as ``FCOS.forward`` computes them before decoding."""
+    batch, _ = model.transform(images)
+    return model.head(list(model.backbone(batch.tensors).values()))
+
+
+def dense_kd_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor],
+                  T: float) -> dict[str, torch.Tensor]:
+    """``kd_cls`` and ``kd_box`` (see the module docstring) from two ``head_outputs``."""
+    s, t = student["cls_logits"] / T, teacher["cls_logits"] / T
+    if s.shape != t.shape:
+        raise ShrinkflowError(f"detection KD: the student predicts at {tuple(s.shape[:2])} "
+                              f"(images, points) and the teacher at {tuple(t.shape[:2])}; "
+                              "they need the same stride and classes")
+    p_t = torch.sigmoid(t)
+    kl = (p_t * (F.logsigmoid(t) - F.logsigmoid(s))
+          + (1 - p_t) * (F.logsigmoid(-t) - F.logsigmoid(-s)))
+    weight = torch.sigmoid(teacher["cls_logits"]).amax(dim=-1)  # (N, P): foreground-ness
+    l1 = (student["bbox_regression"] - teacher["bbox_regression"]).abs().mean(dim=-1)
+    return {"kd_cls": kl.mean() * T * T,
+            "kd_box": (weight * l1).sum() / weight.sum().clamp_min(1e-12)}
+
+
+class DetectionKD(nn.Module):
+    """The training loss of a distilled FCOS student: ``(1 - alpha)`` x its FCOS losses against
+    the labelled boxes + ``alpha`` x (``kd_cls`` + ``kd_box``) against a frozen teacher."""
+
+    def __init__(self, teacher: FCOS, T: float, alpha: float) -> None:
+        super().__init__()
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.T, self.alpha = T, alpha
+
+    def forward(self, student: FCOS, images: list[torch.Tensor],
+                targets: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, dict]:
+        """The total loss and each part (detached), for one batch; ``student`` in train mode."""
+        batch, targets = student.transform(images, targets)
+        features = list(student.backbone(batch.tensors).values())
+        outputs = student.head(features)
+        anchors = student.anchor_generator(batch, features)
+        own = student.compute_loss(targets, outputs, anchors,
+                                   [f.size(2) * f.size(3) for f in features])
+        with torch.no_grad():
+            taught = head_outputs(self.teacher, images)
+        kd = dense_kd_loss(outputs, taught, self.T)
+        total = ((1 - self.alpha) * sum(own.values())
+                 + self.alpha * (kd["kd_cls"] + kd["kd_box"]))
+        return total, {k: v.detach() for k, v in {**own, **kd}.items()}
