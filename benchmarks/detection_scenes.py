@@ -3,11 +3,12 @@ distillation buy a smaller one? (docs/research.md, "Detection feasibility"; issu
 detection is in the pipeline.)
 
     python benchmarks/detection_scenes.py [--train 1200] [--test 200] [--epochs 6]
+        [--T 2] [--alpha 0.5]
 
 Trains ``nets.detectors.build_fcos`` detectors with SGD on ``data.digit_scenes`` scenes (64 px,
 1-4 digits of 16 px each): the teacher (the zoo cnn's stages [16, 32, 64] x2), then a student
 ([8, 16, 32] x1) from scratch and, with the same seed, distilled from the teacher
-(``compress.detection_distill``, T 2, alpha 0.5). Prints per epoch the training loss, COCO mAP
+(``compress.detection_distill``, ``--T``, ``--alpha``). Prints per epoch the training loss, COCO mAP
 on held-apart scenes (``measure.detection_metrics``) and the seconds. A probe, not the product's
 loop: detection's training stage will use the pipeline's own.
 """
@@ -43,13 +44,13 @@ def evaluate(model, images: np.ndarray, split) -> dict:
 
 
 def train(name: str, widths: list[int], depth: int, data: tuple, epochs: int,
-          teacher=None):
+          teacher=None, T: float = 2.0, alpha: float = 0.5):
     (train_x, train), (test_x, test) = data
     torch.manual_seed(0)
     model = build_fcos(1, 10, widths, depth, 64, [0.1], [0.25])
-    kd = DetectionKD(teacher, T=2.0, alpha=0.5) if teacher is not None else None
+    kd = DetectionKD(teacher, T=T, alpha=alpha) if teacher is not None else None
     print(f"{name}: FCOS {widths} x{depth}, {sum(p.numel() for p in model.parameters()):,} "
-          f"params{', distilled' if kd else ''}")
+          "params")
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     for epoch in range(1, epochs + 1):
         start, total = time.perf_counter(), 0.0
@@ -75,6 +76,8 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=1200)
     parser.add_argument("--test", type=int, default=200)
     parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--T", type=float, default=2.0)
+    parser.add_argument("--alpha", type=float, default=0.5)
     args = parser.parse_args()
     data = (make_digit_scenes(args.train, canvas=64, seed=0),
             make_digit_scenes(args.test, canvas=64, seed=1))
@@ -82,7 +85,8 @@ def main() -> None:
           f"{torch.get_num_threads()} threads")
     teacher = train("teacher", [16, 32, 64], 2, data, args.epochs)
     train("student, from scratch", [8, 16, 32], 1, data, args.epochs)
-    train("student, distilled", [8, 16, 32], 1, data, args.epochs, teacher=teacher)
+    train(f"student, distilled (T {args.T:g}, alpha {args.alpha:g})", [8, 16, 32], 1, data,
+          args.epochs, teacher=teacher, T=args.T, alpha=args.alpha)
 
 
 if __name__ == "__main__":
