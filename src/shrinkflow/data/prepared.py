@@ -37,6 +37,21 @@ class Prepared:
         return tuple(self.meta["shape"])  # type: ignore[return-value]
 
 
+def read_meta(data_dir: Path, expected_format: str) -> dict[str, Any]:
+    """A prepared folder's meta.json, checked to be ``expected_format`` before any array is
+    opened: the check every prepared-data reader makes (classification's here, detection's in
+    ``data.prepared_boxes``)."""
+    meta_path = data_dir / "meta.json"
+    if not meta_path.is_file():
+        raise ShrinkflowError(f"{meta_path}: not found (run the prepare stage first)")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != expected_format:
+        raise ShrinkflowError(f"{data_dir}: prepared by another shrinkflow version or task "
+                              f"(format {meta.get('format')!r}, expected {expected_format}); "
+                              "run `dvc repro prepare -f`")
+    return meta
+
+
 def load_prepared(data_dir: str | Path) -> Prepared:
     """Open what ``prepare`` wrote: memory-mapped uint8 images, int64 labels, the meta dict.
 
@@ -44,14 +59,7 @@ def load_prepared(data_dir: str | Path) -> Prepared:
     it, and torch gets a writable array without a copy. Nobody writes to them.
     """
     data_dir = Path(data_dir)
-    meta_path = data_dir / "meta.json"
-    if not meta_path.is_file():
-        raise ShrinkflowError(f"{meta_path}: not found (run the prepare stage first)")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != FORMAT:
-        raise ShrinkflowError(f"{data_dir}: prepared by another shrinkflow version (format "
-                              f"{meta.get('format')!r}, expected {FORMAT}); run `dvc repro "
-                              "prepare -f`")
+    meta = read_meta(data_dir, FORMAT)
     splits = []
     for name in SPLITS:
         try:

@@ -21,6 +21,7 @@ import numpy as np
 
 from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.data.boxes import DetectionSplit
+from shrinkflow.data.prepared import read_meta
 
 FORMAT = "shrinkflow-detection/1"
 
@@ -68,13 +69,7 @@ def load_box_split(data_dir: str | Path, name: str) -> tuple[BoxSplit, dict[str,
     """Open split ``name`` of what ``write_box_split`` wrote, images mapped copy-on-write,
     checked to be one consistent set (a file from another run names itself in one line)."""
     data_dir = Path(data_dir)
-    meta_path = data_dir / "meta.json"
-    if not meta_path.is_file():
-        raise ShrinkflowError(f"{meta_path}: not found (run the prepare stage first)")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != FORMAT:
-        raise ShrinkflowError(f"{data_dir}: format {meta.get('format')!r}, expected {FORMAT}; "
-                              "run `dvc repro prepare -f`")
+    meta = read_meta(data_dir, FORMAT)
     try:
         images = np.load(data_dir / f"{name}_x.npy", mmap_mode="c")
         boxes, labels, offsets = (np.load(data_dir / f"{name}_{part}.npy")

@@ -47,3 +47,12 @@ def test_labels_outside_the_classes_are_refused(prepared):
     np.save(folder / "train_labels.npy", labels)
     with pytest.raises(ShrinkflowError, match=r"class indices must lie in 0\.\.9"):
         load_box_split(folder, "train")
+
+
+def test_each_task_refuses_the_others_folder_in_one_line(prepared):
+    from shrinkflow.data.prepared import load_prepared
+
+    folder, _, _ = prepared
+    with pytest.raises(ShrinkflowError, match="format 'shrinkflow-detection/1', expected "
+                                              "shrinkflow-prepared/2"):
+        load_prepared(folder)
