@@ -3,7 +3,11 @@ distillation buy a smaller one? (docs/research.md, "Detection feasibility"; issu
 detection is in the pipeline.)
 
     python benchmarks/detection_scenes.py [--train 1200] [--test 200] [--epochs 6]
-        [--T 2] [--alpha 0.5]
+        [--T 2] [--alpha 0.5] [--mnist data/raw/mnist]
+
+With ``--mnist`` (IDX files, ``../shared/data/get-mnist.sh``), the scenes are 96 px with 1-4
+MNIST digits of 28 px: training scenes from MNIST's training digits, test scenes from its test
+digits (a held-apart set).
 
 Trains ``nets.detectors.build_fcos`` detectors with SGD on ``data.digit_scenes`` scenes (64 px,
 1-4 digits of 16 px each): the teacher (the zoo cnn's stages [16, 32, 64] x2), then a student
@@ -17,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from shrinkflow.compress.detection_distill import DetectionKD
 from shrinkflow.data.digit_scenes import make_digit_scenes
+from shrinkflow.data.sources import load_idx_source
 from shrinkflow.measure.detection_metrics import detection_metrics
 from shrinkflow.nets.detectors import build_fcos
 
@@ -47,7 +53,7 @@ def train(name: str, widths: list[int], depth: int, data: tuple, epochs: int,
           teacher=None, T: float = 2.0, alpha: float = 0.5):
     (train_x, train), (test_x, test) = data
     torch.manual_seed(0)
-    model = build_fcos(1, 10, widths, depth, 64, [0.1], [0.25])
+    model = build_fcos(1, 10, widths, depth, train_x.shape[-1], [0.1], [0.25])
     kd = DetectionKD(teacher, T=T, alpha=alpha) if teacher is not None else None
     print(f"{name}: FCOS {widths} x{depth}, {sum(p.numel() for p in model.parameters()):,} "
           "params")
@@ -78,9 +84,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--T", type=float, default=2.0)
     parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--mnist", type=Path, default=None)
     args = parser.parse_args()
-    data = (make_digit_scenes(args.train, canvas=64, seed=0),
-            make_digit_scenes(args.test, canvas=64, seed=1))
+    if args.mnist is None:
+        data = (make_digit_scenes(args.train, canvas=64, seed=0),
+                make_digit_scenes(args.test, canvas=64, seed=1))
+    else:
+        mnist = load_idx_source(args.mnist)  # parts: train, test
+        data = (make_digit_scenes(args.train, canvas=96, scale=1, seed=0, source=mnist, part=0),
+                make_digit_scenes(args.test, canvas=96, scale=1, seed=1, source=mnist, part=1))
     print(f"{args.train} training scenes, {args.test} test scenes, "
           f"{torch.get_num_threads()} threads")
     teacher = train("teacher", [16, 32, 64], 2, data, args.epochs)

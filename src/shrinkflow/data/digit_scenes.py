@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from shrinkflow.data.boxes import DetectionSplit, ImageBoxes
-from shrinkflow.data.sources import load_digits_source
+from shrinkflow.data.sources import Source, load_digits_source
 
 MAX_TRIES = 50  # placements tried per digit before the scene keeps the digits it has
 
@@ -23,11 +23,15 @@ def _overlaps(box: tuple[int, int, int, int], taken: list[tuple[int, int, int, i
 
 
 def make_digit_scenes(n: int, canvas: int = 64, max_digits: int = 4, scale: int = 2,
-                      seed: int = 0) -> tuple[np.ndarray, DetectionSplit]:
+                      seed: int = 0, source: Source | None = None, part: int = 0
+                      ) -> tuple[np.ndarray, DetectionSplit]:
     """``n`` scenes as uint8 images ``(n, 1, canvas, canvas)`` and their boxes (pixels, x1 / y1
-    exclusive) with classes "0".."9"."""
-    source = load_digits_source()
-    part = source.parts[0]
+    exclusive) with the source's classes. ``source``: the built-in digits by default, or another
+    grey-scale classification source (MNIST through ``sources.load_idx_source``), whose
+    ``part`` the digits come from: scenes of a held-apart test set take the source's test
+    part."""
+    source = source if source is not None else load_digits_source()
+    part = source.parts[part]
     digits = np.concatenate(list(part.chunks()))[:, 0]  # (N, 8, 8) uint8
     side = digits.shape[1] * scale
     if side > canvas:

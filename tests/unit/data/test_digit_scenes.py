@@ -38,3 +38,17 @@ def test_each_box_holds_its_digit_upscaled_and_nothing_else():
             assert label in load_digits_source().parts[0].labels[matches]
             outside[y0:y1, x0:x1] = 0
         assert not outside.any()  # no ink outside the boxes: boxes never overlap or miss
+
+
+def test_scenes_from_another_source_take_its_digits_and_classes():
+    from shrinkflow.data.sources import source_from_arrays
+
+    # two 4x4 "digits": all 7s (class a) and all 200s (class b)
+    images = np.stack([np.full((1, 4, 4), 7, np.uint8), np.full((1, 4, 4), 200, np.uint8)])
+    source = source_from_arrays(images, np.array([0, 1]), ["a", "b"])
+    scenes, split = make_digit_scenes(20, canvas=16, max_digits=2, scale=1, seed=3,
+                                      source=source)
+    assert split.classes == ["a", "b"]
+    for image, scene in zip(scenes, split.images, strict=True):
+        for (x0, y0, x1, y1), label in zip(scene.boxes.astype(int), scene.labels, strict=True):
+            assert (image[0, y0:y1, x0:x1] == (7, 200)[label]).all()
