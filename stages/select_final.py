@@ -21,7 +21,7 @@ the teacher ensemble's accuracy in metrics/teacher_ensemble.json when there is o
   the shipped rung's control: a dep that changes only when another model ships (final.json and
   selection.json change with every re-timing).
 
-When no candidate is within budget the stage still succeeds and writes all three: models/final/
+When no candidate is within budget the stage still succeeds and writes all four: models/final/
 then holds only ``NO_MODEL.md`` (why, and what to change), final.json says ``final_model: none``
 and selection.json ``status: none_within_budget``. The report stage, which runs next, draws the
 candidates against the budget and then ends the pipeline with a non-zero exit; a stale model

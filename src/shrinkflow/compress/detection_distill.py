@@ -26,11 +26,19 @@ from torchvision.models.detection import FCOS
 from shrinkflow.core.errors import ShrinkflowError
 
 
+def _head_pass(model: FCOS, images: list[torch.Tensor],
+               targets: list[dict[str, torch.Tensor]] | None = None) -> tuple:
+    """``FCOS.forward`` up to its head: the transformed batch and targets, the feature maps and
+    the head's outputs."""
+    batch, targets = model.transform(images, targets)
+    features = list(model.backbone(batch.tensors).values())
+    return batch, targets, features, model.head(features)
+
+
 def head_outputs(model: FCOS, images: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     """The head's raw outputs at every point: ``cls_logits`` (N, P, K), ``bbox_regression``
     (N, P, 4), ``bbox_ctrness`` (N, P, 1), as ``FCOS.forward`` computes them before decoding."""
-    batch, _ = model.transform(images)
-    return model.head(list(model.backbone(batch.tensors).values()))
+    return _head_pass(model, images)[3]
 
 
 def dense_kd_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor],
@@ -62,9 +70,7 @@ class DetectionKD(nn.Module):
     def forward(self, student: FCOS, images: list[torch.Tensor],
                 targets: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, dict]:
         """The total loss and each part (detached), for one batch; ``student`` in train mode."""
-        batch, targets = student.transform(images, targets)
-        features = list(student.backbone(batch.tensors).values())
-        outputs = student.head(features)
+        batch, targets, features, outputs = _head_pass(student, images, targets)
         anchors = student.anchor_generator(batch, features)
         own = student.compute_loss(targets, outputs, anchors,
                                    [f.size(2) * f.size(3) for f in features])

@@ -32,7 +32,7 @@ def make_digit_scenes(n: int, canvas: int = 64, max_digits: int = 4, scale: int 
     part."""
     source = source if source is not None else load_digits_source()
     part = source.parts[part]
-    digits = np.concatenate(list(part.chunks()))[:, 0]  # (N, 8, 8) uint8
+    digits = np.concatenate(list(part.chunks()))[:, 0]  # (N, h, w) uint8, grey
     side = digits.shape[1] * scale
     if side > canvas:
         raise ValueError(f"a digit of {side} px does not fit a {canvas} px canvas")

@@ -764,7 +764,9 @@ def build_report(
     large = f"b{sizes[-1]}" if sizes else "b64"
     if not sizes:
         notes.append("`benchmark.csv` has no latencies: speed columns and chart are empty.")
-    shipped = selection.get("final_model") if selection else None
+    # the shipped model's name; None when select_final has not run or shipped nothing
+    shipped = (selection.get("final_model") if selection and selection.get("status") == "selected"
+               else None)
     charts: list[tuple[str, Path | None]] = [
         ("Accuracy vs latency", plot_tradeoff(
             df, f"{large}_ms", f"median latency at batch {large[1:]} (ms), bars: 95 % interval "
@@ -818,7 +820,7 @@ def build_report(
     if none:
         lines += none_within_budget_lines(selection)
     if len(ladder):
-        lines += ladder_lines(ladder, max_drop, None if none or selection is None else shipped)
+        lines += ladder_lines(ladder, max_drop, shipped)
     lines += ["## Models", "", models_markdown(df), "",
               "Accuracy is on the test split, with its 95 % Wilson interval over the test images "
               "(small test sets: wide); drop = teacher minus model, in percentage points"
