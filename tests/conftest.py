@@ -16,6 +16,7 @@ import torch
 from filelock import FileLock
 from pipeline_repo import copy_repo, env, make_repo, run
 from prepared_files import make_prepared
+from stage_server import StageServer
 
 from shrinkflow.data.prepared import Prepared
 
@@ -81,7 +82,25 @@ def write_returncode(root: Path, code: str) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _reproduce_in_background(request, tmp_path_factory):
+def _stage_server(request):
+    """Every `dvc` run of the suite starts its stage processes from a server that has imported
+    torch once (stage_server.py): the end-to-end tests start about 300 of them, and each spent
+    2-4 s on imports. Only when a selected test runs DVC (not under `-m "not slow"`)."""
+    if not any(item.get_closest_marker("slow") for item in request.session.items):
+        yield None
+        return
+    server = StageServer(env())
+    os.environ.update({"SHRINKFLOW_TEST_SHIM_DIR": str(server.shim_dir),
+                       **{k: v for k, v in server.env(env()).items() if k.startswith("SHRINK")}})
+    yield server
+    for key in ("SHRINKFLOW_TEST_SHIM_DIR", "SHRINKFLOW_TEST_STAGE_SERVER",
+                "SHRINKFLOW_TEST_PYTHON"):
+        os.environ.pop(key, None)
+    server.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _reproduce_in_background(_stage_server, request, tmp_path_factory):
     """Start `dvc repro` of the shared tiny project as the session starts, if a selected test
     needs it (not under `-m "not slow"`): the unit tests run meanwhile on the other core. Under
     pytest-xdist the first worker starts it and every worker uses it (reproduced_template)."""

@@ -49,7 +49,8 @@ def deep_update(base: dict, changes: dict) -> dict:
 
 
 def env() -> dict[str, str]:
-    """The test's interpreter first on PATH, so dvc's `python stages/...` uses this venv.
+    """The test's interpreter first on PATH, so dvc's `python stages/...` uses this venv (or,
+    during the suite, the stage server's `python`, which forks that interpreter: conftest).
 
     One OpenMP thread per stage process (unless the caller set OMP_NUM_THREADS): the suite runs
     two xdist workers, each starting stage processes, and queued experiments train two at a
@@ -58,7 +59,10 @@ def env() -> dict[str, str]:
     CPU-seconds for the test and its shared repro. (Tiny params: the numbers change with the
     thread count, and every test compares runs made in this same environment.)
     """
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    path = os.pathsep.join(filter(None, [
+        os.environ.get("SHRINKFLOW_TEST_SHIM_DIR"),  # conftest's stage server (stage_server.py)
+        str(Path(sys.executable).parent), os.environ["PATH"]]))
+    return {**os.environ, "PATH": path,
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
             "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
             "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}

@@ -239,6 +239,14 @@ def live_epoch(row: dict) -> int | None:
     return row["metrics"].get("dvclive/teacher/progress.json", {}).get("teacher_epochs_done")
 
 
+def runs_teacher_stage(pid: str, cmdline: bytes) -> bool:
+    """Started as `python stages/train_teacher.py`, or forked by the suite's stage server, which
+    names the child after its script (the `python` that asked the server is not it)."""
+    if b"stage_server.py" in cmdline:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "train_teacher"
+    return b"stages/train_teacher.py" in cmdline
+
+
 def training_processes(repo: Path) -> dict[str, int]:
     """Temp workspace -> pid of the `train_teacher` stage running there (Linux /proc)."""
     found, exps = {}, os.path.realpath(repo / ".dvc/tmp/exps")
@@ -246,9 +254,10 @@ def training_processes(repo: Path) -> dict[str, int]:
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             cwd = os.readlink(f"/proc/{pid}/cwd")
-        except OSError:
+            teacher = runs_teacher_stage(pid, cmdline)
+        except OSError:  # it ended meanwhile
             continue
-        if b"stages/train_teacher.py" in cmdline and cwd.startswith(exps):
+        if teacher and cwd.startswith(exps):
             found[cwd] = int(pid)
     return found
 

@@ -1,0 +1,237 @@
+"""Start the stage processes of the suite's `dvc` runs from a process that has already imported
+torch: a `python` on PATH (``shim_dir``) hands ``python stages/X.py`` to a server, which forks a
+child that runs the script in the caller's cwd, environment and stdin/stdout/stderr.
+
+Why: each stage process spent 2-4 s importing torch, ONNX Runtime, torch-pruning and DVCLive
+before its first line of work, and the suite starts about 300 of them through DVC. A fork starts
+in milliseconds. The server imports only third-party libraries, never shrinkflow, and runs no
+torch op, so no thread pool exists when it forks. The libraries read OMP_NUM_THREADS when they
+load, so the server starts with the suite's environment (``pipeline_repo.env``).
+
+The child names itself after the script (``/proc/PID/comm``, what `ps` shows) since its command
+line stays the server's. Anything else called ``python`` (``python -m ...``, no script, or no
+server) becomes the real interpreter through ``exec``, so a command behaves as without the server.
+
+    server = StageServer(env)         # starts it; env: the one the stages run with
+    subprocess.run(["dvc", "repro"], env=server.env(env))
+    ...
+    server.close()
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+# What the stage scripts import before their first line of work (measured with -X importtime).
+# Not onnxruntime: its import starts a thread, which a fork would not copy (and it takes 20 ms).
+PRELOAD = ["torch", "torchvision", "numpy", "onnx", "torch_pruning", "dvclive", "yaml",
+           "PIL.Image"]
+
+SHIM = """#!/usr/bin/env bash
+exec {python} -S {client} "$@"
+"""
+
+
+class StageServer:
+    """One server process and its folder: the socket and ``bin/python``, the shim. The folder is
+    a short one under /tmp, since a socket's path may not exceed 107 bytes."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.folder = folder = Path(tempfile.mkdtemp(prefix="shrinkflow-stages-"))
+        self.socket_path = folder / "stage.sock"
+        self.shim_dir = folder / "bin"
+        self.shim_dir.mkdir(exist_ok=True)
+        shim = self.shim_dir / "python"
+        shim.write_text(SHIM.format(python=sys.executable, client=__file__))
+        shim.chmod(0o755)
+        self._proc = subprocess.Popen([sys.executable, __file__, "serve", str(self.socket_path)],
+                                      env=env, stdin=subprocess.DEVNULL)
+
+    def env(self, env: dict[str, str]) -> dict[str, str]:
+        """``env`` with the shim first on PATH and the server's address."""
+        return {**env, "PATH": f"{self.shim_dir}{os.pathsep}{env['PATH']}",
+                "SHRINKFLOW_TEST_STAGE_SERVER": str(self.socket_path),
+                "SHRINKFLOW_TEST_PYTHON": sys.executable}
+
+    def close(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(timeout=30)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# --- the wire: a 4-byte length, then JSON; the request carries the caller's three fds ---
+
+def _send(sock: socket.socket, message: dict, fds: list[int] | None = None) -> None:
+    data = json.dumps(message).encode()
+    packet = struct.pack("!I", len(data)) + data
+    if fds:
+        socket.send_fds(sock, [packet], fds)
+    else:
+        sock.sendall(packet)
+
+
+def _receive_request(sock: socket.socket) -> tuple[dict | None, list[int]]:
+    """The one request and the fds that came with its first bytes."""
+    chunk, fds, _, _ = socket.recv_fds(sock, 1 << 16, 3)
+    while chunk and (len(chunk) < 4 or len(chunk) < 4 + struct.unpack("!I", chunk[:4])[0]):
+        more = sock.recv(1 << 16)
+        if not more:
+            return None, fds
+        chunk += more
+    if len(chunk) < 4:
+        return None, fds
+    return json.loads(chunk[4:4 + struct.unpack("!I", chunk[:4])[0]]), fds
+
+
+def _read_reply(stream) -> dict | None:
+    head = stream.read(4)
+    if len(head) < 4:
+        return None
+    return json.loads(stream.read(struct.unpack("!I", head)[0]))
+
+
+# --- the client: what the shim runs, as `python ARGS` ---
+
+def _client() -> None:
+    args = sys.argv[1:]
+    real = os.environ.get("SHRINKFLOW_TEST_PYTHON", sys.executable)
+    address = os.environ.get("SHRINKFLOW_TEST_STAGE_SERVER")
+    if address and args and args[0].endswith(".py") and os.path.isfile(args[0]):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(address)
+        except OSError:
+            sock.close()
+        else:
+            _send(sock, {"argv": args, "cwd": os.getcwd(), "env": dict(os.environ)}, [0, 1, 2])
+            replies = sock.makefile("rb")
+            started = _read_reply(replies)
+            if started is not None:
+                child = started["pid"]
+                for sig in (signal.SIGINT, signal.SIGTERM):  # a cancelled run ends the script
+                    signal.signal(sig, lambda number, _frame: os.kill(child, number))
+                finished = _read_reply(replies)
+                sys.exit(finished["returncode"] if finished else 1)
+            sys.exit(1)
+    os.execv(real, [real, *args])
+
+
+# --- the server ---
+
+def _run_script(request: dict, fds: list[int]) -> None:
+    """In the forked grandchild: become ``python ARGV`` in ``cwd`` with ``env``, then exit."""
+    code = 1
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT
+                          else signal.SIG_DFL)
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        script = os.path.abspath(request["argv"][0])
+        if os.path.exists("/proc/self/comm"):  # `ps` (and a test) name it after the script
+            Path("/proc/self/comm").write_text(Path(script).stem[:15])
+        sys.argv = [script, *request["argv"][1:]]
+        sys.path[0] = os.path.dirname(script)  # as `python script.py` sets it
+        import runpy
+        try:
+            runpy.run_path(script, run_name="__main__")
+            code = 0
+        except SystemExit as exc:  # as the interpreter treats it: None 0, int itself, else 1
+            if exc.code is None or isinstance(exc.code, int):
+                code = exc.code or 0
+            else:
+                print(exc.code, file=sys.stderr)
+                code = 1
+    except BaseException:  # noqa: BLE001 - what the interpreter would print, then exit 1
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _handle(conn: socket.socket) -> None:
+    """In a forked child per connection: fork the script, report its pid, then its exit code."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # waitpid needs its own children
+    request, fds = _receive_request(conn)
+    if request is None or len(fds) != 3:
+        os._exit(1)
+    pid = os.fork()
+    if pid == 0:
+        conn.close()
+        _run_script(request, fds)
+    for fd in fds:
+        os.close(fd)
+    try:
+        _send(conn, {"pid": pid})
+    except OSError:  # the caller is gone
+        os.kill(pid, signal.SIGKILL)
+    if hasattr(os, "pidfd_open"):  # Linux: if the caller is killed (queue stop --kill), so is it
+        script_ended = os.pidfd_open(pid)
+        while script_ended not in select.select([conn, script_ended], [], [])[0]:
+            if not conn.recv(1):
+                os.kill(pid, signal.SIGKILL)
+                break
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    try:
+        _send(conn, {"returncode": code if code >= 0 else 128 - code})  # as a shell reports it
+    except OSError:  # the caller is gone: nobody to tell
+        pass
+    os._exit(0)
+
+
+def _serve(address: str) -> None:
+    for name in PRELOAD:
+        __import__(name)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # handlers are reaped by the kernel
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if os.path.exists(address):
+        os.unlink(address)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(address + ".tmp")
+    listener.listen(64)
+    os.replace(address + ".tmp", address)  # the address exists only once it accepts
+    try:
+        while True:
+            conn, _ = listener.accept()
+            if os.fork() == 0:
+                listener.close()
+                _handle(conn)
+            conn.close()
+    finally:
+        listener.close()
+        if os.path.exists(address):
+            os.unlink(address)
+
+
+def wait_until_listening(address: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not address.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the stage server did not start listening on {address}")
+        time.sleep(0.05)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["serve"]:
+        _serve(sys.argv[2])
+    else:
+        _client()
