@@ -15,7 +15,7 @@ from shrinkflow.data.prepared import FORMAT, SPLITS
 from shrinkflow.data.sources import Source, chunk_rows
 
 
-def _split_off(idx: np.ndarray, labels: np.ndarray, fraction: float,
+def split_off(idx: np.ndarray, labels: np.ndarray, fraction: float,
                seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split ``idx`` into (rest, held out) with ``fraction`` held out, stratified by label when
     every class can have a member on both sides, seeded."""
@@ -37,8 +37,8 @@ def split_indices(
     labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, np.ndarray]:
     """Pooled split: stratified train/val/test indices; same labels and seed, same split."""
-    rest, test = _split_off(np.arange(len(labels)), labels, test_fraction, seed)
-    train, val = _split_off(rest, labels[rest], val_fraction / (1 - test_fraction), seed)
+    rest, test = split_off(np.arange(len(labels)), labels, test_fraction, seed)
+    train, val = split_off(rest, labels[rest], val_fraction / (1 - test_fraction), seed)
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
@@ -59,7 +59,7 @@ def source_split_indices(
     offsets = np.cumsum([0] + [len(p.labels) for p in source.parts])
     ranges = {p.name: np.arange(offsets[i], offsets[i + 1]) for i, p in enumerate(source.parts)}
     train_labels = source.part("train").labels  # type: ignore[union-attr]
-    train, val = _split_off(ranges["train"], train_labels, val_fraction, seed)
+    train, val = split_off(ranges["train"], train_labels, val_fraction, seed)
     return {"train": np.sort(train), "val": np.sort(val), "test": ranges["test"]}
 
 
@@ -85,7 +85,7 @@ def make_splits(source: Source, split: str, val_fraction: float, test_fraction: 
     return split_indices(source.labels, val_fraction, test_fraction, seed)
 
 
-def _channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
+def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean/std of uint8 images scaled to [0, 1].
 
     Sums of pixels and of their squares are exact integers, accumulated over small chunks: the
@@ -139,7 +139,7 @@ def write_prepared(out_dir: Path, source: Source, splits: dict[str, np.ndarray],
         raise ShrinkflowError(f"the source gave {start} images for {len(labels)} labels")
     for out in outputs.values():
         out.flush()
-    mean, std = _channel_stats(outputs["train"])
+    mean, std = channel_stats(outputs["train"])
     meta = {
         "format": FORMAT,
         "source": source_name,

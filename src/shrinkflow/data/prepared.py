@@ -21,6 +21,9 @@ from shrinkflow.core.errors import ShrinkflowError
 SPLITS = ("train", "val", "test")
 
 FORMAT = "shrinkflow-prepared/2"
+DETECTION_FORMAT = "shrinkflow-detection/1"  # data.prepared_boxes
+# each task's prepared format; a detection meta.json also names its task
+FORMAT_TASKS = {FORMAT: "classification", DETECTION_FORMAT: "detection"}
 
 
 @dataclass
@@ -45,6 +48,11 @@ def read_meta(data_dir: Path, expected_format: str) -> dict[str, Any]:
     if not meta_path.is_file():
         raise ShrinkflowError(f"{meta_path}: not found (run the prepare stage first)")
     meta = json.loads(meta_path.read_text())
+    found, wanted = meta.get("task", "classification"), FORMAT_TASKS.get(expected_format)
+    if meta.get("format") != expected_format and found != wanted:
+        raise ShrinkflowError(f"{data_dir}: holds {found} data (prepare.task: {found}); this "
+                              f"stage reads {wanted} data. Set prepare.task and prepare.source "
+                              "for the models you train (docs/data.md)")
     if meta.get("format") != expected_format:
         raise ShrinkflowError(f"{data_dir}: prepared by another shrinkflow version or task "
                               f"(format {meta.get('format')!r}, expected {expected_format}); "

@@ -1,6 +1,6 @@
-"""Detection's prepared data (issue 27; the pipeline does not write it yet): images and boxes
-written once, read back memory-mapped, so training neither decodes images nor parses annotation
-files every epoch.
+"""Detection's prepared data (what ``prepare`` writes for ``prepare.task: detection``): images
+and boxes written once, read back memory-mapped, so training neither decodes images nor parses
+annotation files every epoch.
 
 Per split, four arrays: ``{split}_x.npy`` the uint8 images ``(N, C, H, W)`` (one size: scenes,
 or photos resized when prepared), ``{split}_boxes.npy`` every box ``(M, 4)`` float32 pixels
@@ -21,9 +21,7 @@ import numpy as np
 
 from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.data.boxes import DetectionSplit
-from shrinkflow.data.prepared import read_meta
-
-FORMAT = "shrinkflow-detection/1"
+from shrinkflow.data.prepared import DETECTION_FORMAT, read_meta
 
 
 @dataclass
@@ -59,17 +57,21 @@ def write_box_split(out_dir: Path, name: str, images: np.ndarray, split: Detecti
             .astype(np.int64))
 
 
-def write_box_meta(out_dir: Path, classes: list[str], shape: list[int],
-                   splits: list[str]) -> None:
-    (out_dir / "meta.json").write_text(json.dumps(
-        {"format": FORMAT, "classes": classes, "shape": shape, "splits": splits}, indent=2))
+def write_box_meta(out_dir: Path, classes: list[str], shape: list[int], splits: list[str],
+                   **extra: Any) -> dict[str, Any]:
+    """meta.json: the format, classes, image shape and splits, plus ``extra`` (counts, the
+    normalisation); returns what it wrote."""
+    meta = {"format": DETECTION_FORMAT, "classes": classes, "num_classes": len(classes),
+            "shape": shape, "splits": splits, **extra}
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
 
 
 def load_box_split(data_dir: str | Path, name: str) -> tuple[BoxSplit, dict[str, Any]]:
     """Open split ``name`` of what ``write_box_split`` wrote, images mapped copy-on-write,
     checked to be one consistent set (a file from another run names itself in one line)."""
     data_dir = Path(data_dir)
-    meta = read_meta(data_dir, FORMAT)
+    meta = read_meta(data_dir, DETECTION_FORMAT)
     try:
         images = np.load(data_dir / f"{name}_x.npy", mmap_mode="c")
         boxes, labels, offsets = (np.load(data_dir / f"{name}_{part}.npy")
