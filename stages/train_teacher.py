@@ -6,6 +6,9 @@
 recipe with ``teacher.train.seed`` replaced by SEED, written to models/teachers/teacher_SEED.pt
 and metrics/teacher_SEED.json (keys ``teacher_SEED_*``). Without an argument it is member 0,
 exactly the single teacher of before (same paths, keys and bytes).
+
+On detection data (``prepare.task: detection``) it trains an FCOS detector around the cnn stages
+of ``teacher.model`` instead (training.detection_loop); its metrics are COCO mAP.
 """
 
 import sys
@@ -14,7 +17,7 @@ from functools import partial
 from shrinkflow.compress.teacher_ensemble import member_file
 from shrinkflow.core.errors import ShrinkflowError, run_stage
 from shrinkflow.core.outputs import check_outputs, commit_outputs
-from shrinkflow.data.prepared import load_prepared
+from shrinkflow.data.prepared import load_prepared, prepared_task
 from shrinkflow.model_files.pt import write_model_file
 from shrinkflow.model_files.user_weights import (
     HISTORY_COLUMNS,
@@ -24,6 +27,7 @@ from shrinkflow.model_files.user_weights import (
 )
 from shrinkflow.params.load import load_section
 from shrinkflow.params.teacher import TeacherParams
+from shrinkflow.training.detection_loop import train_detector
 from shrinkflow.training.distributed import finish, is_main_process, launch
 from shrinkflow.training.live import live_progress
 from shrinkflow.training.loop import summary_line, supervised_metrics, train_supervised
@@ -53,6 +57,9 @@ def main() -> None:
     metrics_out, history_out = f"metrics/{name}.json", f"metrics/history_{name}.csv"
     train = p.train if seed is None else p.train.model_copy(update={"seed": seed})
     check_outputs(model_out, history_out, metrics_out)
+    if prepared_task(DATA_DIR) == "detection":
+        train_detection_teacher(p, seed, name, model_out, history_out, metrics_out)
+        return
     weights = read_weights(p.init) if p.init else None
     data = load_prepared(DATA_DIR)
     launch(train.nproc if p.mode == "train" else 1, train.device, "teacher.train.nproc")
@@ -76,6 +83,26 @@ def main() -> None:
             out.adopt(f"dvclive/{name}")  # the run's live progress (training.live)
     print(summary_line(name, spec, m), "->", model_out)
     finish()
+
+
+def train_detection_teacher(p: TeacherParams, seed: int | None, name: str, model_out: str,
+                            history_out: str, metrics_out: str) -> None:
+    """``prepare.task: detection``: an FCOS teacher trained on the prepared boxes."""
+    if p.mode != "train" or p.init or seed is not None:
+        raise ShrinkflowError("teacher.mode import, teacher.init and ensemble members are "
+                              "classification only so far; for detection expected mode: "
+                              "train, init: '' and ensemble_seeds: []")
+    with live_progress(f"dvclive/{name}", name) as on_epoch:
+        model, spec, history, m = train_detector(
+            p.model, p.train, DATA_DIR, name, "teacher.train", "teacher.model", on_epoch)
+    with commit_outputs() as out:
+        write_model_file(out.file(model_out), model, spec, role=NAME)
+        out.csv(history_out, history)
+        out.json(metrics_out, m)
+        out.adopt(f"dvclive/{name}")
+    print(f"[{name}] FCOS {m[f'{name}_params']:,} params: test mAP {m[f'{name}_test_map']:.3f} "
+          f"(mAP@.5 {m[f'{name}_test_map_50']:.3f}) in {m[f'{name}_train_seconds']:.1f}s ->",
+          model_out)
 
 
 if __name__ == "__main__":

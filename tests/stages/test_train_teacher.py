@@ -60,3 +60,36 @@ def test_train_teacher_takes_only_a_listed_seed():
     for argv in (["3"], ["x"], ["1", "2"]):
         with pytest.raises(ShrinkflowError, match=r"SEED one of teacher\.ensemble_seeds \[1, 2\]"):
             stage.member_seed(argv, [1, 2])
+
+
+DETECTION = {"prepare": {"task": "detection", "source": "scenes", "image_size": 32,
+                         "scenes": {"train": 32, "val": 8, "test": 8, "max_digits": 1}},
+             "teacher": {"model": {"widths": [4, 8], "depth": 1},
+                         "train": {"epochs": 1, "batch_size": 16}}}
+
+
+def test_on_detection_data_the_stage_trains_an_fcos_teacher(tmp_path, monkeypatch):
+    from shrinkflow.data.prepare_detection import read_detection, write_detection
+    from shrinkflow.params.prepare import PrepareParams
+
+    params = shipped_params(DETECTION)
+    write_detection(tmp_path / "data" / "prepared",
+                    read_detection(PrepareParams(**params["prepare"])), "scenes")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["train_teacher.py"])
+    run_stage_main(STAGE)
+    model, payload = load_model(tmp_path / "models" / "teacher.pt", role="teacher")
+    assert type(model).__name__ == "FCOS" and payload["spec"]["task"] == "detection"
+    metrics = json.loads((tmp_path / "metrics" / "teacher.json").read_text())
+    assert {"teacher_test_map", "teacher_test_map_50", "teacher_val_map"} <= set(metrics)
+    header = (tmp_path / "metrics" / "history_teacher.csv").read_text().splitlines()[0]
+    assert header.startswith("epoch,train_loss,") and "val_map" in header
+
+    params["teacher"]["ensemble_seeds"] = [1]  # not for detection yet: one line, no file
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setattr(sys, "argv", ["train_teacher.py", "1"])
+    with pytest.raises(ShrinkflowError, match=r"classification only so far; for detection "
+                                              r"expected mode: train"):
+        run_stage_main(STAGE)
+    assert not (tmp_path / "models" / "teachers" / "teacher_1.pt").exists()

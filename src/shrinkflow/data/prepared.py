@@ -60,6 +60,16 @@ def read_meta(data_dir: Path, expected_format: str) -> dict[str, Any]:
     return meta
 
 
+def prepared_task(data_dir: str | Path) -> str:
+    """The task the prepared data in ``data_dir`` was made for (``prepare.task``); a stage that
+    trains or measures for both tasks picks its path by it."""
+    meta_path = Path(data_dir) / "meta.json"
+    try:
+        return json.loads(meta_path.read_text()).get("task", "classification")
+    except (OSError, ValueError):
+        return "classification"  # the classification reader then says what is wrong
+
+
 def load_prepared(data_dir: str | Path) -> Prepared:
     """Open what ``prepare`` wrote: memory-mapped uint8 images, int64 labels, the meta dict.
 

@@ -20,6 +20,7 @@ from torch import nn
 from shrinkflow.core.errors import ShrinkflowError, clip, echo
 from shrinkflow.core.outputs import commit_outputs
 from shrinkflow.model_files.limits import MAX_CHANNELS, MAX_CLASSES, MAX_SIDE
+from shrinkflow.nets.detectors import build_detector
 from shrinkflow.nets.factory import check_factory_path
 from shrinkflow.nets.torchvision_nets import check_arch
 from shrinkflow.nets.zoo import OWN_ARCHS, Resize, build_model, resize_to_state_dict
@@ -150,14 +151,15 @@ def model_from_checkpoint(payload: dict[str, Any], path: str | Path) -> nn.Modul
 def skeleton(spec: dict[str, Any], path: str | Path) -> nn.Module:
     """``spec``'s model on the ``meta`` device (no memory), except the input ``Resize``, whose
     matrices are computed from the spec (its sides are bounded by ``check_payload``)."""
+    build = build_detector if spec.get("task") == "detection" else build_model
     try:
         try:
             with torch.device("meta"):
-                model = build_model(spec)
+                model = build(spec)
         except NotImplementedError:
             # a torchvision constructor that computes on tensors (RegNet's widths) cannot run on
             # the meta device; its size comes from the architecture name, so build it for real
-            model = build_model(spec)
+            model = build(spec)
     except (KeyError, TypeError, ValueError) as exc:
         raise ShrinkflowError(
             f"{path}: its spec cannot be built ({type(exc).__name__}: {clip(str(exc))})"
@@ -260,6 +262,12 @@ def check_payload(payload: dict[str, Any], path: str | Path) -> dict[str, Any]:
             isinstance(spec.get("width_mult"), (int, float))
             and 0 < spec["width_mult"] <= 64):
         raise _bad(path, "spec.width_mult", "a number in (0, 64]", spec.get("width_mult"))
+    if spec.get("task", "classification") not in ("classification", "detection"):
+        raise _bad(path, "spec.task", "classification or detection", spec.get("task"))
+    if spec.get("task") == "detection" and not (
+            spec.get("detector") == "fcos" and _is_int(spec.get("image_size"), 1, MAX_SIDE)):
+        raise _bad(path, "spec.detector/image_size", f"fcos and a side 1..{MAX_SIDE}",
+                   [spec.get("detector"), spec.get("image_size")])
     if spec.get("input_size"):
         hw = spec.get("image_hw")
         if not (_is_int(spec["input_size"], 1, MAX_SIDE) and isinstance(hw, list)

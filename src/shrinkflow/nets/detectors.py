@@ -1,5 +1,6 @@
-"""Detectors (issue 27; the pipeline does not build them yet): torchvision's FCOS around a
-backbone of the same VGG-style stages as the zoo's cnn classifier.
+"""Detectors (``prepare.task: detection``): torchvision's FCOS around a backbone of the same
+VGG-style stages as the zoo's cnn classifier; ``detector_spec`` records one in a model file and
+``build_detector`` builds it back.
 
 Why FCOS first: it is anchor-free, one prediction point per cell of the backbone's feature map,
 so one head fits any backbone stride without tuning anchor boxes to the data, and a student with
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,7 +30,10 @@ from torchvision.models.detection.fcos import (
     FCOSRegressionHead,
 )
 
+from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.nets.zoo import _cnn
+
+HEAD_CONVS = 2  # convolutions per head branch: torchvision's 4 is sized for COCO
 
 
 class CnnBackbone(nn.Module):
@@ -48,7 +53,7 @@ class CnnBackbone(nn.Module):
 
 def build_fcos(in_channels: int, num_classes: int, widths: list[int], depth: int,
                image_size: int, mean: list[float], std: list[float],
-               head_convs: int = 2) -> FCOS:
+               head_convs: int = HEAD_CONVS) -> FCOS:
     """An FCOS detector for square ``image_size`` images of ``num_classes`` classes.
 
     torchvision's transform would resize every image to 800 px; here its min and max size are the
@@ -70,3 +75,24 @@ def build_fcos(in_channels: int, num_classes: int, widths: list[int], depth: int
 
 def _group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(math.gcd(32, channels), channels)
+
+
+def detector_spec(model_params: Any, meta: dict[str, Any], key: str) -> dict[str, Any]:
+    """A model file's spec for an FCOS detector of ``model_params`` (a ``ModelSpec``: the cnn's
+    widths and depth) on the prepared detection data described by ``meta``. ``key`` names the
+    params section in the one-line error for an architecture FCOS cannot take."""
+    if model_params.arch != "cnn":
+        raise ShrinkflowError(f"{key}.arch = {model_params.arch!r}: detection builds FCOS "
+                              "around the zoo's cnn stages; expected cnn (widths, depth)")
+    return {"task": "detection", "detector": "fcos", "arch": "cnn",
+            "widths": list(model_params.widths), "depth": int(model_params.depth),
+            "in_channels": int(meta["shape"][0]), "num_classes": int(meta["num_classes"]),
+            "image_size": int(meta["shape"][1]), "mean": [float(m) for m in meta["mean"]],
+            "std": [float(s) for s in meta["std"]]}
+
+
+def build_detector(spec: dict[str, Any]) -> FCOS:
+    """A freshly initialised detector from ``detector_spec``'s spec (the seed is the
+    caller's)."""
+    return build_fcos(spec["in_channels"], spec["num_classes"], spec["widths"], spec["depth"],
+                      spec["image_size"], spec["mean"], spec["std"])

@@ -208,7 +208,7 @@ def predict(
     return torch.cat(out) if out else torch.empty(0)
 
 
-def _make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
@@ -254,7 +254,7 @@ class NonFiniteLossGuard:
             raise ShrinkflowError(self.what.format(epoch=epoch + 1, batch=batch + 1))
 
 
-def _nonfinite_message(
+def nonfinite_message(
     name: str, cfg: TrainConfig, params_key: str, loss_params: Mapping[str, Any] | None
 ) -> str:
     """The guard's message, with ``{epoch}`` / ``{batch}`` left to fill in."""
@@ -269,7 +269,7 @@ def _nonfinite_message(
             f"{suspects}")
 
 
-def _lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
     if cfg.schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
     if cfg.schedule == "step":  # x0.1 at 50% and 75% of training
@@ -322,14 +322,14 @@ def fit(
         trained_in_loss = [p for p in loss_fn.parameters() if p.requires_grad]
         broadcast_from_main(p.data for p in trained_in_loss)
         params += trained_in_loss
-    optimizer = _make_optimizer(params, cfg)
+    optimizer = make_optimizer(params, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)  # the same order on every rank
     augment = make_augment(cfg.augment, cfg.crop_padding, cfg.seed + rank)
     n_batches = math.ceil((len(train[1]) + (-len(train[1])) % world) / cfg.batch_size)
     steps_per_epoch = min(n_batches, cfg.max_batches) if cfg.max_batches else n_batches
     total_steps, step = cfg.epochs * steps_per_epoch, 0
     guard = NonFiniteLossGuard(device, steps_per_epoch,
-                               _nonfinite_message(name, cfg, params_key, loss_params))
+                               nonfinite_message(name, cfg, params_key, loss_params))
     history: list[dict[str, Any]] = []
     for epoch in range(1, cfg.epochs + 1):
         start = time.perf_counter()
@@ -340,7 +340,7 @@ def fit(
         lr = cfg.lr
         for xb, yb in iterate_batches(train, cfg.batch_size, device, generator, cfg.max_batches,
                                       augment, rank, world):
-            lr = cfg.lr * _lr_factor(cfg, step, total_steps)
+            lr = cfg.lr * lr_factor(cfg, step, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with _autocast(device):

@@ -55,6 +55,14 @@ HOSTILE = [  # (what is changed, the field the one error line must name)
      r"weights do not match its spec .*: tensor 'body\.features\.3\.weight' is missing"),
     (lambda p: p["state_dict"].__setitem__("mean", torch.zeros(1, 1, 1, 1, dtype=torch.float64)),
      r"state_dict\.mean: dtype torch\.float64, expected torch\.float32"),
+    (lambda p: p["spec"].__setitem__("task", "segmentation"),
+     r"spec\.task: expected classification or detection"),
+    (lambda p: p["spec"].update(task="detection", detector="yolo", image_size=32),
+     r"spec\.detector/image_size: expected fcos and a side"),
+    (lambda p: p["spec"].update(task="detection", detector="fcos", image_size=10**9),
+     r"spec\.detector/image_size: expected fcos and a side"),
+    (lambda p: p["spec"].update(task="detection", detector="fcos", image_size=32),
+     r"weights do not match its spec"),  # a classifier's tensors under a detector's spec
 ]
 
 
