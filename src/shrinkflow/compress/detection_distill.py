@@ -1,5 +1,5 @@
-"""Distillation for detection (issue 27; the pipeline does not run it yet): a dense detector's
-per-point outputs, the student's against the teacher's.
+"""Distillation for detection (the distill stage on ``prepare.task: detection``): a dense
+detector's per-point outputs, the student's against the teacher's.
 
 FCOS predicts at every cell of its feature map: class logits (one sigmoid per class), four box
 offsets and a centre-ness. A student with the teacher's stride predicts at the same points, so
@@ -18,12 +18,17 @@ distill's classifier losses do.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import FCOS
 
 from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.data.prepared_boxes import BoxSplit
+from shrinkflow.nets.zoo import count_params
+from shrinkflow.training.detection_loop import split_map
 
 
 def _head_pass(model: FCOS, images: list[torch.Tensor],
@@ -80,3 +85,47 @@ class DetectionKD(nn.Module):
         total = ((1 - self.alpha) * sum(own.values())
                  + self.alpha * (kd["kd_cls"] + kd["kd_box"]))
         return total, {k: v.detach() for k, v in {**own, **kd}.items()}
+
+
+def detection_distill_metrics(teacher: FCOS, student_metrics: dict[str, Any], test: BoxSplit,
+                              classes: list[str], scratch_test_map: float) -> dict[str, Any]:
+    """``metrics/distill.json`` for detection: the student's ``student_*`` metrics (from
+    ``training.detection_loop.train_detector``) plus the teacher's test mAP, the scratch
+    control's, and the KD gain in mAP points (100 x the mAP difference), as classification's
+    ``kd_gain_points`` is in accuracy points."""
+    teacher_map = split_map(teacher, test, classes)["map"]
+    student_map = student_metrics["student_test_map"]
+    t_params = count_params(teacher)
+    return {
+        **student_metrics,
+        "distill_teacher_params": t_params,
+        "distill_params_ratio": round(t_params / max(student_metrics["student_params"], 1), 3),
+        "distill_teacher_test_map": teacher_map,
+        "distill_scratch_test_map": round(float(scratch_test_map), 6),
+        "kd_gain_map_points": round(100 * (student_map - float(scratch_test_map)), 3) + 0.0,
+    }
+
+
+def check_detection_student(p: Any) -> None:
+    """What detection's student does not take yet (``p``: the distill section), refused
+    before any work in one line."""
+    if p.input_size:
+        raise ShrinkflowError(f"distill.input_size = {p.input_size}: detection students see the "
+                              "data's own size; expected 0")
+    if p.method != "kd":
+        raise ShrinkflowError(f"distill.method = {p.method!r}: detection distils the dense head "
+                              "outputs (kd); expected kd")
+
+
+def check_same_stride(student_widths: list[int], teacher_spec: dict[str, Any],
+                      teacher_file: str) -> None:
+    """Dense KD compares the two heads point by point, so the student's backbone needs the
+    teacher's number of stages (one 2x pooling between stages: the same stride)."""
+    if not teacher_spec.get("task") == "detection":
+        raise ShrinkflowError(f"{teacher_file}: a classifier; detection distils from the FCOS "
+                              "teacher that train_teacher writes on detection data")
+    if len(student_widths) != len(teacher_spec["widths"]):
+        raise ShrinkflowError(
+            f"distill.student.widths = {list(student_widths)}: {len(student_widths)} stages, the "
+            f"teacher has {len(teacher_spec['widths'])} ({teacher_spec['widths']}); detection "
+            "KD needs the same number (the same stride), e.g. narrower widths")

@@ -95,11 +95,13 @@ def check_detection_recipe(cfg: TrainConfig, params_key: str) -> None:
 
 def fit_detector(model: nn.Module, train: BoxSplit, val: BoxSplit, classes: list[str],
                  cfg: TrainConfig, loss_fn: DetectionLoss = fcos_loss, name: str = "train",
-                 params_key: str = "train", log: Callable[[str], None] = print,
+                 params_key: str = "train", loss_params: dict[str, Any] | None = None,
+                 log: Callable[[str], None] = print,
                  on_epoch: Callable[[dict[str, Any]], None] | None = None
                  ) -> list[dict[str, Any]]:
     """Train ``model`` in place for ``cfg.epochs``; one history row per epoch (train loss and
-    its parts, val mAP and mAP@.5, the learning rate)."""
+    its parts, val mAP and mAP@.5, the learning rate). ``loss_params``: the loss's own params
+    by key, named if the loss turns inf or NaN (as ``training.loop.fit``)."""
     check_detection_recipe(cfg, params_key)
     optimizer = make_optimizer(list(model.parameters()), cfg)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
@@ -107,7 +109,7 @@ def fit_detector(model: nn.Module, train: BoxSplit, val: BoxSplit, classes: list
         steps_per_epoch = min(steps_per_epoch, cfg.max_batches)
     total, step = cfg.epochs * steps_per_epoch, 0
     guard = NonFiniteLossGuard(torch.device("cpu"), steps_per_epoch,
-                               nonfinite_message(name, cfg, params_key, None))
+                               nonfinite_message(name, cfg, params_key, loss_params))
     rng = np.random.default_rng(cfg.seed)
     history: list[dict[str, Any]] = []
     for epoch in range(1, cfg.epochs + 1):
@@ -146,12 +148,14 @@ def fit_detector(model: nn.Module, train: BoxSplit, val: BoxSplit, classes: list
 
 def train_detector(model_params: Any, cfg: TrainConfig, data_dir: str, name: str,
                    params_key: str = "train", model_key: str = "model",
-                   on_epoch: Callable[[dict[str, Any]], None] | None = None
+                   on_epoch: Callable[[dict[str, Any]], None] | None = None,
+                   loss_fn: DetectionLoss = fcos_loss, loss_params: dict[str, Any] | None = None
                    ) -> tuple[nn.Module, dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     """Seed, build and train an FCOS detector on the prepared boxes in ``data_dir``; returns
     (model, spec, history rows, ``<name>_*`` metrics): the detection twin of
     ``training.loop.train_supervised``. ``params_key`` and ``model_key``: where ``cfg`` and
-    ``model_params`` live in params.yaml, for errors."""
+    ``model_params`` live in params.yaml, for errors. The scratch control and the distilled
+    student call it with the same student and recipe, so they differ only in ``loss_fn``."""
     check_detection_recipe(cfg, params_key)
     train, meta = load_box_split(data_dir, "train")
     val, _ = load_box_split(data_dir, "val")
@@ -160,8 +164,8 @@ def train_detector(model_params: Any, cfg: TrainConfig, data_dir: str, name: str
     seed_everything(cfg.seed)
     model = build_detector(spec)
     start = time.perf_counter()
-    history = fit_detector(model, train, val, meta["classes"], cfg, name=name,
-                           params_key=params_key, on_epoch=on_epoch)
+    history = fit_detector(model, train, val, meta["classes"], cfg, loss_fn, name, params_key,
+                           loss_params, on_epoch=on_epoch)
     seconds = time.perf_counter() - start
     return model, spec, history, detector_metrics(model, test, meta["classes"], name, history,
                                                    seconds)

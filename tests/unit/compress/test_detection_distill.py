@@ -72,3 +72,34 @@ def test_one_distillation_step_trains_the_student_and_leaves_the_teacher():
     assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
     assert all(p.grad is None for p in teacher.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters(), strict=True))
+
+
+def test_the_kd_gain_is_in_map_points_against_the_scratch_control(monkeypatch):
+    import shrinkflow.compress.detection_distill as dd
+
+    teacher = build_fcos(1, 10, [4, 8], 1, 32, [0.1], [0.2])
+    monkeypatch.setattr(dd, "split_map", lambda model, split, classes: {"map": 0.5})
+    m = dd.detection_distill_metrics(
+        teacher, {"student_test_map": 0.41, "student_params": 100}, None, [], 0.38)
+    assert m["kd_gain_map_points"] == pytest.approx(3.0)
+    assert m["distill_teacher_test_map"] == 0.5 and m["distill_scratch_test_map"] == 0.38
+    assert m["distill_params_ratio"] == round(sum(p.numel() for p in teacher.parameters()) / 100,
+                                              3)
+
+
+def test_what_detection_kd_cannot_take_is_one_line_before_any_work():
+    from types import SimpleNamespace
+
+    from shrinkflow.compress.detection_distill import check_detection_student, check_same_stride
+
+    spec = {"task": "detection", "widths": [8, 16, 32]}
+    check_same_stride([4, 8, 16], spec, "models/teacher.pt")  # same stride: fine
+    with pytest.raises(ShrinkflowError, match=r"^distill\.student\.widths = \[4, 8\]: 2 stages, "
+                                              r"the teacher has 3"):
+        check_same_stride([4, 8], spec, "models/teacher.pt")
+    with pytest.raises(ShrinkflowError, match=r"^models/teacher\.pt: a classifier"):
+        check_same_stride([4, 8], {"widths": [4, 8]}, "models/teacher.pt")
+    with pytest.raises(ShrinkflowError, match=r"^distill\.method = 'hint'"):
+        check_detection_student(SimpleNamespace(input_size=0, method="hint"))
+    with pytest.raises(ShrinkflowError, match=r"^distill\.input_size = 16"):
+        check_detection_student(SimpleNamespace(input_size=16, method="kd"))
