@@ -92,7 +92,7 @@ def test_photo_configs_crop_and_keep_the_standard_stem(applied):
     in every training section, and sizes at which torchvision's own stems are used."""
     from shrinkflow.nets.torchvision_nets import SMALL_STEM_BELOW
 
-    photos = [c for c in CONFIGS if int(c.stem.split("x")[0]) >= SMALL_STEM_BELOW]
+    photos = [c for c in NAMED if int(c.stem.split("x")[0]) >= SMALL_STEM_BELOW]
     assert {c.stem for c in photos} >= {"224x224-rgb-gpu", "128x128-rgb-cpu"}
     for config in photos:
         params = applied(config)

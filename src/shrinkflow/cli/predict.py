@@ -10,6 +10,10 @@ and preprocessing of the model's card (``shrinkflow.card``)::
 ``--json`` prints one JSON object per image instead (file, and the top classes with index, name
 and probability), for scripts.
 
+A detector (a detection ``.pt``, ``prepare.task: detection``) gives the boxes of each image
+instead, in the image's own pixels, above ``--min-score``; ``--draw DIR`` writes each image with
+its boxes to ``DIR/<name>.png`` (``shrinkflow.cli.detect``).
+
 With an ONNX model this needs only onnxruntime, numpy and Pillow: no torch, no DVC (the card is
 read through ONNX Runtime's metadata; tests/unit/cli/test_predict.py runs it with ``import torch``
 failing). A ``.pt`` model needs torch. Both open through ``shrinkflow.model_files.open``, the one
@@ -60,12 +64,12 @@ class Deployed:
         return self.model.run_numpy(x)
 
 
-def open_deployed(path: str | Path) -> Deployed:
-    """Open ``path`` (.onnx or .pt) and its card; one line naming the file when either is bad.
+def with_card(model: Model) -> Deployed:
+    """An opened model (``open_model``) with its card; one line naming the file when the card is
+    bad or not this model's.
 
     ``check_card`` bounds the card's image sides (``card.MAX_SIDE``): every image is resized to
     them, so a hostile card cannot make each image gigabytes."""
-    model = open_model(path)
     card = (card_from_onnx_metadata(model.meta, model.path)
             if model.runtime is Runtime.ONNXRUNTIME else card_from_pt_meta(model.meta, model.path))
     _check_model_fits_card(model, card)
@@ -156,15 +160,39 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--top", type=int, default=3, metavar="K",
                         help="classes shown per image (default 3)")
     parser.add_argument("--json", action="store_true", help="one JSON object per image")
+    parser.add_argument("--min-score", type=float, default=0.3, metavar="S",
+                        help="a detector: boxes scoring at least S (default 0.3)")
+    parser.add_argument("--draw", type=Path, default=None, metavar="DIR",
+                        help="a detector: write each image with its boxes as DIR/<name>.png")
     return parser.parse_args(argv)
+
+
+def main_detection(args: argparse.Namespace, model: Model) -> None:
+    """A detector's boxes per image (cli.detect); drawings with ``--draw``."""
+    from shrinkflow.cli import detect
+
+    if not 0 <= args.min_score <= 1:
+        raise ShrinkflowError(f"--min-score {args.min_score}: expected a score in 0..1")
+    results = detect.detect(model, image_files(args.paths), args.min_score)
+    if args.draw is not None:
+        detect.draw(results, args.draw)
+    for r in results:
+        print(json.dumps(r) if args.json else detect.summary(r))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.top < 1:
         raise ShrinkflowError(f"--top {args.top}: expected a positive number of classes")
+    opened = open_model(args.model)
+    if opened.spec and opened.spec.get("task") == "detection":
+        main_detection(args, opened)
+        return
+    if args.draw is not None:
+        raise ShrinkflowError(f"--draw: boxes come from a detector; {args.model} is a "
+                              "classifier")
     # every input is checked (model, card, each image decoded) before the first prediction
-    model = open_deployed(args.model)
+    model = with_card(opened)
     files = image_files(args.paths)
     images = np.stack([load_image(f, model.card) for f in files])
     classes = model.card["classes"]

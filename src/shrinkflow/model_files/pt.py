@@ -268,6 +268,11 @@ def check_payload(payload: dict[str, Any], path: str | Path) -> dict[str, Any]:
             spec.get("detector") == "fcos" and _is_int(spec.get("image_size"), 1, MAX_SIDE)):
         raise _bad(path, "spec.detector/image_size", f"fcos and a side 1..{MAX_SIDE}",
                    [spec.get("detector"), spec.get("image_size")])
+    classes = spec.get("classes")
+    if spec.get("task") == "detection" and not (
+            isinstance(classes, list) and len(classes) == spec["num_classes"]
+            and all(isinstance(c, str) and len(c) <= 200 for c in classes)):
+        raise _bad(path, "spec.classes", f"{spec['num_classes']} class names", classes)
     if spec.get("input_size"):
         hw = spec.get("image_hw")
         if not (_is_int(spec["input_size"], 1, MAX_SIDE) and isinstance(hw, list)

@@ -88,7 +88,8 @@ def detector_spec(model_params: Any, meta: dict[str, Any], key: str) -> dict[str
             "widths": list(model_params.widths), "depth": int(model_params.depth),
             "in_channels": int(meta["shape"][0]), "num_classes": int(meta["num_classes"]),
             "image_size": int(meta["shape"][1]), "mean": [float(m) for m in meta["mean"]],
-            "std": [float(s) for s in meta["std"]]}
+            "std": [float(s) for s in meta["std"]],
+            "classes": [str(c) for c in meta["classes"]]}  # predict names the boxes by them
 
 
 def build_detector(spec: dict[str, Any]) -> FCOS:

@@ -62,6 +62,9 @@ HOSTILE = [  # (what is changed, the field the one error line must name)
     (lambda p: p["spec"].update(task="detection", detector="fcos", image_size=10**9),
      r"spec\.detector/image_size: expected fcos and a side"),
     (lambda p: p["spec"].update(task="detection", detector="fcos", image_size=32),
+     r"spec\.classes: expected 3 class names"),
+    (lambda p: p["spec"].update(task="detection", detector="fcos", image_size=32,
+                                classes=["a", "b", "c"]),
      r"weights do not match its spec"),  # a classifier's tensors under a detector's spec
 ]
 
