@@ -10,16 +10,30 @@ teacher ORT is the runtime; teacher ORT -> a compressed ORT model is the compres
 student's ONNX form is a candidate for the final model in its own right (quantize exports only
 the model it quantizes). Each item reads only ``quantize.opset``, so other quantize settings
 never re-export. Checks the written file against the PyTorch model on the test split.
+
+On detection data (``prepare.task: detection``) it exports the detector with its
+post-processing (model_files.export_detector: final boxes out, one image per call), checked box
+for box on the test images; metrics: the share of images with the same boxes and the largest
+coordinate difference in pixels.
 """
 
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from shrinkflow.core.errors import ShrinkflowError, run_stage
 from shrinkflow.core.metric_keys import model_key
 from shrinkflow.core.outputs import commit_outputs, read_json, require_inputs
-from shrinkflow.data.prepared import load_prepared
+from shrinkflow.data.prepared import load_prepared, prepared_task
+from shrinkflow.data.prepared_boxes import load_box_split
 from shrinkflow.measure.metrics import logit_parity
+from shrinkflow.model_files.export_detector import (
+    MAX_BOX_DIFF,
+    MIN_AGREEMENT,
+    box_parity,
+    export_detector,
+)
 from shrinkflow.model_files.export_onnx import FP32_MAX_ABS_DIFF, export_onnx
 from shrinkflow.model_files.open import open_model
 from shrinkflow.model_files.pt import check_role
@@ -28,6 +42,15 @@ from shrinkflow.params.quantize import QuantizeParams
 
 DATA_DIR = "data/prepared"
 SOURCES = {"teacher": "train_teacher", "student": "distill"}  # model -> the stage that writes it
+
+
+def export_metrics(name: str, parity: dict[str, float], onnx_path: Path) -> dict[str, float]:
+    """metrics/export_NAME.json: the parity and the file's size, under the ONNX model's name in
+    models.yaml (NAME_onnx)."""
+    onnx_name = f"{name}_onnx"
+    return {model_key(onnx_name, "max_abs_diff"): round(parity["max_abs_diff"], 8),
+            model_key(onnx_name, "agreement"): round(parity["agreement"], 6),
+            model_key(onnx_name, "bytes"): onnx_path.stat().st_size}
 
 
 def main() -> None:
@@ -40,6 +63,9 @@ def main() -> None:
     opset = load_section(QuantizeParams).opset
     require_inputs(f"export_onnx@{name}",
                    {source: SOURCES[name], f"{DATA_DIR}/meta.json": "prepare"})
+    if prepared_task(DATA_DIR) == "detection":
+        export_detection(name, source, onnx_out, metrics_out, opset)
+        return
     meta = read_json(f"{DATA_DIR}/meta.json")
     model = open_model(source, meta["shape"], meta["num_classes"])
     check_role(model.meta, name, source)
@@ -55,15 +81,35 @@ def main() -> None:
                 f"{parity['max_abs_diff']:.2e} in logits (expected <= {FP32_MAX_ABS_DIFF:g}); "
                 "nothing was replaced"
             )
-        onnx_name = f"{name}_onnx"  # its name in models.yaml
-        out.json(metrics_out, {
-            model_key(onnx_name, "max_abs_diff"): round(parity["max_abs_diff"], 8),
-            model_key(onnx_name, "agreement"): round(parity["agreement"], 6),
-            model_key(onnx_name, "bytes"): onnx_path.stat().st_size,
-        })
+        out.json(metrics_out, export_metrics(name, parity, onnx_path))
     print(f"[export_onnx@{name}] {source} -> {onnx_out} (opset {opset}): max |diff| "
           f"{parity['max_abs_diff']:.2e}, agreement {parity['agreement']:.2%} on {len(x)} test "
           "images")
+
+
+def export_detection(name: str, source: str, onnx_out: Path, metrics_out: str,
+                     opset: int) -> None:
+    """``prepare.task: detection``: the detector with its post-processing (export_detector),
+    checked box for box against PyTorch on the test images."""
+    model = open_model(source)
+    check_role(model.meta, name, source)
+    test, _ = load_box_split(DATA_DIR, "test")
+    images = [np.asarray(test.images[i], np.float32) / 255 for i in range(len(test))]
+    with commit_outputs() as out:
+        onnx_path = out.file(onnx_out)
+        export_detector(model.module, model.spec, onnx_path, opset)
+        exported = open_model(onnx_path)
+        parity = box_parity([model.detect(x) for x in images], [exported.detect(x) for x in images])
+        if parity["agreement"] < MIN_AGREEMENT or parity["max_abs_diff"] > MAX_BOX_DIFF:
+            raise ShrinkflowError(
+                f"{onnx_out}: exported detector differs from {source}: same boxes on "
+                f"{parity['agreement']:.1%} of the test images (expected >= {MIN_AGREEMENT:.0%}),"
+                f" up to {parity['max_abs_diff']:.2e} px apart (expected <= {MAX_BOX_DIFF:g}); "
+                "nothing was replaced")
+        out.json(metrics_out, export_metrics(name, parity, onnx_path))
+    print(f"[export_onnx@{name}] {source} -> {onnx_out} (opset {opset}, with NMS): same boxes "
+          f"on {parity['agreement']:.2%} of {len(images)} test images, max |diff| "
+          f"{parity['max_abs_diff']:.2e} px")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,19 @@
 """Detection through DVC, as far as the pipeline runs it: `dvc repro distill` on the built-in
 scenes prepares them, trains an FCOS teacher, the scratch control and the distilled student, and
-reports the KD gain in mAP points; the stages that do not know detection yet stop in one line
-that names prepare.task, and the models stay."""
+reports the KD gain in mAP points; `export_onnx@student` exports it with NMS inside, and
+shrinkflow-predict draws its boxes from the ONNX file; the stages that do not know detection
+yet stop in one line that names prepare.task, and the models stay."""
 
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
-from pipeline_repo import dvc, make_repo
+from PIL import Image
+from pipeline_repo import dvc, make_repo, run
 
+from shrinkflow.data.prepared_boxes import load_box_split
 from shrinkflow.model_files.pt import load_model
 
 DETECTION = {"prepare": {"task": "detection", "source": "scenes", "image_size": 32,
@@ -36,6 +40,18 @@ def test_dvc_repro_prepares_scenes_trains_and_distils_a_detector(tmp_path):
     assert m["kd_gain_map_points"] == pytest.approx(
         100 * (m["student_test_map"] - scratch["student_scratch_test_map"]), abs=1e-3)
     assert m["distill_params_ratio"] > 1
+
+    out = dvc(repo, "repro", "export_onnx@student").stdout
+    assert "with NMS): same boxes on" in out
+    exported = json.loads((repo / "metrics" / "export_student.json").read_text())
+    assert exported["student_onnx_agreement"] >= 0.98
+    drawn = repo / "drawn"
+    scene = repo / "scene.png"
+    test, _ = load_box_split(repo / "data" / "prepared", "test")
+    Image.fromarray(test.images[0][0]).save(scene)
+    shown = run(repo, sys.executable, "-m", "shrinkflow.cli.predict", "models/student.onnx",
+                "scene.png", "--json", "--min-score", "0", "--draw", "drawn").stdout
+    assert json.loads(shown)["file"] == "scene.png" and (drawn / "scene.png").is_file()
 
     before = {f: (repo / "models" / f).read_bytes() for f in ("teacher.pt", "student.pt")}
     failed = dvc(repo, "repro", "prune", check=False)

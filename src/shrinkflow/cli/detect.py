@@ -1,5 +1,6 @@
 """What ``shrinkflow-predict`` does with a detector (a ``.pt`` that ``train_teacher`` or
-``distill`` wrote on detection data): the boxes in each image, in the image's own pixels, as
+``distill`` wrote on detection data, or its ONNX file from ``export_onnx@NAME``, which needs no
+torch): the boxes in each image, in the image's own pixels, as
 text or JSON, and with ``--draw DIR`` each image with its boxes as ``DIR/<name>.png``.
 
 An image is squashed to the detector's square input as ``prepare`` squashed the training images
@@ -25,10 +26,6 @@ COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f
            "#bfef45", "#fabed4", "#469990"]  # one per class, cycling
 
 
-def is_detector(model: Model) -> bool:
-    return bool(model.spec) and model.spec.get("task") == "detection"
-
-
 def image_sizes(files: list[Path]) -> list[tuple[int, int]]:
     """Each file's own (width, height); the files were decoded already (``read_image``)."""
     sizes = []
@@ -40,23 +37,21 @@ def image_sizes(files: list[Path]) -> list[tuple[int, int]]:
 
 def detect(model: Model, files: list[Path], min_score: float) -> list[dict[str, Any]]:
     """Per file: its name, size and boxes (class, index, score, ``[x0, y0, x1, y1]`` in its own
-    pixels), best first."""
-    import torch
-
+    pixels), best first. ``model``: a detector from ``open_model`` (.pt, or the ONNX file of
+    ``model_files.export_detector``)."""
     spec = model.spec
     side = spec["image_size"]
     images = [read_image(f, spec["in_channels"], side, side) for f in files]  # all checked first
     results = []
-    with torch.no_grad():
-        for f, pixels, (w, h) in zip(files, images, image_sizes(files), strict=True):
-            out = model.module([torch.from_numpy(pixels.astype(np.float32) / 255)])[0]
-            scale = np.array([w / side, h / side] * 2)
-            boxes = [{"class": spec["classes"][int(label)], "index": int(label),
-                      "score": round(float(score), 4),
-                      "box": [round(float(v), 1) for v in box.numpy() * scale]}
-                     for box, score, label in zip(out["boxes"], out["scores"], out["labels"],
-                                                  strict=True) if score >= min_score]
-            results.append({"file": str(f), "width": w, "height": h, "boxes": boxes})
+    for f, pixels, (w, h) in zip(files, images, image_sizes(files), strict=True):
+        boxes, scores, labels = model.detect(pixels.astype(np.float32) / 255)
+        scale = np.array([w / side, h / side] * 2)
+        found = [{"class": spec["classes"][int(label)], "index": int(label),
+                  "score": round(float(score), 4),
+                  "box": [round(float(v), 1) for v in np.asarray(box) * scale]}
+                 for box, score, label in zip(boxes, scores, labels, strict=True)
+                 if score >= min_score]
+        results.append({"file": str(f), "width": w, "height": h, "boxes": found})
     return results
 
 

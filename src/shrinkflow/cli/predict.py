@@ -185,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.top < 1:
         raise ShrinkflowError(f"--top {args.top}: expected a positive number of classes")
     opened = open_model(args.model)
-    if opened.spec and opened.spec.get("task") == "detection":
+    if opened.detect is not None:
         main_detection(args, opened)
         return
     if args.draw is not None:

@@ -35,6 +35,7 @@ field by field and against its tensors before anything is built from it (``model
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ META_MACS = "shrinkflow.macs"
 META_PARAMS = "shrinkflow.params"
 META_CLASSES = "shrinkflow.num_classes"
 META_QUANTIZATION = "shrinkflow.quantization"  # set on int8 files by ``quantize``
+META_DETECTOR = "shrinkflow.detector"  # a detector's spec as JSON (model_files.export_detector)
 
 
 @dataclass
@@ -90,6 +92,10 @@ class Model:
     run: Callable[[Any], Any] = field(repr=False)
     module: nn.Module | None = field(default=None, repr=False)  # torch runtimes only
     spec: dict[str, Any] | None = None  # the architecture spec of a .pt file
+    # a detector (prepare.task: detection): one [0, 1] float32 (C, H, W) numpy image -> its
+    # boxes, scores and labels as numpy; None for a classifier
+    detect: Callable[[np.ndarray], tuple[np.ndarray, ...]] | None = field(default=None,
+                                                                          repr=False)
 
     @property
     def device_type(self) -> str:
@@ -210,8 +216,15 @@ def _open_pt(path: Path, device: str, input_shape: Sequence[int] | None) -> Mode
         macs = None
         if input_shape is not None and int(input_shape[0]) == spec["in_channels"]:
             macs = count_macs(module, tuple(int(s) for s in input_shape))
+    detect = None
+    if spec.get("task") == "detection":
+        def detect(image: np.ndarray) -> tuple[np.ndarray, ...]:
+            with torch.inference_mode():
+                out = module([torch.from_numpy(image).to(where)])[0]
+            return tuple(out[k].cpu().numpy() for k in ("boxes", "scores", "labels"))
     return Model(path, runtime, precision, params, macs, path.stat().st_size, shape,
-                 spec.get("num_classes"), where, meta, run=module, module=module, spec=spec)
+                 spec.get("num_classes"), where, meta, run=module, module=module, spec=spec,
+                 detect=detect)
 
 
 # --- ONNX Runtime ------------------------------------------------------------------------------
@@ -260,6 +273,28 @@ def _open_onnx(path: Path, threads: int) -> Model:
         return session.run([output_name], {input_name: x})[0]
 
     precision = "int8" if META_QUANTIZATION in meta else "fp32"
+    spec, detect = None, None
+    if META_DETECTOR in meta:  # boxes, scores and labels of one image (export_detector)
+        spec = _detector_spec(meta[META_DETECTOR], path)
+        classes = spec["num_classes"]
+
+        def detect(image: np.ndarray) -> tuple[np.ndarray, ...]:
+            return tuple(session.run(None, {input_name: image[None]}))
     return Model(path, Runtime.ONNXRUNTIME, precision, _int_or_none(meta.get(META_PARAMS)),
                  _int_or_none(meta.get(META_MACS)), path.stat().st_size, shape, classes,
-                 "cpu", meta, run=run)
+                 "cpu", meta, run=run, spec=spec, detect=detect)
+
+
+def _detector_spec(text: str, path: Path) -> dict[str, Any]:
+    """A detector file's spec from its metadata, checked: predict names boxes by it."""
+    try:
+        spec = json.loads(text)
+    except ValueError:
+        spec = None
+    classes = spec.get("classes") if isinstance(spec, dict) else None
+    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+            and isinstance(spec.get("image_size"), int)
+            and spec.get("num_classes") == len(classes)):
+        raise ShrinkflowError(f"{path}: metadata {META_DETECTOR!r} is not a detector's spec "
+                              "(classes, image_size, num_classes)")
+    return spec

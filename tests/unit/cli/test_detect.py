@@ -12,6 +12,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from deploy_env import SITECUSTOMIZE, env_with, run_predict
 from PIL import Image
 
 from shrinkflow.cli.predict import cli
@@ -92,3 +93,21 @@ def test_what_it_refuses_is_one_line(detector, capsys, tmp_path):
     assert not (tmp_path / "out").exists()
     code, _, err = run(capsys, model_file, image, "--min-score", "2")
     assert code == 2 and "--min-score 2.0: expected a score in 0..1" in err
+
+
+def test_the_onnx_detector_gives_the_same_boxes_without_torch(detector, capsys, tmp_path):
+    from shrinkflow.model_files.export_detector import export_detector
+    from shrinkflow.model_files.pt import load_model
+
+    model_file, _, image = detector
+    model, payload = load_model(model_file)
+    export_detector(model, payload["spec"], tmp_path / "detector.onnx")
+    (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)  # torch, onnx... fail to import
+    done = run_predict(str(tmp_path / "detector.onnx"), str(image), "--json",
+                       env=env_with(tmp_path))
+    assert done.returncode == 0, done.stderr
+    onnx_boxes = json.loads(done.stdout)["boxes"]
+    torch_boxes = json.loads(run(capsys, model_file, image, "--json")[1])["boxes"]
+    assert [b["index"] for b in onnx_boxes] == [b["index"] for b in torch_boxes]
+    np.testing.assert_allclose([b["box"] for b in onnx_boxes], [b["box"] for b in torch_boxes],
+                               atol=0.11)  # printed to 0.1 px

@@ -21,8 +21,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from cards import tiny_card
+from deploy_env import SITECUSTOMIZE, env_with, run_predict
 from PIL import Image
-from pipeline_repo import ROOT
 
 from shrinkflow.cli.predict import cli
 from shrinkflow.model_files.card import (
@@ -34,26 +34,7 @@ from shrinkflow.model_files.pt import save_model
 from shrinkflow.nets.zoo import build_model, make_spec
 from shrinkflow.params.common import ModelSpec
 
-SRC = ROOT / "src"
 N_IMAGES = 12
-# everything the training stack brings that the ONNX deploy path must not need
-BLOCKED = ["torch", "torchvision", "dvc", "dvclive", "onnx", "pandas", "sklearn", "yaml",
-           "pydantic", "matplotlib", "torch_pruning", "scipy"]
-SITECUSTOMIZE = f"""
-import sys
-
-BLOCKED = {BLOCKED!r}
-
-
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"{{name}} is blocked by this test's sitecustomize")
-        return None
-
-
-sys.meta_path.insert(0, Block())
-"""
 
 
 @pytest.fixture(scope="module")
@@ -92,15 +73,6 @@ def expected_classes(model_file: Path, images: torch.Tensor, card: dict) -> list
     """What evaluate computes: open_model's logits, argmax, named by the card."""
     predicted = open_model(model_file).predict(images).argmax(1).tolist()
     return [card["classes"][i] for i in predicted]
-
-
-def env_with(*paths: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, [*paths, SRC]))}
-
-
-def run_predict(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shrinkflow.cli.predict", *args],
-                          env=env or env_with(), capture_output=True, text=True, timeout=120)
 
 
 def top1(stdout: str) -> dict[str, str]:
