@@ -1,6 +1,6 @@
 """Detection annotations: COCO instances JSON and Pascal VOC XML, read into one form, every box
-checked before anything is built from it (issue 27, detection's data layer; the pipeline does
-not read these yet).
+checked before anything is built from it (detection's data layer: ``prepare.source: coco`` and
+``voc``, data.prepare_detection).
 
 The form: per image its file name, size and boxes as ``(x0, y0, x1, y1)`` pixels (x right, y
 down, x1 / y1 exclusive, as torchvision's detection models take them) with a class index into

@@ -1,5 +1,5 @@
 """The built-in detection set: scenes of a few digits on a blank canvas, with their boxes
-(issue 27's offline quick-start data: ``prepare.source: scenes``, data.prepare_detection).
+(detection's offline quick-start data: ``prepare.source: scenes``, data.prepare_detection).
 
 Each scene places 1..``max_digits`` of the built-in 8x8 digits, upscaled by a whole factor, at
 seeded positions that never overlap, so every box holds exactly one digit and its class is the

@@ -1,4 +1,5 @@
-"""COCO mAP of a detector's boxes (issue 27; the pipeline does not run detection yet).
+"""COCO mAP of a detector's boxes: what the detection training loop validates with and the
+detection stages report (``training.detection_loop``).
 
 torchmetrics' ``MeanAveragePrecision`` on its pycocotools backend computes the figures, so they
 are the COCO evaluation's own (101-point interpolated precision, IoU thresholds .50:.05:.95, up
