@@ -1,6 +1,7 @@
 """Detection through DVC, as far as the pipeline runs it: `dvc repro distill` on the built-in
 scenes prepares them, trains an FCOS teacher, the scratch control and the distilled student, and
-reports the KD gain in mAP points; `export_onnx@student` exports it with NMS inside, and
+reports the KD gain in mAP points; `evaluate@student` measures it again; `export_onnx@student`
+exports it with NMS inside, and
 shrinkflow-predict draws its boxes from the ONNX file; the stages that do not know detection
 yet stop in one line that names prepare.task, and the models stay."""
 
@@ -41,8 +42,11 @@ def test_dvc_repro_prepares_scenes_trains_and_distils_a_detector(tmp_path):
         100 * (m["student_test_map"] - scratch["student_scratch_test_map"]), abs=1e-3)
     assert m["distill_params_ratio"] > 1
 
-    out = dvc(repo, "repro", "export_onnx@student").stdout
+    out = dvc(repo, "repro", "export_onnx@student", "evaluate@student").stdout
     assert "with NMS): same boxes on" in out
+    evaluated = json.loads((repo / "metrics" / "eval_student.json").read_text())
+    assert evaluated["student_map"] == m["student_test_map"]  # the stage and distill agree
+    assert (repo / "metrics" / "per_class_student.csv").read_text().startswith("class,ap,")
     exported = json.loads((repo / "metrics" / "export_student.json").read_text())
     assert exported["student_onnx_agreement"] >= 0.98
     drawn = repo / "drawn"
