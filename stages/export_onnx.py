@@ -20,8 +20,6 @@ coordinate difference in pixels.
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from shrinkflow.core.errors import ShrinkflowError, run_stage
 from shrinkflow.core.metric_keys import model_key
 from shrinkflow.core.outputs import commit_outputs, read_json, require_inputs
@@ -94,7 +92,7 @@ def export_detection(name: str, source: str, onnx_out: Path, metrics_out: str,
     model = open_model(source)
     check_role(model.meta, name, source)
     test, _ = load_box_split(DATA_DIR, "test")
-    images = [np.asarray(test.images[i], np.float32) / 255 for i in range(len(test))]
+    images = [test.image(i) for i in range(len(test))]
     with commit_outputs() as out:
         onnx_path = out.file(onnx_out)
         export_detector(model.module, model.spec, onnx_path, opset)

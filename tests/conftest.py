@@ -90,11 +90,9 @@ def _stage_server(request):
         yield None
         return
     server = StageServer(env())
-    os.environ.update({"SHRINKFLOW_TEST_SHIM_DIR": str(server.shim_dir),
-                       **{k: v for k, v in server.env(env()).items() if k.startswith("SHRINK")}})
+    os.environ.update(server.variables())  # env() puts the shim first on PATH
     yield server
-    for key in ("SHRINKFLOW_TEST_SHIM_DIR", "SHRINKFLOW_TEST_STAGE_SERVER",
-                "SHRINKFLOW_TEST_PYTHON"):
+    for key in server.variables():
         os.environ.pop(key, None)
     server.close()
 

@@ -13,7 +13,7 @@ line stays the server's. Anything else called ``python`` (``python -m ...``, no 
 server) becomes the real interpreter through ``exec``, so a command behaves as without the server.
 
     server = StageServer(env)         # starts it; env: the one the stages run with
-    subprocess.run(["dvc", "repro"], env=server.env(env))
+    os.environ.update(server.variables())  # pipeline_repo.env() then puts the shim on PATH
     ...
     server.close()
 """
@@ -30,7 +30,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 import traceback
 from pathlib import Path
 
@@ -59,11 +58,11 @@ class StageServer:
         self._proc = subprocess.Popen([sys.executable, __file__, "serve", str(self.socket_path)],
                                       env=env, stdin=subprocess.DEVNULL)
 
-    def env(self, env: dict[str, str]) -> dict[str, str]:
-        """``env`` with the shim first on PATH and the server's address."""
-        return {**env, "PATH": f"{self.shim_dir}{os.pathsep}{env['PATH']}",
-                "SHRINKFLOW_TEST_STAGE_SERVER": str(self.socket_path),
-                "SHRINKFLOW_TEST_PYTHON": sys.executable}
+    def variables(self) -> dict[str, str]:
+        """What the suite's environment needs: the shim's folder (``pipeline_repo.env`` puts it
+        first on PATH) and the server's address (the shim's client reads it)."""
+        return {"SHRINKFLOW_TEST_SHIM_DIR": str(self.shim_dir),
+                "SHRINKFLOW_TEST_STAGE_SERVER": str(self.socket_path)}
 
     def close(self) -> None:
         self._proc.terminate()
@@ -106,7 +105,7 @@ def _read_reply(stream) -> dict | None:
 
 def _client() -> None:
     args = sys.argv[1:]
-    real = os.environ.get("SHRINKFLOW_TEST_PYTHON", sys.executable)
+    real = sys.executable  # the shim starts this client with the real interpreter
     address = os.environ.get("SHRINKFLOW_TEST_STAGE_SERVER")
     if address and args and args[0].endswith(".py") and os.path.isfile(args[0]):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -220,14 +219,6 @@ def _serve(address: str) -> None:
         listener.close()
         if os.path.exists(address):
             os.unlink(address)
-
-
-def wait_until_listening(address: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not address.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the stage server did not start listening on {address}")
-        time.sleep(0.05)
 
 
 if __name__ == "__main__":

@@ -19,20 +19,11 @@ from PIL import Image, ImageDraw
 
 from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.core.outputs import commit_outputs
-from shrinkflow.data.images import read_image
+from shrinkflow.data.images import image_size, read_image
 from shrinkflow.model_files.open import Model
 
 COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6",
            "#bfef45", "#fabed4", "#469990"]  # one per class, cycling
-
-
-def image_sizes(files: list[Path]) -> list[tuple[int, int]]:
-    """Each file's own (width, height); the files were decoded already (``read_image``)."""
-    sizes = []
-    for f in files:
-        with Image.open(f) as im:
-            sizes.append(im.size)
-    return sizes
 
 
 def detect(model: Model, files: list[Path], min_score: float) -> list[dict[str, Any]]:
@@ -43,7 +34,8 @@ def detect(model: Model, files: list[Path], min_score: float) -> list[dict[str, 
     side = spec["image_size"]
     images = [read_image(f, spec["in_channels"], side, side) for f in files]  # all checked first
     results = []
-    for f, pixels, (w, h) in zip(files, images, image_sizes(files), strict=True):
+    for f, pixels in zip(files, images, strict=True):
+        w, h = image_size(f)
         boxes, scores, labels = model.detect(pixels.astype(np.float32) / 255)
         scale = np.array([w / side, h / side] * 2)
         found = [{"class": spec["classes"][int(label)], "index": int(label),

@@ -74,6 +74,16 @@ def _resize(im: Image.Image, size: tuple[int, int], policy: str) -> Image.Image:
     raise ValueError(f"unknown resize policy {policy!r}; expected one of {', '.join(POLICIES)}")
 
 
+def image_size(path: str | Path) -> tuple[int, int]:
+    """An image file's own (width, height), from its header (nothing is decoded); one line
+    naming the file when it is not a readable image."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise _refuse(Path(path), f"not a readable image ({type(exc).__name__})") from None
+
+
 def read_image(path: str | Path, channels: int, height: int, width: int,
                policy: str = "squash") -> np.ndarray:
     """One image file as uint8 (channels, height, width), by the module's policy; one line

@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.data.boxes import DetectionSplit, ImageBoxes, raise_if_bad, read_coco, read_voc
 from shrinkflow.data.digit_scenes import make_digit_scenes
-from shrinkflow.data.images import read_image
+from shrinkflow.data.images import image_size, read_image
 from shrinkflow.data.prepare import channel_stats, split_indices, split_off
 from shrinkflow.data.prepared import SPLITS
 from shrinkflow.data.prepared_boxes import write_box_meta, write_box_split
@@ -71,10 +70,9 @@ def scene_splits(p: PrepareParams) -> Splits:
             for k, (name, (part, rows)) in enumerate(pools.items())}
 
 
-def annotated_splits(p: PrepareParams) -> tuple[dict[str, tuple[Path, DetectionSplit]],
-                                                 list[str]]:
-    """Each split's image folder and annotations, and the classes (train's). Every split's
-    annotation files use the same categories, in the same order."""
+def annotated_splits(p: PrepareParams) -> dict[str, tuple[Path, DetectionSplit]]:
+    """Each split's image folder and annotations. Every split's annotation files use the same
+    categories, in the same order (train's)."""
     root = Path(p.path)
     if p.source == "voc":
         pooled = {"all": (root / "JPEGImages", read_voc(root))}
@@ -90,7 +88,7 @@ def annotated_splits(p: PrepareParams) -> tuple[dict[str, tuple[Path, DetectionS
         if split.classes != classes:
             raise ShrinkflowError(f"{root}/{name}.json: categories {split.classes} differ "
                                   f"from train.json's {classes}; expected the same list")
-    return _carve_missing(pooled, p), classes
+    return _carve_missing(pooled, p)
 
 
 def _carve_missing(pooled: dict[str, tuple[Path, DetectionSplit]], p: PrepareParams
@@ -143,13 +141,12 @@ def read_split_images(folder: Path, split: DetectionSplit, size: int, channels: 
 
 
 def _size_problem(path: Path, image: ImageBoxes) -> str | None:
-    try:
-        with Image.open(path) as im:
-            size = im.size
-    except FileNotFoundError:
+    if not path.is_file():
         return f"{path}: not found (named by the annotations)"
-    except (UnidentifiedImageError, OSError) as exc:
-        return f"{path}: not a readable image ({type(exc).__name__})"
+    try:
+        size = image_size(path)
+    except ShrinkflowError as exc:
+        return str(exc)
     if size != (image.width, image.height):
         return (f"{path}: {size[0]}x{size[1]} pixels, but its annotation says "
                 f"{image.width}x{image.height}; expected the same size")
@@ -160,7 +157,7 @@ def read_detection(p: PrepareParams) -> Splits:
     """Every split's images and boxes, read and checked: nothing is written yet."""
     if p.source == "scenes":
         return scene_splits(p)
-    annotated, _ = annotated_splits(p)
+    annotated = annotated_splits(p)
     read = {name: read_split_images(folder, split, p.image_size, p.channels)
             for name, (folder, split) in annotated.items()}
     raise_if_bad(Path(p.path), [line for *_, problems in read.values() for line in problems])

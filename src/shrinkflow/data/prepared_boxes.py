@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from shrinkflow.core.errors import ShrinkflowError
-from shrinkflow.data.boxes import DetectionSplit
+from shrinkflow.data.boxes import DetectionSplit, ImageBoxes
 from shrinkflow.data.prepared import DETECTION_FORMAT, read_meta
 
 
@@ -40,6 +40,14 @@ class BoxSplit:
         """Image ``i``'s boxes and class indices."""
         start, end = self.offsets[i], self.offsets[i + 1]
         return self.boxes[start:end], self.labels[start:end]
+
+    def image(self, i: int) -> np.ndarray:
+        """Image ``i`` as a detector takes it: float32 ``(C, H, W)`` in [0, 1]."""
+        return np.asarray(self.images[i], np.float32) / 255
+
+    def truths(self) -> list[ImageBoxes]:
+        """Every image's labelled boxes, in order: what mAP is measured against."""
+        return [ImageBoxes("", 0, 0, *self.target(i)) for i in range(len(self))]
 
 
 def write_box_split(out_dir: Path, name: str, images: np.ndarray, split: DetectionSplit) -> None:

@@ -68,9 +68,8 @@ def write_detection_evaluation(out: Any, metrics_dir: Path, name: str, model: An
     """Evaluate a detector (``model_files.open``, ``model.detect``) on ``test`` and stage
     ``eval_NAME.json`` (keys ``NAME_*``), ``confusion_NAME.csv`` and ``per_class_NAME.csv`` in
     ``out``. Returns the mAP figures."""
-    predictions = [model.detect(np.asarray(test.images[i], np.float32) / 255)
-                   for i in range(len(test))]
-    truths = [ImageBoxes("", 0, 0, *test.target(i)) for i in range(len(test))]
+    predictions = [model.detect(test.image(i)) for i in range(len(test))]
+    truths = test.truths()
     m = detection_metrics(predictions, truths, classes)
     figures = {"map": m["map"], "map_50": m["map_50"], "map_75": m["map_75"],
                "params": model.params, "file_bytes": model.file_bytes,

@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 from shrinkflow.core.errors import ShrinkflowError
-from shrinkflow.data.boxes import ImageBoxes
 from shrinkflow.data.prepared_boxes import BoxSplit, load_box_split
 from shrinkflow.measure.detection_metrics import detection_metrics
 from shrinkflow.nets.detectors import build_detector, detector_spec
@@ -53,7 +52,7 @@ def fcos_loss(model: nn.Module, images: list[torch.Tensor], targets: Targets
 
 def batch_of(split: BoxSplit, rows: Any) -> tuple[list[torch.Tensor], Targets]:
     """Images ``rows`` of ``split`` as the detector takes them, with their targets."""
-    images = [torch.from_numpy(np.asarray(split.images[i], np.float32) / 255) for i in rows]
+    images = [torch.from_numpy(split.image(i)) for i in rows]
     targets = []
     for i in rows:
         boxes, labels = split.target(int(i))
@@ -79,8 +78,7 @@ def predict_boxes(model: nn.Module, split: BoxSplit
 
 def split_map(model: nn.Module, split: BoxSplit, classes: list[str]) -> dict[str, Any]:
     """COCO mAP of ``model`` on ``split`` (``measure.detection_metrics``)."""
-    truth = [ImageBoxes("", 0, 0, *split.target(i)) for i in range(len(split))]
-    return detection_metrics(predict_boxes(model, split), truth, classes)
+    return detection_metrics(predict_boxes(model, split), split.truths(), classes)
 
 
 def check_detection_recipe(cfg: TrainConfig, params_key: str) -> None:
@@ -156,7 +154,6 @@ def train_detector(model_params: Any, cfg: TrainConfig, data_dir: str, name: str
     ``training.loop.train_supervised``. ``params_key`` and ``model_key``: where ``cfg`` and
     ``model_params`` live in params.yaml, for errors. The scratch control and the distilled
     student call it with the same student and recipe, so they differ only in ``loss_fn``."""
-    check_detection_recipe(cfg, params_key)
     train, meta = load_box_split(data_dir, "train")
     val, _ = load_box_split(data_dir, "val")
     test, _ = load_box_split(data_dir, "test")
