@@ -8,10 +8,16 @@ the validation drop against the unpruned student stays within budget.max_drop_po
 Outputs: models/pruned.pt (pruned state_dict + the student's spec; load_model resizes layers),
 metrics/prune.json, metrics/history_prune.csv, metrics/prune_sensitivity.csv,
 metrics/prune_steps.csv (budget mode's curve), metrics/prune_latency.csv (its latency table).
+
+On detection data (``prepare.task: detection``): the FCOS student's backbone channels, heads
+kept whole (compress.prune_detection), fine-tuned with the detection distillation from the
+teacher; a fixed ratio only, no sensitivity scan (its CSVs are written with their headers only);
+metrics in mAP.
 """
 
 import time
 
+from shrinkflow.compress.detection_distill import DetectionKD, check_same_stride
 from shrinkflow.compress.distill import KDLoss
 from shrinkflow.compress.prune import (
     make_finetune,
@@ -19,6 +25,7 @@ from shrinkflow.compress.prune import (
     resolve_ignored,
     run_pruning,
     sensitivity_scan,
+    size_change,
     size_summary,
     sparsity,
 )
@@ -29,16 +36,24 @@ from shrinkflow.compress.prune_budget import (
     format_widths,
     run_budget_pruning,
 )
+from shrinkflow.compress.prune_detection import (
+    check_detection_prune,
+    check_detector_rebuilds,
+    detector_size,
+    prune_detector,
+)
 from shrinkflow.compress.prune_families import check_prunable, check_rebuilds
 from shrinkflow.compress.teacher_ensemble import load_teacher, teacher_files
 from shrinkflow.core.errors import ShrinkflowError, run_stage
 from shrinkflow.core.outputs import check_outputs, commit_outputs, require_inputs
-from shrinkflow.data.prepared import load_prepared
+from shrinkflow.data.prepared import load_prepared, prepared_task
+from shrinkflow.data.prepared_boxes import load_box_split
 from shrinkflow.model_files.pt import load_model, write_model_file
 from shrinkflow.params.budget import BudgetParams
 from shrinkflow.params.load import load_section
 from shrinkflow.params.prune import PruneParams
 from shrinkflow.params.teacher import TeacherParams
+from shrinkflow.training.detection_loop import split_map
 from shrinkflow.training.distributed import finish, is_main_process, launch
 from shrinkflow.training.live import live_progress
 from shrinkflow.training.loop import seed_everything
@@ -76,6 +91,9 @@ def main() -> None:
     require_inputs("prune", {f"{DATA_DIR}/meta.json": "prepare", STUDENT_IN: "distill",
                              **teachers})
     check_outputs(MODEL_OUT, HISTORY_OUT, SENSITIVITY_OUT, STEPS_OUT, LATENCY_OUT, METRICS_OUT)
+    if prepared_task(DATA_DIR) == "detection":
+        prune_detection(p, teachers)
+        return
     data = load_prepared(DATA_DIR)
     student, payload = load_model(STUDENT_IN, role="student")
     # one member itself, or the ensemble's mean soft targets at the fine-tune's T
@@ -133,13 +151,7 @@ def main() -> None:
     pruned_val_acc = model_accuracy(pruned, data.val)
     metrics = {
         "prune_mode": p.mode,
-        "prune_params_before": before["params"],
-        "prune_params_after": after["params"],
-        "prune_params_ratio": round(after["params"] / before["params"], 6),
-        "prune_macs_before": before["macs"],
-        "prune_macs_after": after["macs"],
-        "prune_macs_ratio": round(after["macs"] / before["macs"], 6),
-        "prune_achieved_channel_ratio": round(1 - after["channels"] / before["channels"], 6),
+        **size_change(before, after),
         "prune_sparsity": round(sparsity(pruned, resolve_ignored(pruned, p.ignore_layers)), 6),
         "prune_student_test_acc": round(student_acc, 6),
         # budget mode keeping step 0 pruned nothing: "before fine-tune" is the student itself
@@ -191,6 +203,70 @@ def main() -> None:
         f"-> {MODEL_OUT}"
     )
     finish()
+
+
+def prune_detection(p: PruneParams, teachers: dict[str, str]) -> None:
+    """``prepare.task: detection``: the student's backbone pruned to a fixed ratio, heads kept,
+    fine-tuned with the teacher's dense-output distillation (compress.prune_detection)."""
+    check_detection_prune(p)
+    if len(teachers) > 1:
+        raise ShrinkflowError("teacher.ensemble_seeds: detection distils from one teacher; "
+                              "expected []")
+    student, payload = load_model(STUDENT_IN, role="student")
+    teacher, teacher_payload = load_model(TEACHER_IN, role="teacher")
+    spec = payload["spec"]
+    check_same_stride(spec["widths"], teacher_payload["spec"], TEACHER_IN)
+    train, meta = load_box_split(DATA_DIR, "train")
+    val, _ = load_box_split(DATA_DIR, "val")
+    test, _ = load_box_split(DATA_DIR, "test")
+    classes, shape = meta["classes"], tuple(meta["shape"])
+    if p.sensitivity:
+        print("[prune] note: prune.sensitivity scans accuracy per layer, for classifiers; not "
+              f"run on detection data ({SENSITIVITY_OUT} holds its header only)")
+    seed_everything(p.seed)
+    before = detector_size(student, shape)
+    student_map, student_val_map = (split_map(student, s, classes)["map"] for s in (test, val))
+    print(f"[prune] student: {before['params']:,} params, {before['macs']:,} MACs, test mAP "
+          f"{student_map:.3f}, val mAP {student_val_map:.3f}")
+    kd = DetectionKD(teacher, T=p.kd.T, alpha=p.kd.alpha)
+    with live_progress(LIVE_DIR, "prune") as on_epoch:
+        outcome = prune_detector(student, shape, p, train, val, test, classes, kd, on_epoch)
+    pruned = outcome.model
+    check_detector_rebuilds(pruned, spec, shape)  # every later stage rebuilds it from the file
+    after = detector_size(pruned, shape)
+    pruned_map, pruned_val_map = (split_map(pruned, s, classes)["map"] for s in (test, val))
+    metrics = {
+        "prune_mode": p.mode,
+        **size_change(before, after),
+        "prune_student_test_map": student_map,
+        "pruned_test_map_before_finetune": round(outcome.acc_before_finetune, 6),
+        "pruned_test_map": pruned_map,
+        "prune_map_drop_points": round(100 * (student_map - pruned_map), 4),
+        "prune_val_student_map": student_val_map,
+        "pruned_val_map": pruned_val_map,
+        "prune_val_drop_points": round(100 * (student_val_map - pruned_val_map), 4),
+        "prune_step_chosen": p.iterative_steps,
+        "prune_stop_reason": f"fixed ratio {p.ratio}",
+        "prune_channels": format_widths(conv_widths(pruned.backbone)),
+        "prune_seconds": round(outcome.seconds, 2),
+    }
+    with commit_outputs() as out:
+        write_model_file(out.file(MODEL_OUT), pruned, spec, role="pruned", pruned=True,
+                         prune_mode=p.mode, prune_ratio=p.ratio, prune_importance=p.importance)
+        out.csv(HISTORY_OUT, outcome.history)
+        out.csv(SENSITIVITY_OUT, [], SENSITIVITY_FIELDS)
+        out.csv(STEPS_OUT, [], STEP_FIELDS)
+        out.csv(LATENCY_OUT, [], LATENCY_FIELDS)
+        out.json(METRICS_OUT, metrics)
+        out.adopt(LIVE_DIR)
+    print(f"[prune] structured ({p.importance}) ratio {p.ratio} in {p.iterative_steps} step(s), "
+          f"heads kept: backbone {metrics['prune_channels']}; params {before['params']:,} -> "
+          f"{after['params']:,}, MACs {before['macs']:,} -> {after['macs']:,} "
+          f"({metrics['prune_macs_ratio']:.2f}x)\n"
+          f"[prune] test mAP: student {student_map:.3f}, pruned before fine-tune "
+          f"{outcome.acc_before_finetune:.3f}, after {pruned_map:.3f} (drop "
+          f"{metrics['prune_map_drop_points']:.2f} points) in {outcome.seconds:.1f}s -> "
+          f"{MODEL_OUT}")
 
 
 if __name__ == "__main__":

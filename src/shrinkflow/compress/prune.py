@@ -32,7 +32,7 @@ from shrinkflow.measure.metrics import accuracy
 from shrinkflow.nets.zoo import count_macs, count_params, final_linear
 from shrinkflow.params.common import TrainConfig
 from shrinkflow.params.prune import PruneParams
-from shrinkflow.training.loop import LossFn, Split, fit, iterate_batches, predict
+from shrinkflow.training.loop import Split, fit, iterate_batches, predict
 
 # Fine-tune callback: (model, step index from 1, epochs for this step) -> history rows.
 FineTune = Callable[[nn.Module, int, int], list[dict[str, Any]]]
@@ -110,6 +110,20 @@ def size_summary(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, in
         "params": count_params(model),
         "macs": count_macs(model, input_shape),
         "channels": conv_channels(model),
+    }
+
+
+def size_change(before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
+    """``metrics/prune.json``'s size figures from two ``size_summary``-like dicts (params, MACs,
+    channels): before, after and their ratios."""
+    return {
+        "prune_params_before": before["params"],
+        "prune_params_after": after["params"],
+        "prune_params_ratio": round(after["params"] / before["params"], 6),
+        "prune_macs_before": before["macs"],
+        "prune_macs_after": after["macs"],
+        "prune_macs_ratio": round(after["macs"] / before["macs"], 6),
+        "prune_achieved_channel_ratio": round(1 - after["channels"] / before["channels"], 6),
     }
 
 
@@ -195,17 +209,21 @@ def prune_structured(
     evaluate: Callable[[nn.Module], float] | None = None,
     train: Split | None = None,
     log: Callable[[str], None] = print,
+    ignored: list[nn.Module] | None = None,
 ) -> PruneOutcome:
     """Remove ``params.ratio`` of the channels of every prunable group, in place.
 
     ``iterative_steps`` prunes linearly towards the ratio, fine-tuning after each step with that
     step's share of the epochs. ``evaluate`` (if given) measures accuracy once, right after the
     last pruning step and before its fine-tune. ``train`` is required for Taylor importance.
+    ``ignored``: the layers whose output channels stay (default: the classifier head and
+    ``params.ignore_layers``; a detector passes its heads, compress.prune_detection).
     """
     if params.importance == "taylor" and train is None:
         raise ValueError("taylor importance needs training data for its gradient probe")
     start = time.perf_counter()
-    ignored = resolve_ignored(model, list(params.ignore_layers))
+    if ignored is None:
+        ignored = resolve_ignored(model, list(params.ignore_layers))
     pruner = build_pruner(
         model, input_shape, make_importance(params.importance), params.ratio,
         params.iterative_steps, ignored, round_to=params.round_to,
@@ -276,21 +294,25 @@ def prune_unstructured(
 
 
 def make_finetune(
-    train: Split, val: Split, cfg: TrainConfig, loss_fn: LossFn | None = None,
+    train: Any, val: Any, cfg: TrainConfig, loss_fn: Any = None,
     log: Callable[[str], None] = print, params_key: str = "train",
     loss_params: Mapping[str, Any] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    trainer: Callable[..., list[dict[str, Any]]] = fit,
 ) -> FineTune:
     """A fine-tune callback around the one training loop; rows get a global epoch and step.
 
     ``params_key`` / ``loss_params`` name the params behind ``cfg`` and the loss in errors.
+    ``trainer``: the loop (``training.loop.fit``; a detector's ``fit_detector`` with its classes
+    bound, compress.prune_detection), called with ``fit``'s keyword names.
     """
     done: list[int] = [0]
 
     def finetune(model: nn.Module, step: int, epochs: int) -> list[dict[str, Any]]:
         step_cfg = cfg.model_copy(update={"epochs": epochs, "seed": cfg.seed + step - 1})
-        rows = fit(model, train, val, step_cfg, loss_fn=loss_fn, log=log, name=f"prune{step}",
-                   params_key=params_key, loss_params=loss_params, on_epoch=on_epoch)
+        rows = trainer(model, train, val, cfg=step_cfg, loss_fn=loss_fn, log=log,
+                       name=f"prune{step}", params_key=params_key, loss_params=loss_params,
+                       on_epoch=on_epoch)
         for row in rows:
             row["epoch"] = done[0] + row["epoch"]
             row["prune_step"] = step
