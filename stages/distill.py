@@ -28,6 +28,7 @@ from shrinkflow.core.outputs import check_outputs, commit_outputs, read_json, re
 from shrinkflow.data.prepared import load_prepared, prepared_task
 from shrinkflow.data.prepared_boxes import load_box_split
 from shrinkflow.model_files.pt import load_model, write_model_file
+from shrinkflow.nets.detectors import detector_spec
 from shrinkflow.params.distill import DistillParams
 from shrinkflow.params.load import load_section
 from shrinkflow.params.teacher import TeacherParams
@@ -115,7 +116,8 @@ def distill_detector(p: DistillParams, teachers: dict[str, str]) -> None:
                               "expected []")
     scratch_map = check_inputs(teachers, SCRATCH_MAP_KEY)
     teacher, payload = load_model(TEACHER, role="teacher")
-    check_same_stride(p.student.widths, payload["spec"], TEACHER)
+    student_spec = detector_spec(p.student, read_json(f"{DATA_DIR}/meta.json"), "distill.student")
+    check_same_stride(student_spec, payload["spec"], TEACHER, "distill.student")
     kd = DetectionKD(teacher, T=p.T, alpha=p.alpha)
     with live_progress(LIVE_DIR, "distill") as on_epoch:
         student, spec, history, m = train_detector(

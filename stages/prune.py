@@ -215,7 +215,7 @@ def prune_detection(p: PruneParams, teachers: dict[str, str]) -> None:
     student, payload = load_model(STUDENT_IN, role="student")
     teacher, teacher_payload = load_model(TEACHER_IN, role="teacher")
     spec = payload["spec"]
-    check_same_stride(spec["widths"], teacher_payload["spec"], TEACHER_IN)
+    check_same_stride(spec, teacher_payload["spec"], TEACHER_IN, STUDENT_IN)
     train, meta = load_box_split(DATA_DIR, "train")
     val, _ = load_box_split(DATA_DIR, "val")
     test, _ = load_box_split(DATA_DIR, "test")

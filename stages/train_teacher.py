@@ -87,16 +87,21 @@ def main() -> None:
 
 def train_detection_teacher(p: TeacherParams, seed: int | None, name: str, model_out: str,
                             history_out: str, metrics_out: str) -> None:
-    """``prepare.task: detection``: an FCOS teacher trained on the prepared boxes."""
-    if p.mode != "train" or p.init or seed is not None:
-        raise ShrinkflowError("teacher.mode import, teacher.init and ensemble members are "
-                              "classification only so far; for detection expected mode: "
-                              "train, init: '' and ensemble_seeds: []")
+    """``prepare.task: detection``: an FCOS teacher trained on the prepared boxes, its backbone
+    the trunk of ``teacher.model``'s classifier, initialised from ``teacher.init`` if set (the
+    classifier's weights: e.g. ImageNet-pretrained; nets.detectors)."""
+    if p.mode != "train" or seed is not None:
+        raise ShrinkflowError("teacher.mode import and ensemble members are classification only "
+                              "so far; for detection expected mode: train and ensemble_seeds: []")
+    weights = read_weights(p.init) if p.init else None  # a bad file fails before any work
+    init = partial(load_into, weights=weights, name=name) if weights else None
     with live_progress(f"dvclive/{name}", name) as on_epoch:
         model, spec, history, m = train_detector(
-            p.model, p.train, DATA_DIR, name, "teacher.train", "teacher.model", on_epoch)
+            p.model, p.train, DATA_DIR, name, "teacher.train", "teacher.model", on_epoch,
+            init=init)
     with commit_outputs() as out:
-        write_model_file(out.file(model_out), model, spec, role=NAME)
+        write_model_file(out.file(model_out), model, spec, role=NAME,
+                         **({"mode": p.mode, "init": p.init} if p.init else {}))
         out.csv(history_out, history)
         out.json(metrics_out, m)
         out.adopt(f"dvclive/{name}")

@@ -27,6 +27,8 @@ from torchvision.models.detection import FCOS
 
 from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.data.prepared_boxes import BoxSplit
+from shrinkflow.model_files.user_weights import arch_label
+from shrinkflow.nets.detectors import detector_stride
 from shrinkflow.nets.zoo import count_params
 from shrinkflow.training.detection_loop import split_map
 
@@ -117,15 +119,16 @@ def check_detection_student(p: Any) -> None:
                               "outputs (kd); expected kd")
 
 
-def check_same_stride(student_widths: list[int], teacher_spec: dict[str, Any],
-                      teacher_file: str) -> None:
-    """Dense KD compares the two heads point by point, so the student's backbone needs the
-    teacher's number of stages (one 2x pooling between stages: the same stride)."""
+def check_same_stride(student_spec: dict[str, Any], teacher_spec: dict[str, Any],
+                      teacher_file: str, student_key: str) -> None:
+    """Dense KD compares the two heads point by point, so the student's feature map needs the
+    teacher's stride (for the cnn: as many stages, one 2x pooling between stages)."""
     if not teacher_spec.get("task") == "detection":
         raise ShrinkflowError(f"{teacher_file}: a classifier; detection distils from the FCOS "
                               "teacher that train_teacher writes on detection data")
-    if len(student_widths) != len(teacher_spec["widths"]):
+    student, teacher = detector_stride(student_spec, student_key), detector_stride(teacher_spec)
+    if student != teacher:
         raise ShrinkflowError(
-            f"distill.student.widths = {list(student_widths)}: {len(student_widths)} stages, the "
-            f"teacher has {len(teacher_spec['widths'])} ({teacher_spec['widths']}); detection "
-            "KD needs the same number (the same stride), e.g. narrower widths")
+            f"{student_key}: its feature map has stride {student}, the teacher's "
+            f"({arch_label(teacher_spec)} in {teacher_file}) {teacher}; detection KD needs the "
+            "same stride (a cnn: as many widths as the teacher's, narrower)")

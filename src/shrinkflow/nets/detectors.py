@@ -1,5 +1,6 @@
-"""Detectors (``prepare.task: detection``): torchvision's FCOS around a backbone of the same
-VGG-style stages as the zoo's cnn classifier; ``detector_spec`` records one in a model file and
+"""Detectors (``prepare.task: detection``): torchvision's FCOS around the convolutional trunk
+of a classifier from the zoo (``nets.zoo.build_model``: the cnn's stages, any torchvision
+classifier, a factory network); ``detector_spec`` records one in a model file and
 ``build_detector`` builds it back.
 
 Why FCOS first: it is anchor-free, one prediction point per cell of the backbone's feature map,
@@ -7,6 +8,12 @@ so one head fits any backbone stride without tuning anchor boxes to the data, an
 the teacher's stride predicts at the teacher's points: the per-point class logits and box
 offsets are then what detection distillation compares. torchvision's model brings the losses
 (sigmoid focal loss, GIoU, centre-ness), the box decoding and the NMS.
+
+Why the classifier's trunk: the backbone is the same network, built by the same code, as the
+classifier of that name, so a user's classification weights for it (``teacher.init``: an
+ImageNet-pretrained torchvision state_dict, a checkpoint, a shrinkflow classifier) load into it
+the same way (``model_files.user_weights.load_into``) before its pooling and classifier head are
+dropped.
 
 Images go in as torchvision's detection models take them: a list of float ``(C, H, W)`` tensors
 in [0, 1]; in training mode with targets (``boxes`` ``(N, 4)`` pixels ``x0, y0, x1, y1``,
@@ -31,36 +38,78 @@ from torchvision.models.detection.fcos import (
 )
 
 from shrinkflow.core.errors import ShrinkflowError
-from shrinkflow.nets.zoo import _cnn
+from shrinkflow.nets.zoo import Classifier, build_model, make_spec
 
 HEAD_CONVS = 2  # convolutions per head branch: torchvision's 4 is sized for COCO
 
 
-class CnnBackbone(nn.Module):
-    """The cnn's stages without its pooling head: ``depth`` conv-BN-ReLU per width, a 2x max-pool
-    between stages, so the feature map's stride is ``2 ** (len(widths) - 1)``."""
+class Trunk(nn.Module):
+    """A classifier's convolutional trunk as FCOS's backbone: one feature map, its channels
+    (``out_channels``, what torchvision's heads read) and ``stride`` (image side / map side)."""
 
-    def __init__(self, in_channels: int, widths: list[int], depth: int) -> None:
+    def __init__(self, features: nn.Module, out_channels: int, stride: int) -> None:
         super().__init__()
-        # the classifier's own stages (one definition of the cnn), its pooling head dropped
-        self.features = _cnn(in_channels, 1, widths, depth).features
-        self.out_channels = widths[-1]  # what torchvision's heads read
-        self.stride = 2 ** (len(widths) - 1)
+        self.features = features
+        self.out_channels, self.stride = out_channels, stride
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         return OrderedDict([("0", self.features(x))])
 
 
-def build_fcos(in_channels: int, num_classes: int, widths: list[int], depth: int,
-               image_size: int, mean: list[float], std: list[float],
-               head_convs: int = HEAD_CONVS) -> FCOS:
+HEAD_TYPES = (nn.Linear, nn.AdaptiveAvgPool2d, nn.Flatten)
+
+
+def _is_head(module: nn.Module) -> bool:
+    """The global pooling or the classifier (or a Sequential holding one), where a classifier's
+    trunk ends; only direct children count: squeeze-excitation blocks pool inside the trunk."""
+    return isinstance(module, HEAD_TYPES) or any(isinstance(m, HEAD_TYPES)
+                                                 for m in module.children())
+
+
+def trunk_of(body: nn.Module, in_channels: int, image_size: int, key: str) -> Trunk:
+    """The children of a zoo classifier's network up to its global pooling or classifier
+    (the cnn's ``features``; a ResNet's stem to ``layer4``; a MobileNet's or EfficientNet's
+    ``features``), checked to give one square feature map that divides the image."""
+    kept = []
+    for name, child in body.named_children():
+        if _is_head(child):
+            break
+        kept.append((name, child))
+    features = kept[0][1] if len(kept) == 1 else nn.Sequential(OrderedDict(kept))
+    try:
+        out = _probe(features, in_channels, image_size) if kept else None
+    except (RuntimeError, ValueError, TypeError, AssertionError):
+        out = None  # e.g. a transformer's encoder, which takes tokens, not an image
+    if out is None or out.dim() != 4 or out.shape[2] != out.shape[3] or \
+            image_size % out.shape[3]:
+        got = "no feature map" if out is None else f"shape {list(out.shape)}"
+        raise ShrinkflowError(f"{key}.arch: its trunk (the layers before global pooling) gives "
+                              f"{got} on a {image_size} px image; detection needs one square "
+                              "(N, C, H, W) feature map whose side divides the image (a "
+                              "convolutional network: cnn, resnet, mobilenet, efficientnet, ...)")
+    return Trunk(features, int(out.shape[1]), image_size // int(out.shape[3]))
+
+
+def _probe(features: nn.Module, in_channels: int, image_size: int) -> torch.Tensor:
+    """The trunk's output for one blank image, in eval mode: a training-mode pass would move
+    the batch-norm running statistics of a freshly built network."""
+    was_training = features.training
+    device = next(features.parameters()).device
+    features.eval()
+    with torch.no_grad():
+        out = features(torch.zeros(1, in_channels, image_size, image_size, device=device))
+    features.train(was_training)
+    return out
+
+
+def build_fcos(backbone: Trunk, num_classes: int, image_size: int, mean: list[float],
+               std: list[float], head_convs: int = HEAD_CONVS) -> FCOS:
     """An FCOS detector for square ``image_size`` images of ``num_classes`` classes.
 
     torchvision's transform would resize every image to 800 px; here its min and max size are the
     data's own, so images keep their size. One feature map, one point per cell (``anchor`` of one
     stride, only its position is used by FCOS). ``head_convs``: convolutions in each head branch
     (torchvision's default 4 is sized for COCO; 2 keeps a small detector small)."""
-    backbone = CnnBackbone(in_channels, widths, depth)
     anchors = AnchorGenerator(sizes=((backbone.stride * 2,),), aspect_ratios=((1.0,),))
     # torchvision's head normalises with GroupNorm of 32 groups, which needs a multiple of 32
     # channels; a small backbone's 8 or 16 get the largest group count that divides them
@@ -78,22 +127,36 @@ def _group_norm(channels: int) -> nn.GroupNorm:
 
 
 def detector_spec(model_params: Any, meta: dict[str, Any], key: str) -> dict[str, Any]:
-    """A model file's spec for an FCOS detector of ``model_params`` (a ``ModelSpec``: the cnn's
-    widths and depth) on the prepared detection data described by ``meta``. ``key`` names the
-    params section in the one-line error for an architecture FCOS cannot take."""
-    if model_params.arch != "cnn":
-        raise ShrinkflowError(f"{key}.arch = {model_params.arch!r}: detection builds FCOS "
-                              "around the zoo's cnn stages; expected cnn (widths, depth)")
-    return {"task": "detection", "detector": "fcos", "arch": "cnn",
-            "widths": list(model_params.widths), "depth": int(model_params.depth),
-            "in_channels": int(meta["shape"][0]), "num_classes": int(meta["num_classes"]),
-            "image_size": int(meta["shape"][1]), "mean": [float(m) for m in meta["mean"]],
-            "std": [float(s) for s in meta["std"]],
+    """A model file's spec for an FCOS detector whose backbone is the trunk of
+    ``model_params``'s classifier (a ``ModelSpec``: the zoo's spec, ``nets.zoo.make_spec``) on
+    the prepared detection data described by ``meta``. ``key`` names the params section in
+    errors."""
+    side = int(meta["shape"][1])
+    spec = make_spec(model_params, int(meta["shape"][0]), int(meta["num_classes"]),
+                     meta["mean"], meta["std"], image_hw=[side, side])
+    spec = {"task": "detection", "detector": "fcos", **spec, "image_size": side,
             "classes": [str(c) for c in meta["classes"]]}  # predict names the boxes by them
+    detector_stride(spec, key)  # a trunk FCOS cannot take fails here, before any work
+    return spec
 
 
-def build_detector(spec: dict[str, Any]) -> FCOS:
-    """A freshly initialised detector from ``detector_spec``'s spec (the seed is the
-    caller's)."""
-    return build_fcos(spec["in_channels"], spec["num_classes"], spec["widths"], spec["depth"],
-                      spec["image_size"], spec["mean"], spec["std"])
+def build_detector(spec: dict[str, Any], classifier: Classifier | None = None,
+                   key: str = "spec") -> FCOS:
+    """A detector from ``detector_spec``'s spec: freshly initialised (the seed is the caller's),
+    or around the trunk of ``classifier``, built from the same spec (a user's weights already
+    loaded into it). ``key`` names the params section in errors."""
+    if classifier is None:
+        classifier = build_model(spec)
+    backbone = trunk_of(classifier.body, spec["in_channels"], spec["image_size"], key)
+    return build_fcos(backbone, spec["num_classes"], spec["image_size"], spec["mean"],
+                      spec["std"])
+
+
+def detector_stride(spec: dict[str, Any], key: str = "spec") -> int:
+    """The feature map's stride of ``spec``'s detector, built without memory (the meta device;
+    a torchvision constructor that computes on tensors, RegNet's, is built for real)."""
+    try:
+        with torch.device("meta"):
+            return build_detector(spec, key=key).backbone.stride
+    except NotImplementedError:
+        return build_detector(spec, key=key).backbone.stride

@@ -26,7 +26,7 @@ from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.data.prepared_boxes import BoxSplit, load_box_split
 from shrinkflow.measure.detection_metrics import detection_metrics
 from shrinkflow.nets.detectors import build_detector, detector_spec
-from shrinkflow.nets.zoo import count_params
+from shrinkflow.nets.zoo import build_model, count_params
 from shrinkflow.params.common import TrainConfig
 from shrinkflow.training.loop import (
     NonFiniteLossGuard,
@@ -147,19 +147,25 @@ def fit_detector(model: nn.Module, train: BoxSplit, val: BoxSplit, classes: list
 def train_detector(model_params: Any, cfg: TrainConfig, data_dir: str, name: str,
                    params_key: str = "train", model_key: str = "model",
                    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-                   loss_fn: DetectionLoss = fcos_loss, loss_params: dict[str, Any] | None = None
+                   loss_fn: DetectionLoss = fcos_loss, loss_params: dict[str, Any] | None = None,
+                   init: Callable[[nn.Module, dict[str, Any]], None] | None = None
                    ) -> tuple[nn.Module, dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     """Seed, build and train an FCOS detector on the prepared boxes in ``data_dir``; returns
     (model, spec, history rows, ``<name>_*`` metrics): the detection twin of
     ``training.loop.train_supervised``. ``params_key`` and ``model_key``: where ``cfg`` and
     ``model_params`` live in params.yaml, for errors. The scratch control and the distilled
-    student call it with the same student and recipe, so they differ only in ``loss_fn``."""
+    student call it with the same student and recipe, so they differ only in ``loss_fn``.
+    ``init(classifier, spec)``, when given, loads a user's weights into the classifier whose
+    trunk becomes the backbone (``teacher.init``), as ``train_supervised``'s does."""
     train, meta = load_box_split(data_dir, "train")
     val, _ = load_box_split(data_dir, "val")
     test, _ = load_box_split(data_dir, "test")
     spec = detector_spec(model_params, meta, model_key)
     seed_everything(cfg.seed)
-    model = build_detector(spec)
+    classifier = build_model(spec)
+    if init is not None:
+        init(classifier, spec)
+    model = build_detector(spec, classifier, model_key)
     start = time.perf_counter()
     history = fit_detector(model, train, val, meta["classes"], cfg, loss_fn, name, params_key,
                            loss_params, on_epoch=on_epoch)

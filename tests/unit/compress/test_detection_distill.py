@@ -5,11 +5,13 @@ import math
 
 import pytest
 import torch
+from tiny_detectors import scene_meta, tiny_fcos
 
 from shrinkflow.compress.detection_distill import DetectionKD, dense_kd_loss
 from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.data.digit_scenes import make_digit_scenes
-from shrinkflow.nets.detectors import build_fcos
+from shrinkflow.nets.detectors import detector_spec
+from shrinkflow.params.common import ModelSpec
 
 
 def outputs(cls, box):
@@ -58,8 +60,8 @@ def test_one_distillation_step_trains_the_student_and_leaves_the_teacher():
     t = [{"boxes": torch.from_numpy(s.boxes), "labels": torch.from_numpy(s.labels)}
          for s in split.images]
     torch.manual_seed(0)
-    teacher = build_fcos(1, 10, [16, 32, 64], 1, 64, [0.1], [0.25])
-    student = build_fcos(1, 10, [4, 8, 16], 1, 64, [0.1], [0.25])
+    teacher = tiny_fcos([16, 32, 64], 64)
+    student = tiny_fcos([4, 8, 16], 64)
     loss_fn = DetectionKD(teacher, T=2.0, alpha=0.5)
     before = [p.clone() for p in teacher.parameters()]
     total, parts = loss_fn(student, x, t)
@@ -77,7 +79,7 @@ def test_one_distillation_step_trains_the_student_and_leaves_the_teacher():
 def test_the_kd_gain_is_in_map_points_against_the_scratch_control(monkeypatch):
     import shrinkflow.compress.detection_distill as dd
 
-    teacher = build_fcos(1, 10, [4, 8], 1, 32, [0.1], [0.2])
+    teacher = tiny_fcos([4, 8], 32)
     monkeypatch.setattr(dd, "split_map", lambda model, split, classes: {"map": 0.5})
     m = dd.detection_distill_metrics(
         teacher, {"student_test_map": 0.41, "student_params": 100}, None, [], 0.38)
@@ -92,13 +94,18 @@ def test_what_detection_kd_cannot_take_is_one_line_before_any_work():
 
     from shrinkflow.compress.detection_distill import check_detection_student, check_same_stride
 
-    spec = {"task": "detection", "widths": [8, 16, 32]}
-    check_same_stride([4, 8, 16], spec, "models/teacher.pt")  # same stride: fine
-    with pytest.raises(ShrinkflowError, match=r"^distill\.student\.widths = \[4, 8\]: 2 stages, "
-                                              r"the teacher has 3"):
-        check_same_stride([4, 8], spec, "models/teacher.pt")
+    def spec(widths, arch="cnn"):
+        return detector_spec(ModelSpec(arch=arch, widths=widths), scene_meta(32), "x")
+
+    teacher = spec([8, 16, 32])
+    check_same_stride(spec([4, 8, 16]), teacher, "models/teacher.pt", "distill.student")
+    check_same_stride(spec([8], "resnet18"), spec([8, 16, 16, 16]), "t.pt", "distill.student")
+    with pytest.raises(ShrinkflowError, match=r"^distill\.student: its feature map has stride 2, "
+                                              r"the teacher's \(cnn \[8, 16, 32\] depth 2 in "
+                                              r"models/teacher\.pt\) 4"):
+        check_same_stride(spec([4, 8]), teacher, "models/teacher.pt", "distill.student")
     with pytest.raises(ShrinkflowError, match=r"^models/teacher\.pt: a classifier"):
-        check_same_stride([4, 8], {"widths": [4, 8]}, "models/teacher.pt")
+        check_same_stride(spec([4, 8]), {"widths": [4, 8]}, "models/teacher.pt", "distill.student")
     with pytest.raises(ShrinkflowError, match=r"^distill\.method = 'hint'"):
         check_detection_student(SimpleNamespace(input_size=0, method="hint"))
     with pytest.raises(ShrinkflowError, match=r"^distill\.input_size = 16"):

@@ -4,9 +4,9 @@ boxes in evaluation, and it learns the built-in digit scenes."""
 import numpy as np
 import pytest
 import torch
+from tiny_detectors import tiny_fcos
 
 from shrinkflow.data.digit_scenes import make_digit_scenes
-from shrinkflow.nets.detectors import build_fcos
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +19,7 @@ def scenes():
 
 
 def detector():
-    torch.manual_seed(0)
-    return build_fcos(1, 10, [8, 16, 32], 1, 64, [0.1], [0.25])
+    return tiny_fcos([8, 16, 32], 64)
 
 
 def test_training_gives_the_three_fcos_losses_and_evaluation_gives_boxes_in_the_image(scenes):
@@ -55,3 +54,31 @@ def test_it_learns_the_digit_scenes(scenes):
         opt.step()
         totals.append(loss.item())
     assert np.mean(totals[-3:]) < 0.8 * np.mean(totals[:3]), totals
+
+
+@pytest.mark.parametrize(("arch", "stride"), [("resnet18", 8), ("mobilenet_v3_small", 16)])
+def test_any_zoo_classifier_with_a_convolutional_trunk_is_a_backbone(scenes, arch, stride):
+    """The classifier's children up to its pooling: resnet18's small stem (below 96 px) keeps
+    three stride-2 stages (8), mobilenet_v3_small its four after the stem (16); the head reads its channels."""
+    x, t = scenes
+    model = tiny_fcos([8], 64, arch=arch)  # widths: the cnn's only
+    assert model.backbone.stride == stride
+    convs = [m for m in model.head.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs[0].in_channels == model.backbone.out_channels
+    losses = model(x[:2], t[:2])
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_the_backbone_is_the_classifiers_own_trunk():
+    """A user's classification weights loaded into the classifier are the detector's."""
+    from tiny_detectors import scene_meta
+
+    from shrinkflow.nets.detectors import build_detector, detector_spec
+    from shrinkflow.nets.zoo import build_model
+    from shrinkflow.params.common import ModelSpec
+
+    spec = detector_spec(ModelSpec(arch="resnet18"), scene_meta(32), "teacher.model")
+    classifier = build_model(spec)
+    detector = build_detector(spec, classifier)
+    assert detector.backbone.features.layer4 is classifier.body.layer4
+    assert not hasattr(detector.backbone.features, "fc")  # the classifier head is dropped

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_detectors import scene_meta
 
 from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.data.prepare_detection import read_detection, write_detection
@@ -80,8 +81,24 @@ def test_what_the_loop_does_not_do_is_one_line(scenes, change, message):
         train_detector(MODEL, cfg, scenes, "teacher", "teacher.train", "teacher.model")
 
 
-def test_fcos_takes_the_cnn_only_naming_the_key():
-    meta = {"shape": [1, 32, 32], "num_classes": 10, "mean": [0.1], "std": [0.2]}
-    with pytest.raises(ShrinkflowError, match=r"^teacher\.model\.arch = 'resnet18': detection "
-                                              r"builds FCOS around the zoo's cnn stages"):
-        detector_spec(ModelSpec(arch="resnet18"), meta, "teacher.model")
+def test_a_network_without_a_convolutional_trunk_is_one_line_naming_the_key():
+    with pytest.raises(ShrinkflowError, match=r"^teacher\.model\.arch: its trunk \(the layers "
+                                              r"before global pooling\) gives no feature map on "
+                                              r"a 32 px image") as err:
+        detector_spec(ModelSpec(arch="vit_b_16"), scene_meta(32), "teacher.model")
+    assert "\n" not in str(err.value)
+
+
+def test_init_loads_a_users_classifier_weights_into_the_backbone(scenes):
+    """teacher.init's path: ``init`` gets the classifier whose trunk becomes the backbone."""
+    seen = {}
+
+    def init(classifier, spec):
+        first = classifier.body.features[0]
+        first.weight.data.fill_(0.5)  # what load_into does with a file's tensors
+        seen.update(spec=spec, conv=first)
+
+    cfg = RECIPE.model_copy(update={"epochs": 1, "max_batches": 1, "lr": 1e-6})
+    model, spec, _, _ = train_detector(MODEL, cfg, scenes, "teacher", init=init)
+    assert seen["spec"] == spec and model.backbone.features[0] is seen["conv"]
+    assert torch.allclose(model.backbone.features[0].weight, torch.tensor(0.5), atol=1e-4)
