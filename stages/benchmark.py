@@ -7,6 +7,12 @@ its interval, the runtime's gain (teacher in PyTorch -> teacher in ONNX Runtime)
 versions. Models whose file and settings are unchanged since the last run keep their rows; the
 others are timed together with the teacher forms (shrinkflow.measure.benchmark.reusable_rows).
 
+On detection data (prepare.task: detection) each model is timed as a detector, post-processing
+included: batch B is B test-sized images in, final boxes out, and img/s counts images. A
+PyTorch FCOS takes the B images as one list (one call); an ONNX detector file takes one image
+per call, so its batch B is B calls in a row; those rows' ``calls_per_batch`` column says which
+(shrinkflow.measure.benchmark_worker.timed_call, the one place the tasks differ).
+
     python stages/benchmark.py               # the DVC stage
     python stages/benchmark.py --stability   # by hand: run twice, print how far results moved
 """

@@ -6,13 +6,17 @@ when it shipped nothing (no model within ``budget.max_drop_points``), the report
 candidates against the budget and what to change, and then this stage, the pipeline's last,
 exits non-zero: `dvc repro` fails with one line pointing at the report, and reruns the report
 (seconds) until the budget or the models change.
+
+On detection data (``prepare.task: detection`` in data/prepared/meta.json) the page and the same
+charts measure the test mAP (x 100) instead of accuracy, with drops in mAP points and no
+accuracy interval (shrinkflow.core.metric_keys.task_score).
 """
 
 from pathlib import Path
 
 from shrinkflow.core.errors import ShrinkflowError, run_stage
-from shrinkflow.core.metric_keys import read_model_list
-from shrinkflow.core.outputs import commit_outputs
+from shrinkflow.core.metric_keys import read_model_list, task_score
+from shrinkflow.core.outputs import commit_outputs, read_json, require_inputs
 from shrinkflow.params.budget import BudgetParams
 from shrinkflow.params.ladder import LadderParams
 from shrinkflow.params.load import load_section
@@ -21,6 +25,7 @@ from shrinkflow.results.report import build_report, read_selection
 METRICS_DIR = "metrics"
 OUT_DIR = "reports"
 MODEL_LIST = "models.yaml"
+DATA_META = "data/prepared/meta.json"  # the task: which score the page measures
 
 
 def main() -> None:
@@ -28,8 +33,11 @@ def main() -> None:
     if not Path(METRICS_DIR).is_dir():
         raise ShrinkflowError(f"{METRICS_DIR}/ not found: run the pipeline before the report")
     models = read_model_list(MODEL_LIST, load_section(LadderParams).rungs)
+    require_inputs("report", {DATA_META: "prepare"})
+    score = task_score(read_json(DATA_META))
     with commit_outputs() as out:  # the whole folder: a chart no longer drawn does not linger
-        page, charts, notes = build_report(METRICS_DIR, out.directory(OUT_DIR), budget, models)
+        page, charts, notes = build_report(METRICS_DIR, out.directory(OUT_DIR), budget, models,
+                                           score)
     for note in notes:
         print(f"[report] note: {note}")
     print(f"[report] wrote {Path(OUT_DIR) / page.name} and {len(charts)} charts: "

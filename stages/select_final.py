@@ -21,6 +21,12 @@ the teacher ensemble's accuracy in metrics/teacher_ensemble.json when there is o
   the shipped rung's control: a dep that changes only when another model ships (final.json and
   selection.json change with every re-timing).
 
+On detection data (``prepare.task: detection``, read from data/prepared/meta.json) the score is
+the test mAP (evaluate's ``<model>_map``), the budget is in mAP points against the teacher's mAP,
+and every file above names it so: final.json's ``<model>_map`` and ``final_map`` (its
+``final_map_low`` / ``final_map_high`` null: mAP has no binomial interval), selection.json's
+``map`` and ``teacher_map``, the card's ``test_map`` (shrinkflow.core.metric_keys.task_score).
+
 When no candidate is within budget the stage still succeeds and writes all four: models/final/
 then holds only ``NO_MODEL.md`` (why, and what to change), final.json says ``final_model: none``
 and selection.json ``status: none_within_budget``. The report stage, which runs next, draws the
@@ -36,7 +42,12 @@ import csv
 from pathlib import Path
 
 from shrinkflow.core.errors import ShrinkflowError, run_stage
-from shrinkflow.core.metric_keys import read_model_list, reference_accuracy_key
+from shrinkflow.core.metric_keys import (
+    Score,
+    read_model_list,
+    reference_accuracy_key,
+    task_score,
+)
 from shrinkflow.core.outputs import commit_outputs, read_json, require_inputs
 from shrinkflow.model_files.card import CARD_FILE, card_json, pipeline_commit, write_model_card
 from shrinkflow.params.budget import BudgetParams
@@ -86,48 +97,50 @@ def main() -> None:
         raise ShrinkflowError(f"select.batch_size = {p.batch_size}: not benchmarked (benchmark "
                               f"batch sizes in {BENCH_CSV}: {sizes}; 0 = the largest)")
     metrics = {k: v for path in sources for k, v in read_json(path).items()}
-    candidates, notes = build_candidates(models, metrics, rows, batch, p.exclude)
+    data_meta = read_json(DATA_META)
+    score = task_score(data_meta)  # accuracy, or mAP on detection data
+    candidates, notes = build_candidates(models, metrics, rows, batch, p.exclude, score)
     for note in notes:
         print(f"[select] note: {note}")
     for c in sorted(candidates, key=lambda c: c.p50_ms):
-        print(f"[select] {c.name:<16} {c.runtime + ' ' + c.precision:<20} acc {c.accuracy:.2%} "
-              f"drop {c.drop_points:+.2f} pts  b{batch} p50 {c.p50_ms:.4f} ms  "
-              f"{c.file_bytes:,} bytes")
+        print(f"[select] {c.name:<16} {c.runtime + ' ' + c.precision:<20} "
+              f"{score.field} {c.accuracy:.2%} drop {c.drop_points:+.2f} pts  "
+              f"b{batch} p50 {c.p50_ms:.4f} ms  {c.file_bytes:,} bytes")
     s = choose(candidates, budget, p.max_file_bytes, batch)
-    teacher_acc = candidates_reference(metrics)
+    teacher_acc = candidates_reference(metrics, score)
     if s.final is None:
-        write_none(s, models, metrics, batch, budget, p.max_file_bytes, teacher_acc)
+        write_none(s, models, metrics, batch, budget, p.max_file_bytes, teacher_acc, score)
         return
     source = Path(s.final.file)
     if not source.is_file():
         raise ShrinkflowError(f"{source}: the chosen model's file is missing (rerun its stage)")
     fmt = source.suffix.lstrip(".")
     final_file = FINAL_DIR / f"model{source.suffix}"
-    card = final_card(s.final, models, metrics, rows, read_json(DATA_META), fmt,
-                      pipeline_commit(PIPELINE_FILES))
+    card = final_card(s.final, models, metrics, rows, data_meta, fmt,
+                      pipeline_commit(PIPELINE_FILES), score)
     with commit_outputs() as out:  # the folder and the metrics land together, or neither
         folder = out.directory(FINAL_DIR)
         write_model_card(source, folder / final_file.name, card)
         (folder / CARD_FILE).write_text(card_json(card))
-        out.json(METRICS_OUT, final_metrics(s, models, metrics))
+        out.json(METRICS_OUT, final_metrics(s, models, metrics, score))
         out.json(SELECTION_OUT, selection_record(s, str(final_file), batch, budget,
-                                                 p.max_file_bytes, teacher_acc))
+                                                 p.max_file_bytes, teacher_acc, score))
         out.json(SHIPPED_OUT, {"final_model": s.final.name})
     same = s.final.speedup_same_runtime
-    print(f"[select] final: {s.final.name} -> {final_file} ({s.reason}); acc "
+    print(f"[select] final: {s.final.name} -> {final_file} ({s.reason}); {score.field} "
           f"{s.final.accuracy:.2%}, drop {s.final.drop_points:.2f} pts, "
           f"{s.final.file_bytes:,} bytes, "
           + (f"{same:.2f}x faster than the teacher in the same runtime" if same else
              "no same-runtime teacher measured"))
 
 
-def candidates_reference(metrics: dict) -> float:
-    """The accuracy drops' reference (the teacher's, or the ensemble's)."""
-    return float(metrics[reference_accuracy_key(metrics)])
+def candidates_reference(metrics: dict, score: Score) -> float:
+    """The drops' reference (the teacher's score, or the ensemble's accuracy)."""
+    return float(metrics[reference_accuracy_key(metrics, score)])
 
 
 def write_none(s: Selection, models: list, metrics: dict, batch: int, budget: float,
-               max_file_bytes: int, teacher_acc: float) -> None:
+               max_file_bytes: int, teacher_acc: float, score: Score) -> None:
     """Nothing within budget: outputs that say so (the report, next, shows the candidates and
     fails the pipeline), and no model in models/final/."""
     with commit_outputs() as out:
@@ -136,9 +149,9 @@ def write_none(s: Selection, models: list, metrics: dict, batch: int, budget: fl
             f"# No model within the budget\n\n{s.reason}.\n\nSee reports/summary.md for every "
             "candidate against the budget and what to change (a bigger student, longer training, "
             "or a larger budget.max_drop_points in params.yaml).\n")
-        out.json(METRICS_OUT, final_metrics(s, models, metrics))
+        out.json(METRICS_OUT, final_metrics(s, models, metrics, score))
         out.json(SELECTION_OUT, selection_record(s, None, batch, budget, max_file_bytes,
-                                                 teacher_acc))
+                                                 teacher_acc, score))
         out.json(SHIPPED_OUT, {"final_model": NONE})
     print(f"[select] NO MODEL SHIPPED: {s.reason}. {FINAL_DIR}/{NO_MODEL} says so; the report "
           "stage shows the candidates against the budget, then fails the pipeline")

@@ -17,6 +17,12 @@ Key scheme (flat keys, unique across metrics files):
   (DVC 3.67, digits); the other metrics/*.json files are plain outputs now, read by the report;
   latencies are columns of metrics/benchmark.csv.
 
+Each task has one headline score (``Score``, ``task_score``): the evaluate field every drop,
+budget and choice is measured in, ``acc`` for classification and ``map`` (COCO mAP) for
+detection. Keys that name the score take its field: ``<model>_map``, ``final_map`` and
+``teacher_map`` on detection data where classification has ``<model>_acc``, ``final_acc`` and
+``teacher_acc`` (classification's keys are unchanged).
+
 Build and parse keys only through these functions: report and compare read what evaluate and
 select_final write, and a key spelled by hand in one place silently becomes a missing column.
 """
@@ -48,25 +54,62 @@ FINAL_FIELDS = ("model", "within_budget", "acc", "acc_low", "acc_high", "drop_po
 _NAME = re.compile(r"[A-Za-z0-9_]+")
 
 
+@dataclass(frozen=True)
+class Score:
+    """A task's headline test score: what select_final's budget and the report measure in."""
+
+    field: str  # evaluate's key suffix (``<model>_<field>`` in metrics/eval_<model>.json)
+    name: str  # as people read it, in printed lines, the report and the card's labels
+    heading: str  # the name at the start of a title ("Accuracy vs latency", "mAP vs latency")
+    # True: a fraction of test images judged right or wrong, whose 95 % interval is binomial
+    # (``noise.accuracy_estimate``); COCO mAP is not a proportion of images, so it has none
+    binomial: bool
+
+
+ACCURACY = Score("acc", "accuracy", "Accuracy", binomial=True)
+MAP = Score("map", "mAP", "mAP", binomial=False)  # COCO mAP@[.5:.95] (measure.detection_metrics)
+SCORES = {"classification": ACCURACY, "detection": MAP}
+
+
+def task_score(data_meta: Mapping[str, Any]) -> Score:
+    """The headline score of the task the prepared data's meta.json names (``prepare.task``;
+    a classification meta.json from before detection names none: classification, as
+    ``data.prepared.prepared_task`` reads it, which imports torch and so is not used here)."""
+    task = data_meta.get("task", "classification")
+    if task not in SCORES:
+        raise ShrinkflowError(f"data/prepared/meta.json: task {task!r}; expected one of "
+                              f"{sorted(SCORES)}")
+    return SCORES[task]
+
+
 def model_key(model: str, field: str) -> str:
     """``<model>_<field>``, e.g. ``model_key("pruned", "acc") == "pruned_acc"``."""
     return f"{model}_{field}"
 
 
-def final_key(field: str) -> str:
-    """``final_<field>`` for a field of ``FINAL_FIELDS`` (metrics/final.json)."""
+def score_field(field: str, score: Score = ACCURACY) -> str:
+    """A field that names the accuracy (``acc``, ``acc_low``, ``acc_high``) as ``score``'s
+    (``map``, ``map_low``, ...); any other field as it is. The one place an ``acc`` field
+    becomes the task's score field: final.json, selection.json and the card."""
+    return score.field + field[len("acc"):] if field.startswith("acc") else field
+
+
+def final_key(field: str, score: Score = ACCURACY) -> str:
+    """``final_<field>`` for a field of ``FINAL_FIELDS`` (metrics/final.json), its accuracy
+    fields named after ``score`` (``final_map`` on detection data)."""
     if field not in FINAL_FIELDS:
         raise ValueError(f"unknown final field {field!r}; expected one of {FINAL_FIELDS}")
-    return f"final_{field}"
+    return f"final_{score_field(field, score)}"
 
 
-def reference_accuracy_key(metrics: Mapping[str, Any]) -> str:
-    """The key every accuracy drop is measured from: the ensemble's test accuracy when there is
-    an ensemble, else the teacher's (evaluate@teacher's ``teacher_acc``)."""
+def reference_accuracy_key(metrics: Mapping[str, Any], score: Score = ACCURACY) -> str:
+    """The key every drop is measured from: the ensemble's test accuracy when there is an
+    ensemble (classification only), else the teacher's score (evaluate@teacher's
+    ``teacher_acc``, ``teacher_map`` on detection data)."""
     value = metrics.get(ENSEMBLE_ACC)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if score is ACCURACY and isinstance(value, (int, float)) and not isinstance(value, bool):
         return ENSEMBLE_ACC
-    return model_key(TEACHER, "acc")
+    return model_key(TEACHER, score.field)
 
 
 # --- the model list ------------------------------------------------------------------------------

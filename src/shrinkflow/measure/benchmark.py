@@ -90,6 +90,10 @@ def result_row(
         "threads": d["threads"],
         "batch_size": batch_size,
         **stats,
+        # a detector's model calls per timed batch: 1 (one list of images) or the batch size
+        # (one image a call); classification rows have no such column (benchmark_worker)
+        **({"calls_per_batch": d["calls_per_batch"][str(batch_size)]}
+           if "calls_per_batch" in d else {}),
         "p50_low_ms": round(spread.low, 4),  # 95 % interval of the median over the rounds
         "p50_high_ms": round(spread.high, 4),
         "rounds": len(round_p50),

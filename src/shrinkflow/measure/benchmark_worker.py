@@ -13,9 +13,19 @@ memory that was already at its peak before the run (the ``rss_method`` field say
 
 Each worker opens its file with ``model_files.open.open_model``, which decides the runtime
 (``torch``, ``torch_int8`` or ``onnxruntime``) from the file, exactly as evaluate does; the timed
-call is the
-model's bare ``run`` on an input already converted by its ``prepare``. int8 and ONNX Runtime
-always run on the CPU.
+call is ``timed_call``'s, the one place the two tasks differ:
+
+* a classifier: the model's bare ``run`` on a batch already converted by its ``prepare``;
+* a detector (``Model.detect``; prepare.task: detection): images in, final boxes out, with the
+  post-processing (box decoding, score threshold, NMS) inside the timing. Batch B is B images:
+  a fp32 PyTorch FCOS takes them as one list (one batched call); an ONNX detector file takes
+  one (1, C, S, S) image per call (export_detector puts NMS inside, per image), and so does any
+  other detector runtime (``detect``), so its batch B is B calls in a row. Each row's
+  ``calls_per_batch`` says which (1 or B; detection rows only). Images/s counts images either
+  way. The inputs are seeded random pixels as for a classifier: post-processing time depends
+  on how many boxes pass the score threshold, which random pixels do not control.
+
+int8 and ONNX Runtime always run on the CPU.
 """
 
 from __future__ import annotations
@@ -26,15 +36,16 @@ import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import onnxruntime
 import torch
 
 from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.measure.benchmark_job import Job, cpu_name, resolve_threads
 from shrinkflow.measure.stopwatch import time_calls
-from shrinkflow.model_files.open import open_model
+from shrinkflow.model_files.open import Model, Runtime, open_model
 
 # --- memory ---------------------------------------------------------------------------------
 
@@ -78,6 +89,34 @@ def make_input(shape: list[int], batch_size: int, seed: int) -> torch.Tensor:
     return torch.randint(0, 256, (batch_size, *shape), generator=generator, dtype=torch.uint8)
 
 
+class TimedCall(NamedTuple):
+    """What the benchmark times for one batch: ``call()``, on ``inputs`` converted beforehand
+    (outside the timing), making ``model_calls`` calls of the model."""
+
+    call: Callable[[], Any]
+    inputs: Any  # the runtime's own batch, or a detector's list of images
+    model_calls: int
+
+
+def timed_call(model: Model, x: torch.Tensor) -> TimedCall:
+    """The call the benchmark times for ``model`` on the uint8 batch ``x`` (N, C, H, W), with
+    every conversion done here, once, outside the timing.
+
+    A classifier: ``run`` on ``prepare(x)``, one call. A detector: final boxes of the N
+    images, post-processing included (module docstring): one list call for fp32 PyTorch FCOS,
+    N single-image ``detect`` calls for any other runtime (ONNX detector files)."""
+    batch = model.prepare(x)
+    if model.detect is None:
+        run = model.run
+        return TimedCall(lambda: run(batch), batch, 1)
+    if model.runtime is Runtime.TORCH:  # torchvision FCOS: a list of (C, H, W) images
+        images, run = list(batch), model.run
+        return TimedCall(lambda: run(images), images, 1)
+    arrays = batch if isinstance(batch, np.ndarray) else batch.cpu().numpy()
+    singles, detect = [np.ascontiguousarray(a) for a in arrays], model.detect
+    return TimedCall(lambda: [detect(image) for image in singles], singles, len(singles))
+
+
 class LoadedModel:
     """One job's model and inputs, loaded and warmed up in this process, ready to time calls."""
 
@@ -93,31 +132,30 @@ class LoadedModel:
                                 device=job.device)
         on_cuda = self.model.device_type == "cuda"
         self._sync = torch.cuda.synchronize if on_cuda else None
-        self._inputs: dict[int, Any] = {}
+        self._timed: dict[int, TimedCall] = {}
         self.rss_mb: dict[int, float] = {}
         memory = PeakRss()
         for batch_size in sorted(job.batch_sizes):
             x = make_input(job.input_shape, batch_size, job.seed)
-            self._inputs[batch_size] = self.model.prepare(x)
+            self._timed[batch_size] = timed_call(self.model, x)
             with torch.inference_mode():
                 memory.start()  # at least one call, so the peak is never of an empty run
-                time_calls(self._call(batch_size), max(job.warmup, 1), 0, self._sync)
+                time_calls(self._timed[batch_size].call, max(job.warmup, 1), 0, self._sync)
                 self.rss_mb[batch_size] = memory.stop()
         self.rss_method = memory.method
-
-    def _call(self, batch_size: int) -> Callable[[], Any]:
-        x, run = self._inputs[batch_size], self.model.run
-        return lambda: run(x)
 
     def time(self, batch_size: int, calls: int) -> list[float]:
         """Milliseconds of ``calls`` timed calls, after one untimed call to re-warm the caches."""
         with torch.inference_mode():
-            return time_calls(self._call(batch_size), 1, calls, self._sync)
+            return time_calls(self._timed[batch_size].call, 1, calls, self._sync)
 
     def describe(self) -> dict[str, Any]:
         """What a result row needs besides the timings, in JSON-able form."""
         m = self.model
-        return {"runtime": m.runtime.value, "precision": m.precision, "device": m.device_type,
+        detector = {} if m.detect is None else {  # detection rows only: see timed_call
+            "calls_per_batch": {str(b): t.model_calls for b, t in self._timed.items()}}
+        return {**detector, "runtime": m.runtime.value, "precision": m.precision,
+                "device": m.device_type,
                 "threads": self.threads, "params": m.params, "macs": m.macs,
                 "file_bytes": m.file_bytes, "rss_method": self.rss_method,
                 "rss_mb": {str(b): mb for b, mb in self.rss_mb.items()},

@@ -68,6 +68,7 @@ def make_card(
     size: Mapping[str, Any],
     pipeline: Mapping[str, Any],
     resize: str = "bilinear",
+    score_field: str = "acc",
 ) -> dict[str, Any]:
     """The card of one deployable model, as plain JSON data in a fixed key order.
 
@@ -76,6 +77,9 @@ def make_card(
     (``nets.zoo.Classifier``), so the preprocessing outside is only "8-bit pixels / 255";
     ``mean``/``std`` are recorded for reference with ``normalize_in_model: true``.
     ``latency`` holds the benchmark's runtime, threads, cpu and ``p50_ms`` per batch size.
+    ``score_field`` names the test score in the ``accuracy`` section: ``test_acc`` /
+    ``teacher_acc``, or ``test_map`` / ``teacher_map`` for a detector
+    (``core.metric_keys.Score.field``).
     """
     channels, height, width = (int(s) for s in input_shape)
     return {
@@ -98,7 +102,7 @@ def make_card(
             "mean": [float(m) for m in mean],
             "std": [float(s) for s in std],
         },
-        "accuracy": {"test_acc": accuracy, "teacher_acc": teacher_accuracy,
+        "accuracy": {f"test_{score_field}": accuracy, f"teacher_{score_field}": teacher_accuracy,
                      "drop_points": drop_points, "test_images": test_images, **data},
         "latency": dict(latency),
         "size": dict(size),

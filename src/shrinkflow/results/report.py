@@ -4,6 +4,11 @@ DVC's own plots load vega from a CDN and render blank offline, so people get sta
 (matplotlib's object API with the Agg canvas: no pyplot global state, no display needed). Every
 input but the teacher's accuracy is optional: a missing file or key drops that column or chart
 and adds a note to the page instead of failing the whole report.
+
+On detection data (``build_report``'s ``score``: ``metric_keys.task_score`` of the prepared data)
+the same page and charts measure the test mAP: the table, the budget line and the charts' axes
+say mAP (x 100, i.e. mAP points), drops are in mAP points, and no accuracy interval is drawn
+(mAP is not a binomial proportion; select_final records none either).
 """
 
 from __future__ import annotations
@@ -22,13 +27,16 @@ from matplotlib.ticker import MaxNLocator
 
 from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.core.metric_keys import (
+    ACCURACY,
     ENSEMBLE_ACC,
     KD_GAIN,
     STUDENT,
     TEACHER,
     ModelEntry,
+    Score,
     model_key,
     reference_accuracy_key,
+    score_field,
 )
 from shrinkflow.core.outputs import atomic_path
 from shrinkflow.measure.noise import Estimate, accuracy_estimate, tie, within_budget
@@ -61,16 +69,16 @@ def load_metrics(metrics_dir: str | Path) -> dict[str, Any]:
     return merged
 
 
-def teacher_accuracy(metrics: dict[str, Any]) -> float:
+def teacher_accuracy(metrics: dict[str, Any], score: Score = ACCURACY) -> float:
     """The reference every drop is measured from; the one input the report cannot do without.
 
     The teacher ensemble's test accuracy when there are extra members (metric_keys), else the
-    teacher's."""
-    keys = (model_key(TEACHER, "acc"), model_key(TEACHER, "test_acc"))
-    value = first_number(metrics, reference_accuracy_key(metrics), *keys)
+    teacher's score (its mAP on detection data)."""
+    keys = (model_key(TEACHER, score.field), model_key(TEACHER, f"test_{score.field}"))
+    value = first_number(metrics, reference_accuracy_key(metrics, score), *keys)
     if math.isnan(value):
         raise ShrinkflowError(
-            f"no teacher accuracy found ({keys[0]} in metrics/eval_{TEACHER}.json or {keys[1]} "
+            f"no teacher {score.name} found ({keys[0]} in metrics/eval_{TEACHER}.json or {keys[1]} "
             f"in metrics/{TEACHER}.json): run the pipeline up to evaluate@{TEACHER} first"
         )
     return value
@@ -135,7 +143,8 @@ def _bench_row(bench: pd.DataFrame | None, model: str, batch: int) -> dict[str, 
 
 
 def model_table(
-    metrics: dict[str, Any], models: list[ModelEntry], bench: pd.DataFrame | None = None
+    metrics: dict[str, Any], models: list[ModelEntry], bench: pd.DataFrame | None = None,
+    score: Score = ACCURACY,
 ) -> pd.DataFrame:
     """One row per model found in the metrics: accuracy (with its test-set size and 95 %
     interval), drop, size, cost, latency (median and its interval over the rounds) and
@@ -144,20 +153,22 @@ def model_table(
     ``models`` (``metric_keys.read_model_list``) gives the rows and their order; ``bench`` is
     metrics/benchmark.csv when present. Accuracy is a fraction; ``drop_points`` = (teacher -
     model) x 100, positive = worse. Models with neither an accuracy nor a latency are left out
-    (their stages did not run).
+    (their stages did not run). ``score`` is the task's: on detection data the ``accuracy``
+    column holds the test mAP and the interval columns are NaN (no binomial interval).
     """
-    teacher = teacher_accuracy(metrics)
+    teacher = teacher_accuracy(metrics, score)
     facts = bench_facts(bench)
     sizes = bench_batch_sizes(bench)
     small, large = (sizes[0], sizes[-1]) if sizes else (1, 64)
     rows = []
     for entry in models:
         name, fact = entry.name, facts.get(entry.name, {})
-        acc = first_number(metrics, model_key(entry.accuracy_of, "acc"))
+        acc = first_number(metrics, model_key(entry.accuracy_of, score.field))
         if name == TEACHER and math.isnan(acc):  # no evaluate@teacher: the training stage's
-            acc = first_number(metrics, model_key(TEACHER, "test_acc"))
+            acc = first_number(metrics, model_key(TEACHER, f"test_{score.field}"))
         n = first_number(metrics, model_key(entry.accuracy_of, "test_images"))
-        interval = (accuracy_estimate(acc, int(n)) if not (math.isnan(acc) or math.isnan(n))
+        interval = (accuracy_estimate(acc, int(n))
+                    if score.binomial and not (math.isnan(acc) or math.isnan(n))
                     else Estimate(acc, math.nan, math.nan))
 
         def known(field: str, name: str = name, fact: dict = fact) -> float:
@@ -198,13 +209,15 @@ def model_table(
         rows.append(row)
     df = pd.DataFrame(rows)
     df.attrs["large"] = large
+    df.attrs["score"] = score
     return df
 
 
-def accuracy_tie_note(a: float, b: float, n: float) -> str:
+def accuracy_tie_note(a: float, b: float, n: float, score: Score = ACCURACY) -> str:
     """How a difference between two accuracies on the same ``n`` test images reads: in test
-    images, and whether it is a tie (``noise.tie``)."""
-    if math.isnan(n) or n <= 0:
+    images, and whether it is a tie (``noise.tie``). Nothing for a score without a binomial
+    interval (mAP): a count of test images would be made up."""
+    if not score.binomial or math.isnan(n) or n <= 0:
         return ""
     images = round(abs(a - b) * n)
     verdict = ("a tie: inside the 95 % interval" if tie(accuracy_estimate(a, int(n)),
@@ -292,7 +305,7 @@ def models_markdown(df: pd.DataFrame) -> str:
                             for _, r in df.iterrows()]
     formats = {"drop_points": "pts", "params": "int", "macs": "mega", "file_bytes": "kb"}
     headers = {"model": "model", "runtime": "runtime",
-               "accuracy_ci": "accuracy % (95 % interval)",
+               "accuracy_ci": score_header(df.attrs.get("score", ACCURACY)),
                "drop_points": "drop vs teacher (pts)", "params": "params", "macs": "MACs",
                "file_bytes": "file KB"}
     for col in df.columns:
@@ -309,6 +322,20 @@ def models_markdown(df: pd.DataFrame) -> str:
                           for _, r in df.iterrows()]
             headers[col] = f"speed-up vs teacher, same runtime ({col.split('_')[1]})"
     return markdown_table(shown, formats, headers)
+
+
+def score_header(score: Score) -> str:
+    """The score column's header: a percentage with its interval, or mAP x 100 (none)."""
+    if score.binomial:
+        return f"{score.name} % (95 % interval)"
+    return f"{score.name} x 100"
+
+
+def score_axis(score: Score, split: str = "test") -> str:
+    """A chart's score axis: the percentage and its bars, or mAP x 100 (no interval bars)."""
+    if score.binomial:
+        return f"{split} {score.name} (%), bars: 95 % interval"
+    return f"{split} {score.name} (x 100)"
 
 
 # --- charts -----------------------------------------------------------------------------------
@@ -332,6 +359,7 @@ def plot_tradeoff(
     max_drop: float | None = None,
     shipped: str | None = None,
     x_interval: tuple[str, str] | None = None,
+    score: Score = ACCURACY,
 ) -> Path | None:
     """Accuracy (y) against a cost (x, log scale when it spans >20x) with the Pareto front.
 
@@ -339,6 +367,7 @@ def plot_tradeoff(
     accuracy's 95 % interval (``acc_low`` / ``acc_high`` columns when present) and horizontal
     bars for ``x_interval`` columns; ``shipped`` (the final model) is ringed by a large star and
     labelled. ``reference`` (the teacher's accuracy %) and ``max_drop`` draw the budget line.
+    ``score`` labels the y axis (accuracy, or mAP x 100 on detection data).
     Returns None when no point has both coordinates.
     """
     data = df[df[[label, x, "accuracy"]].notna().all(axis=1)]
@@ -383,19 +412,23 @@ def plot_tradeoff(
         ax.set_xscale("log")
     ax.margins(x=0.08, y=0.08)
     ax.set_xlabel(x_label)
-    ax.set_ylabel("test accuracy (%), bars: 95 % interval")
+    ax.set_ylabel(score_axis(score))
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return save_figure(fig, path)
 
 
-def plot_histories(histories: dict[str, pd.DataFrame], path: str | Path) -> Path | None:
-    """Validation accuracy and training cross-entropy per epoch, one line per training run.
+def plot_histories(histories: dict[str, pd.DataFrame], path: str | Path,
+                   score: Score = ACCURACY) -> Path | None:
+    """Validation score and training cross-entropy per epoch, one line per training run.
 
     Cross-entropy on the labels (``train_ce``) is the one loss every run shares; distillation's
-    total loss adds a KD term on another scale (T^2-weighted KL), so it gets its own panel."""
-    usable = {k: h for k, h in histories.items() if {"epoch", "val_acc"} <= set(h.columns)}
+    total loss adds a KD term on another scale (T^2-weighted KL), so it gets its own panel.
+    ``score``: the validation column is ``val_<field>`` (``val_map`` for a detector, whose
+    loss panel shows its total training loss)."""
+    val = f"val_{score.field}"
+    usable = {k: h for k, h in histories.items() if {"epoch", val} <= set(h.columns)}
     if not usable:
         return None
     with_kd = {k: h for k, h in usable.items() if "train_kd" in h.columns}
@@ -405,15 +438,21 @@ def plot_histories(histories: dict[str, pd.DataFrame], path: str | Path) -> Path
     for i, (name, h) in enumerate(usable.items()):
         style = {"marker": MARKERS[i % len(MARKERS)], "markersize": 4, "color": f"C{i % 10}",
                  "label": name}
-        ax_acc.plot(h["epoch"], h["val_acc"] * 100, **style)
+        ax_acc.plot(h["epoch"], h[val] * 100, **style)
         ce = "train_ce" if "train_ce" in h.columns else "train_loss"
         if ce in h.columns:
             ax_ce.plot(h["epoch"], h[ce], **style)
         if name in with_kd:
             axes[2].plot(h["epoch"], h["train_kd"], **style)
-    ax_acc.set(xlabel="epoch", ylabel="val accuracy (%)", title="Validation accuracy")
-    ax_ce.set(xlabel="epoch", ylabel="cross-entropy on the labels", yscale="log",
-              title="Training cross-entropy")
+    if score is ACCURACY:
+        ax_acc.set(xlabel="epoch", ylabel="val accuracy (%)", title="Validation accuracy")
+        ax_ce.set(xlabel="epoch", ylabel="cross-entropy on the labels", yscale="log",
+                  title="Training cross-entropy")
+    else:
+        ax_acc.set(xlabel="epoch", ylabel=f"val {score.name} (x 100)",
+                   title=f"Validation {score.name}")
+        ax_ce.set(xlabel="epoch", ylabel="training loss (the detector's total)", yscale="log",
+                  title="Training loss")
     if with_kd:
         axes[2].set(xlabel="epoch", ylabel="KD loss (soft targets)", yscale="log",
                     title="Distillation term (its own scale)")
@@ -562,12 +601,12 @@ def _final_lines(selection: dict[str, Any] | None, df: pd.DataFrame) -> list[str
         return [f"- **No model within the budget**: {selection.get('reason', '?')}. See "
                 "\"No model within the budget\" below."]
     name = selection["final_model"]
+    score = df.attrs.get("score", ACCURACY)
     c = next((c for c in selection.get("candidates", []) if c["model"] == name), {})
     parts = [f"**Final model: `{name}`** ({c.get('runtime', '?')}, "
-             f"`{selection.get('final_file', '?')}`): accuracy "
-             + _with_interval(c.get("acc", math.nan), c.get("acc_low", math.nan),
-                              c.get("acc_high", math.nan), "pct")
-             + f" % on {c.get('test_images', '?')} test images, drop "
+             f"`{selection.get('final_file', '?')}`): {score.name} "
+             + _score_text(c, score) + (" %" if score.binomial else " (x 100)")
+             + f" on {c.get('test_images', '?')} test images, drop "
              f"{c.get('drop_points', math.nan):.2f} pts (budget "
              f"{selection.get('max_drop_points', math.nan):g})"]
     teacher = df[df["model"] == TEACHER]
@@ -592,6 +631,14 @@ def _final_lines(selection: dict[str, Any] | None, df: pd.DataFrame) -> list[str
     return lines
 
 
+def _score_text(candidate: dict[str, Any], score: Score) -> str:
+    """A selection.json candidate's score x 100 as the page shows it, with its interval when
+    there is one (select_final records none for mAP); the unit is the caller's."""
+    value, low, high = (_nan(candidate.get(score_field(f, score)))
+                        for f in ("acc", "acc_low", "acc_high"))
+    return _with_interval(value, low, high, "pct")
+
+
 def _nan(value: Any) -> float:
     return math.nan if value is None else float(value)
 
@@ -600,13 +647,14 @@ def _teacher_forms(df: pd.DataFrame) -> set[str]:
     return set(df.attrs.get("teacher_forms", ()))
 
 
-def none_within_budget_lines(selection: dict[str, Any]) -> list[str]:
+def none_within_budget_lines(selection: dict[str, Any],
+                             score: Score = ACCURACY) -> list[str]:
     """Nothing within budget: every candidate against the budget, and what to change."""
     budget = selection.get("max_drop_points", math.nan)
     cands = sorted(selection.get("candidates", []), key=lambda c: c["drop_points"])
     table = pd.DataFrame([{
         "model": c["model"], "runtime": c["runtime"],
-        "accuracy": _with_interval(c["acc"], c["acc_low"], c["acc_high"], "pct"),
+        "accuracy": _score_text(c, score),
         "drop_points": c["drop_points"], "over": c["drop_points"] - budget,
         "file_bytes": c["file_bytes"],
         "speedup": _with_interval(_nan(c.get("speedup")), _nan(c.get("speedup_low")),
@@ -620,7 +668,7 @@ def none_within_budget_lines(selection: dict[str, Any]) -> list[str]:
     if len(table):
         lines += [markdown_table(table, {"drop_points": "pts", "over": "pts", "file_bytes": "kb"},
                                  {"model": "model", "runtime": "runtime",
-                                  "accuracy": "accuracy % (95 % interval)",
+                                  "accuracy": score_header(score),
                                   "drop_points": "drop (pts)", "over": "over budget by (pts)",
                                   "file_bytes": "file KB",
                                   "speedup": "speed-up, same runtime"}), ""]
@@ -632,7 +680,9 @@ def none_within_budget_lines(selection: dict[str, Any]) -> list[str]:
               "`prune.train.epochs` when pruning costs the points);",
               "- a bigger student: `distill.student.widths` (or a smaller `prune.ratio`);",
               "- on a small test set, a drop within the accuracy's 95 % interval is noise: "
-              "compare the intervals above before spending compute.", ""]
+              "compare the intervals above before spending compute." if score.binomial else
+              f"- on a small test set a drop of a few {score.name} points may be noise "
+              f"({score.name} has no interval here): more test images tell.", ""]
     return lines
 
 
@@ -668,6 +718,7 @@ def ladder_lines(ladder: pd.DataFrame, max_drop: float, shipped: str | None) -> 
     when none is, whether size still pays (a bigger rung), or training or the budget must
     change."""
     large = ladder.attrs.get("large", 64)
+    score = ladder.attrs.get("score", ACCURACY)
     shown = ladder.assign(
         accuracy_ci=[_with_interval(r["accuracy"], r["acc_low"], r["acc_high"], "pct")
                      for _, r in ladder.iterrows()],
@@ -675,7 +726,7 @@ def ladder_lines(ladder: pd.DataFrame, max_drop: float, shipped: str | None) -> 
     table = markdown_table(
         shown, {"params": "int", "drop_points": "pts", f"b{large}_ms": "ms",
                 f"speedup_b{large}": "x", "kd_gain": "pts"},
-        {"model": "student", "params": "params", "accuracy_ci": "accuracy % (95 % interval)",
+        {"model": "student", "params": "params", "accuracy_ci": score_header(score),
          "drop_points": "drop (pts)", "within": f"within {max_drop:g}",
          f"b{large}_ms": f"b{large} p50 ms", f"speedup_b{large}": "speed-up, same runtime",
          "epochs": "epochs trained", "kd_gain": "KD gain (pts)"})
@@ -703,8 +754,9 @@ def ladder_lines(ladder: pd.DataFrame, max_drop: float, shipped: str | None) -> 
         below, top = ladder.iloc[-2], ladder.iloc[-1]
         n = top["test_images"]
         gain = (top["accuracy"] - below["accuracy"]) * 100
-        noise = not math.isnan(n) and tie(accuracy_estimate(top["accuracy"], int(n)),
-                                          accuracy_estimate(below["accuracy"], int(n)))
+        noise = score.binomial and not math.isnan(n) and tie(
+            accuracy_estimate(top["accuracy"], int(n)),
+            accuracy_estimate(below["accuracy"], int(n)))
         if gain > 0 and not noise:
             lines.append(f"  - size still pays: `{below['model']}` -> `{top['model']}` gained "
                          f"{gain:.2f} points (outside the noise): add a bigger rung, about "
@@ -727,11 +779,12 @@ def _headline(df: pd.DataFrame, metrics: dict[str, Any], max_drop: float,
         lines.append(f"- Student input size: {metrics['distill_input_size']} (what its network "
                      "sees: `distill.input_size` downsamples inside the model, whose files still "
                      "take full-size images; MACs at this size).")
-    student = first_number(metrics, model_key("student", "acc"))
-    scratch = first_number(metrics, model_key("student_scratch", "acc"))
+    field = df.attrs.get("score", ACCURACY).field
+    student = first_number(metrics, model_key("student", field))
+    scratch = first_number(metrics, model_key("student_scratch", field))
     if not (math.isnan(student) or math.isnan(scratch)):
         n = first_number(metrics, model_key("student", "test_images"))
-        note = accuracy_tie_note(student, scratch, n)
+        note = accuracy_tie_note(student, scratch, n, df.attrs.get("score", ACCURACY))
         lines.append(f"- Distillation vs the same student trained from scratch: "
                      f"{(student - scratch) * 100:+.2f} pts" + (f" ({note})." if note else "."))
     if "file_bytes" in df.columns:
@@ -743,13 +796,15 @@ def _headline(df: pd.DataFrame, metrics: dict[str, Any], max_drop: float,
 
 
 def build_report(
-    metrics_dir: str | Path, out_dir: str | Path, max_drop: float, models: list[ModelEntry]
+    metrics_dir: str | Path, out_dir: str | Path, max_drop: float, models: list[ModelEntry],
+    score: Score = ACCURACY,
 ) -> tuple[Path, list[Path], list[str]]:
     """Write ``summary.md`` and the PNG charts into ``out_dir``; returns (page, charts, notes).
 
     ``models`` is the pipeline's model list (``metric_keys.read_model_list``): the table's rows.
     ``max_drop`` is ``budget.max_drop_points``. The page is written whatever select_final
     decided: with nothing within budget it leads with the candidates against the budget.
+    ``score`` is the task's headline score (``metric_keys.task_score``): mAP on detection data.
     """
     metrics_dir, out_dir = Path(metrics_dir), Path(out_dir)
     metrics = load_metrics(metrics_dir)
@@ -757,9 +812,9 @@ def build_report(
     notes: list[str] = []
     bench = _read_csv(metrics_dir / BENCH_CSV, notes) if (metrics_dir / BENCH_CSV).is_file() \
         else None
-    df = model_table(metrics, models, bench)
+    df = model_table(metrics, models, bench, score)
     df.attrs["teacher_forms"] = tuple(m.name for m in models if m.accuracy_of == TEACHER)
-    teacher_pct = teacher_accuracy(metrics) * 100
+    teacher_pct = teacher_accuracy(metrics, score) * 100
     sizes = bench_batch_sizes(bench)
     large = f"b{sizes[-1]}" if sizes else "b64"
     if not sizes:
@@ -767,16 +822,17 @@ def build_report(
     # the shipped model's name; None when select_final has not run or shipped nothing
     shipped = (selection.get("final_model") if selection and selection.get("status") == "selected"
                else None)
+    heading = score.heading  # "Accuracy", or "mAP" on detection data; same chart files
     charts: list[tuple[str, Path | None]] = [
-        ("Accuracy vs latency", plot_tradeoff(
+        (f"{heading} vs latency", plot_tradeoff(
             df, f"{large}_ms", f"median latency at batch {large[1:]} (ms), bars: 95 % interval "
-            "over the rounds", f"Accuracy vs latency ({large})",
+            "over the rounds", f"{heading} vs latency ({large})",
             out_dir / "accuracy_vs_latency.png", reference=teacher_pct, max_drop=max_drop,
-            shipped=shipped, x_interval=(f"{large}_low", f"{large}_high"))),
-        ("Accuracy vs size", plot_tradeoff(
+            shipped=shipped, x_interval=(f"{large}_low", f"{large}_high"), score=score)),
+        (f"{heading} vs size", plot_tradeoff(
             df.assign(file_kb=df["file_bytes"] / 1024), "file_kb", "file size (KB)",
-            "Accuracy vs model file size", out_dir / "accuracy_vs_size.png",
-            reference=teacher_pct, max_drop=max_drop, shipped=shipped)),
+            f"{heading} vs model file size", out_dir / "accuracy_vs_size.png",
+            reference=teacher_pct, max_drop=max_drop, shipped=shipped, score=score)),
     ]
     histories = {}
     for name in HISTORIES:
@@ -785,11 +841,14 @@ def build_report(
             histories[name] = h
     ladder = ladder_table(df, models, metrics, max_drop)
     ladder.attrs["large"] = df.attrs.get("large", 64)
+    ladder.attrs["score"] = score
     if len(ladder):
-        charts.append(("The ladder: accuracy vs parameters", plot_tradeoff(
-            ladder, "params", "parameters", "The student ladder: accuracy vs size",
-            out_dir / "ladder.png", reference=teacher_pct, max_drop=max_drop, shipped=shipped)))
-    charts.append(("Training curves", plot_histories(histories, out_dir / "training_curves.png")))
+        charts.append((f"The ladder: {score.name} vs parameters", plot_tradeoff(
+            ladder, "params", "parameters", f"The student ladder: {score.name} vs size",
+            out_dir / "ladder.png", reference=teacher_pct, max_drop=max_drop, shipped=shipped,
+            score=score)))
+    charts.append(("Training curves", plot_histories(histories, out_dir / "training_curves.png",
+                                                     score)))
     evaluated_as = {e.name: e.accuracy_of for e in models}.get(shipped) if shipped else None
     if evaluated_as:  # a benchmark-only final model shares its weights' predictions
         pairs = _read_csv(metrics_dir / f"confusion_{evaluated_as}.csv", notes)
@@ -818,12 +877,16 @@ def build_report(
     none = selection is not None and selection.get("status") != "selected"
     lines = ["# shrinkflow report", "", *_headline(df, metrics, max_drop, selection), ""]
     if none:
-        lines += none_within_budget_lines(selection)
+        lines += none_within_budget_lines(selection, score)
     if len(ladder):
         lines += ladder_lines(ladder, max_drop, shipped)
     lines += ["## Models", "", models_markdown(df), "",
-              "Accuracy is on the test split, with its 95 % Wilson interval over the test images "
-              "(small test sets: wide); drop = teacher minus model, in percentage points"
+              ("Accuracy is on the test split, with its 95 % Wilson interval over the test images "
+               "(small test sets: wide); drop = teacher minus model, in percentage points"
+               if score.binomial else
+               f"{score.name} is COCO mAP@[.5:.95] on the test split, x 100 (no interval: it is "
+               "not a fraction of test images right); drop = teacher minus model, in "
+               f"{score.name} points")
               + (" (the teacher ensemble's accuracy minus the model's)"
                  if reference_accuracy_key(metrics) == ENSEMBLE_ACC else "") + ". "
               "Latency is the median of the benchmark's timed calls, with the 95 % interval of "

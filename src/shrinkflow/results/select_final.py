@@ -14,6 +14,12 @@ among them the more accurate wins, then the smaller file. Picking by latency amo
 budget guarantees the winner is never clearly slower than a candidate it beat on accuracy: a
 clearly faster and at least as accurate candidate would also be within budget and would have won.
 
+On detection data the same rule runs on the test mAP (``metric_keys.task_score``): "accuracy"
+below is the task's headline score, evaluate's ``<model>_map``, and the budget is in mAP points
+(100 x the mAP difference). mAP has no binomial interval (it is not a fraction of test images
+right), so a detector's figures carry none: ``Candidate.accuracy_estimate`` is None and the
+``_low`` / ``_high`` fields are null rather than a made-up interval.
+
 When no candidate is within budget the choice is "none": the stage still writes its outputs
 (``status`` says so) so that the report can show the candidates against the budget; the report
 stage then ends the pipeline with a non-zero exit.
@@ -28,13 +34,16 @@ from typing import Any
 
 from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.core.metric_keys import (
+    ACCURACY,
     KD_GAIN,
     TEACHER,
     TEST_IMAGES,
     ModelEntry,
+    Score,
     final_key,
     model_key,
     reference_accuracy_key,
+    score_field,
 )
 from shrinkflow.data.images import CARD_NAMES as RESIZE_CARD_NAMES
 from shrinkflow.measure.noise import Estimate, accuracy_estimate, tie, within_budget
@@ -52,7 +61,7 @@ class Candidate:
     file: str
     runtime: str
     precision: str
-    accuracy: float  # fraction, on the test split
+    accuracy: float  # fraction, on the test split: the task's score (``score``), mAP on detection
     drop_points: float  # (teacher - model) x 100; positive = worse than the teacher
     file_bytes: int
     p50_ms: float  # median latency at the selection batch size
@@ -63,8 +72,12 @@ class Candidate:
     p50_high_ms: float | None = None
     speedup_low: float | None = None  # ... and of the same-runtime speed-up
     speedup_high: float | None = None
+    score: Score = ACCURACY  # what ``accuracy`` measures (its field, name, kind of interval)
 
-    def accuracy_estimate(self) -> Estimate:
+    def accuracy_estimate(self) -> Estimate | None:
+        """The score with its 95 % interval; None for a score that has no binomial one (mAP)."""
+        if not self.score.binomial:
+            return None
         if self.test_images <= 0:
             return Estimate(self.accuracy, self.accuracy, self.accuracy)
         return accuracy_estimate(self.accuracy, self.test_images)
@@ -104,6 +117,7 @@ def build_candidates(
     bench_rows: Iterable[Mapping[str, Any]],
     batch_size: int,
     exclude: Iterable[str] = (),
+    score: Score = ACCURACY,
 ) -> tuple[list[Candidate], list[str]]:
     """Candidates from the pipeline's figures; returns (candidates, notes on models left out).
 
@@ -111,13 +125,14 @@ def build_candidates(
     accuracy of the model it shares weights with, ``accuracy_of``), ``bench_rows`` are the rows
     of metrics/benchmark.csv (latency, runtime, file size, speed-ups per model and batch size).
     The teacher and its exports are never candidates (they are the reference), nor the models
-    in ``exclude``.
+    in ``exclude``. ``score`` is the task's (``metric_keys.task_score``): on detection data
+    the keys read are ``<model>_map`` and drops are in mAP points.
     """
     # the teacher's accuracy, or the ensemble's when there is one (metric_keys)
-    reference = reference_accuracy_key(metrics)
+    reference = reference_accuracy_key(metrics, score)
     teacher_acc = _number(metrics.get(reference))
     if teacher_acc is None:
-        raise ShrinkflowError(f"no teacher accuracy ({reference} in "
+        raise ShrinkflowError(f"no teacher {score.name} ({reference} in "
                               f"metrics/eval_{TEACHER}.json): run evaluate@{TEACHER} first")
     rows = {str(r["model"]): r for r in bench_rows
             if _number(r.get("batch_size")) == batch_size}
@@ -126,11 +141,11 @@ def build_candidates(
     for m in models:
         if m.accuracy_of == TEACHER or m.name in skipped:
             continue
-        acc = _number(metrics.get(model_key(m.accuracy_of, "acc")))
+        acc = _number(metrics.get(model_key(m.accuracy_of, score.field)))
         row = rows.get(m.name)
         p50 = _number(row.get("p50_ms")) if row else None
         if acc is None or p50 is None:
-            missing = "accuracy" if acc is None else f"latency at batch {batch_size}"
+            missing = score.name if acc is None else f"latency at batch {batch_size}"
             notes.append(f"{m.name}: no {missing}, not a candidate")
             continue
         candidates.append(Candidate(
@@ -144,6 +159,7 @@ def build_candidates(
             p50_low_ms=_number(row.get("p50_low_ms")), p50_high_ms=_number(row.get("p50_high_ms")),
             speedup_low=_number(row.get("speedup_vs_teacher_same_runtime_low")),
             speedup_high=_number(row.get("speedup_vs_teacher_same_runtime_high")),
+            score=score,
         ))
     return candidates, notes
 
@@ -196,21 +212,24 @@ def choose(
 
 def final_metrics(
     s: Selection, models: Iterable[ModelEntry], metrics: Mapping[str, Any],
+    score: Score = ACCURACY,
 ) -> dict[str, Any]:
     """metrics/final.json, the pipeline's only DVC metrics besides live progress: what
     ``dvc exp show`` compares across experiments. Each evaluated model's test accuracy, the
     test-set size, the distillation gain, and the shipped model's accuracy (with its 95 %
     interval), drop, file size and same-runtime speed-up (with its interval over the rounds).
     Everything else (latencies, the reason, the runner-up, every candidate) is in
-    metrics/selection.json and the report. Keys are unique across the project's metrics files."""
+    metrics/selection.json and the report. Keys are unique across the project's metrics files.
+    On detection data (``score``: mAP) the score's keys are ``<model>_map`` and ``final_map``,
+    the KD gain is in mAP points, and ``final_map_low`` / ``_high`` are null: no interval."""
     out: dict[str, Any] = {}
     for m in models:
         if m.evaluated:
-            acc = _number(metrics.get(model_key(m.name, "acc")))
-            out[model_key(m.name, "acc")] = None if acc is None else round(acc, 6)
+            acc = _number(metrics.get(model_key(m.name, score.field)))
+            out[model_key(m.name, score.field)] = None if acc is None else round(acc, 6)
     out[TEST_IMAGES] = _int(metrics.get(model_key(TEACHER, "test_images")))
-    student = _number(metrics.get(model_key("student", "acc")))
-    scratch = _number(metrics.get(model_key("student_scratch", "acc")))
+    student = _number(metrics.get(model_key("student", score.field)))
+    scratch = _number(metrics.get(model_key("student_scratch", score.field)))
     out[KD_GAIN] = (round((student - scratch) * 100, 4)
                              if student is not None and scratch is not None else None)
     f = s.final
@@ -227,22 +246,26 @@ def final_metrics(
         "speedup_low": f.speedup_low if f else None,
         "speedup_high": f.speedup_high if f else None,
     }
-    out.update({final_key(field): value for field, value in figures.items()})
+    out.update({final_key(field, score): value for field, value in figures.items()})
     return out
 
 
 def selection_record(
     s: Selection, final_file: str | None, batch_size: int, max_drop_points: float,
-    max_file_bytes: int, teacher_accuracy: float,
+    max_file_bytes: int, teacher_accuracy: float, score: Score = ACCURACY,
 ) -> dict[str, Any]:
     """metrics/selection.json (a plain output, not a DVC metric): the whole decision, for the
     report and for people: status, reason, budget, every candidate with its figures and
-    intervals and whether it passed, the runner-up and the latency ties."""
+    intervals and whether it passed, the runner-up and the latency ties. The score's fields are
+    named after ``score`` (``map``, ``map_low``, ``teacher_map`` on detection data; the
+    interval null there)."""
     def figures(c: Candidate) -> dict[str, Any]:
         acc = c.accuracy_estimate()
+        named = {"acc": round(c.accuracy, 6), "acc_low": round(acc.low, 6) if acc else None,
+                 "acc_high": round(acc.high, 6) if acc else None}
         return {"model": c.name, "file": c.file, "runtime": f"{c.runtime} {c.precision}",
-                "acc": round(c.accuracy, 6), "acc_low": round(acc.low, 6),
-                "acc_high": round(acc.high, 6), "test_images": c.test_images,
+                **{score_field(k, score): v for k, v in named.items()},
+                "test_images": c.test_images,
                 "drop_points": round(c.drop_points, 4), "file_bytes": c.file_bytes,
                 "p50_ms": c.p50_ms, "p50_low_ms": c.p50_low_ms, "p50_high_ms": c.p50_high_ms,
                 "speedup": c.speedup_same_runtime, "speedup_low": c.speedup_low,
@@ -257,7 +280,7 @@ def selection_record(
         "max_drop_points": max_drop_points,
         "max_file_bytes": max_file_bytes,
         "batch_size": batch_size,
-        "teacher_acc": teacher_accuracy,
+        model_key(TEACHER, score.field): teacher_accuracy,
         "runner_up": s.runner_up.name if s.runner_up else None,
         "tied": list(s.tied),
         "closest": s.closest.name if s.closest else None,
@@ -273,7 +296,7 @@ def _int(value: Any) -> int | None:
 def final_card(
     final: Candidate, models: Iterable[ModelEntry], metrics: Mapping[str, Any],
     bench_rows: Iterable[Mapping[str, Any]], data_meta: Mapping[str, Any], file_format: str,
-    pipeline: Mapping[str, Any],
+    pipeline: Mapping[str, Any], score: Score = ACCURACY,
 ) -> dict[str, Any]:
     """The shipped model's card (``shrinkflow.card.make_card``) from the figures the choice was
     made on: classes, shape and mean/std from the data's meta.json, accuracy and drop from
@@ -287,7 +310,7 @@ def final_card(
         model=final.name, made_from=final.file, file_format=file_format, runtime=final.runtime,
         precision=final.precision, classes=data_meta["classes"], input_shape=data_meta["shape"],
         mean=data_meta["mean"], std=data_meta["std"], accuracy=final.accuracy,
-        teacher_accuracy=_number(metrics.get(model_key(TEACHER, "acc"))),
+        teacher_accuracy=_number(metrics.get(model_key(TEACHER, score.field))),
         drop_points=final.drop_points,
         test_images=_int(metrics.get(model_key(entry.accuracy_of, "test_images"))),
         data={"data_source": data_meta.get("source"),
@@ -298,4 +321,5 @@ def final_card(
                              "ms": _number(r.get("p50_ms"))} for r in mine]},
         size={"params": _int(first.get("params")), "macs": _int(first.get("macs"))},
         pipeline=pipeline, resize=RESIZE_CARD_NAMES[data_meta.get("resize", "squash")],
+        score_field=score.field,
     )

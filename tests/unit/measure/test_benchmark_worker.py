@@ -1,5 +1,6 @@
 """The benchmark worker (shrinkflow.measure.benchmark_worker): each kind of model file loaded,
-described with the fp32 counts and timed, and the peak memory seen."""
+described with the fp32 counts and timed, and the peak memory seen; a detector timed with its
+post-processing, at batch 1 and 2, images/s counting images."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ import mmap
 
 import pytest
 import torch
+from tiny_models import tiny_detector
 
 from shrinkflow.compress.quantize import save_torch_int8
 from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.measure.benchmark import result_row
 from shrinkflow.measure.benchmark_job import Job
 from shrinkflow.measure.benchmark_worker import LoadedModel, PeakRss
+from shrinkflow.model_files.export_detector import export_detector
 from shrinkflow.model_files.export_onnx import export_onnx
+from shrinkflow.model_files.pt import save_model
 from shrinkflow.nets.zoo import count_macs, count_params
 
 SHAPE = [1, 8, 8]  # the shape of tiny_pt's images (conftest.py)
@@ -41,7 +46,8 @@ def test_loaded_model_torch_describes_the_file_and_times_each_batch_size(tiny_pt
     assert d["file_bytes"] == path.stat().st_size
     assert sorted(d["rss_mb"]) == ["1", "4"] and d["torch_version"] == torch.__version__
     assert len(loaded.time(4, 3)) == 3
-    assert loaded._inputs[4].shape == (4, *SHAPE) and loaded._inputs[4].dtype == torch.float32
+    assert loaded._timed[4].inputs.shape == (4, *SHAPE)
+    assert loaded._timed[4].inputs.dtype == torch.float32 and "calls_per_batch" not in d
 
 
 def test_loaded_model_onnx_reads_counts_from_metadata(tiny_pt, tmp_path):
@@ -53,7 +59,8 @@ def test_loaded_model_onnx_reads_counts_from_metadata(tiny_pt, tmp_path):
     d = loaded.describe()
     assert (d["runtime"], d["precision"], d["device"]) == ("onnxruntime", "fp32", "cpu")
     assert d["params"] == count_params(model) and d["macs"] == count_macs(model, (1, 8, 8))
-    assert type(loaded._inputs[2]).__module__ == "numpy"  # converted once, outside the timing
+    # converted once, outside the timing
+    assert type(loaded._timed[2].inputs).__module__ == "numpy"
 
 
 def test_loaded_model_torch_int8_reports_fp32_counts(tiny_pt, tmp_path):
@@ -77,3 +84,56 @@ def test_loaded_model_cuda_without_gpu_names_the_param(tiny_pt, monkeypatch):
 def test_loaded_model_checks_the_input_shape(tiny_pt):
     with pytest.raises(ShrinkflowError, match=r"tiny\.pt: the model takes 1x\?x\? images"):
         LoadedModel(Job("tiny", str(tiny_pt[0]), [3, 8, 8], [1]))
+
+
+# --- detection: images in, final boxes out, post-processing included ----------------------------
+
+DETECTOR_SHAPE = [1, 16, 16]
+
+
+@pytest.fixture
+def detector_files(tmp_path):
+    """A tiny FCOS .pt and its ONNX file (NMS inside, one image per call)."""
+    model, spec = tiny_detector(DETECTOR_SHAPE)
+    save_model(tmp_path / "d.pt", model, spec, role="teacher")
+    export_detector(model, spec, tmp_path / "d.onnx")
+    return tmp_path / "d.pt", tmp_path / "d.onnx"
+
+
+def timed_detector(path, sizes=(1, 2)) -> tuple[LoadedModel, dict]:
+    loaded = LoadedModel(Job("det", str(path), DETECTOR_SHAPE, list(sizes), repeats=2, warmup=1,
+                             threads=1))
+    return loaded, loaded.describe()
+
+
+def images_per_second(loaded: LoadedModel, described: dict, batch: int) -> int:
+    """Time ``batch``: the row's images/s counts images; returns its calls_per_batch."""
+    times = loaded.time(batch, 3)
+    row = result_row(loaded.job, described, batch, [times])
+    assert row["ips"] == pytest.approx(batch * len(times) / (sum(times) / 1000), rel=1e-3)
+    return row["calls_per_batch"]
+
+
+def test_a_detector_pt_times_one_batched_call_with_its_boxes(detector_files):
+    loaded, d = timed_detector(detector_files[0])
+    assert (d["runtime"], d["calls_per_batch"]) == ("torch", {"1": 1, "2": 1})
+    out = loaded._timed[2].call()  # what is timed: FCOS's final detections, NMS included
+    assert len(out) == 2 and all({"boxes", "scores", "labels"} <= set(o) for o in out)
+    assert len(out[0]["boxes"]) > 0
+    assert [images_per_second(loaded, d, b) for b in (1, 2)] == [1, 1]
+
+
+def test_an_onnx_detector_times_one_call_per_image(detector_files):
+    loaded, d = timed_detector(detector_files[1])
+    assert (d["runtime"], d["calls_per_batch"]) == ("onnxruntime", {"1": 1, "2": 2})
+    out = loaded._timed[2].call()
+    assert len(out) == 2 and all(len(o) == 3 for o in out)  # boxes, scores, labels per image
+    assert all(image.shape == tuple(DETECTOR_SHAPE) for image in loaded._timed[2].inputs)
+    assert [images_per_second(loaded, d, b) for b in (1, 2)] == [1, 2]
+
+
+def test_a_classifier_row_has_no_detection_column(tiny_pt):
+    loaded = LoadedModel(Job("tiny", str(tiny_pt[0]), SHAPE, [2], repeats=2, warmup=1,
+                             threads=1))
+    row = result_row(loaded.job, loaded.describe(), 2, [loaded.time(2, 2)])
+    assert "calls_per_batch" not in row and loaded._timed[2].model_calls == 1

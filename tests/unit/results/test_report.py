@@ -12,7 +12,8 @@ from PIL import Image
 from pipeline_repo import ROOT
 
 from shrinkflow.core.errors import ShrinkflowError
-from shrinkflow.core.metric_keys import ENSEMBLE_ACC, read_model_list
+from shrinkflow.core.metric_keys import ENSEMBLE_ACC, MAP, read_model_list
+from shrinkflow.results import report as report_module
 from shrinkflow.results.report import (
     best_within,
     build_report,
@@ -340,3 +341,54 @@ def test_no_rungs_no_ladder_section(tmp_path):
                                    models=MODELS)
     assert "student ladder" not in page.read_text()
     assert "ladder.png" not in {c.name for c in charts}
+
+
+# --- detection: the same page and charts, in mAP --------------------------------------------
+
+
+def as_detection(metrics_dir):
+    """write_metrics' files as evaluate and select_final write them on detection data: every
+    score key ``map`` instead of ``acc``, no interval, histories with ``val_map``."""
+    for path in metrics_dir.glob("eval_*.json"):
+        data = json.loads(path.read_text())
+        path.write_text(json.dumps({k.replace("_acc", "_map"): v for k, v in data.items()}))
+    record = selection()
+    record["teacher_map"] = record.pop("teacher_acc")
+    for c in record["candidates"]:
+        c["map"], c["map_low"], c["map_high"] = c.pop("acc"), None, None
+        del c["acc_low"], c["acc_high"]
+    (metrics_dir / "selection.json").write_text(json.dumps(record))
+    for path in metrics_dir.glob("history_*.csv"):
+        pd.read_csv(path).rename(columns={"val_acc": "val_map"}).to_csv(path, index=False)
+    return metrics_dir
+
+
+def test_detection_report_says_map_where_classification_says_accuracy(tmp_path, monkeypatch):
+    metrics = as_detection(write_metrics(tmp_path))
+    labels = []
+    real_save = report_module.save_figure
+
+    def save(fig, path):
+        labels.append((fig.axes[0].get_title(), fig.axes[0].get_ylabel()))
+        return real_save(fig, path)
+
+    monkeypatch.setattr(report_module, "save_figure", save)
+    page, charts, _ = build_report(metrics, tmp_path / "reports", max_drop=1.0, models=MODELS,
+                                   score=MAP)
+    text = page.read_text()
+    assert "| mAP x 100 |" in text and "accuracy %" not in text and "Wilson" not in text
+    assert "## mAP vs latency" in text and "## mAP vs size" in text
+    assert f"mAP {ACC['quantized'] * 100:.2f} (x 100)" in text  # the final model's line
+    names = {c.name for c in charts}
+    assert {"accuracy_vs_latency.png", "accuracy_vs_size.png", "training_curves.png"} <= names
+    assert ("mAP vs latency (b64)", "test mAP (x 100)") in labels
+    assert ("Validation mAP", "val mAP (x 100)") in labels
+    df = model_table(load_metrics(metrics), MODELS, score=MAP).set_index("model")
+    assert df.loc["quantized", "accuracy"] == ACC["quantized"]
+    assert math.isnan(df.loc["quantized", "acc_low"])  # mAP: no binomial interval
+
+
+def test_a_classification_report_reads_no_map_keys(tmp_path):
+    metrics = as_detection(write_metrics(tmp_path))
+    with pytest.raises(ShrinkflowError, match="no teacher accuracy found"):
+        build_report(metrics, tmp_path / "reports", max_drop=1.0, models=MODELS)

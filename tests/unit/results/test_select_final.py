@@ -13,6 +13,7 @@ from shrinkflow.core.metric_keys import (
     ModelEntry,
     final_key,
     read_model_list,
+    task_score,
 )
 from shrinkflow.model_files.card import check_card
 from shrinkflow.results.select_final import (
@@ -211,3 +212,60 @@ def test_drops_are_measured_against_the_ensemble_when_there_is_one():
     with_ensemble = {**metrics, ENSEMBLE_ACC: 0.97}
     cands, _ = build_candidates(models, with_ensemble, rows, 64)
     assert cands[0].drop_points == pytest.approx(4.0)
+
+
+# --- detection: the same rule on the test mAP, the budget in mAP points ------------------------
+
+PIPELINE_MODELS = read_model_list(ROOT / "models.yaml")
+DETECTION_META = {"task": "detection", "classes": ["a", "b"], "shape": [1, 16, 16],
+                  "mean": [0.3], "std": [0.4], "source": "scenes"}
+
+
+def detection_choice(budget_points: float):
+    """Candidates from evaluate's mAP keys: student 2 mAP points below the teacher (slower),
+    quantized 6 points below (faster)."""
+    score = task_score(DETECTION_META)
+    teacher = 0.5
+    metrics = {"teacher_map": teacher, "student_map": teacher - 0.02,
+               "quantized_map": teacher - 0.06, "student_scratch_map": teacher - 0.1,
+               "teacher_test_images": 8, "student_test_images": 8, "quantized_test_images": 8,
+               "student_acc": 0.99, "quantized_acc": 0.99}  # never read on detection data
+    rows = [bench_row("student", 2, 4.0), bench_row("quantized", 2, 1.0)]
+    cands, _ = build_candidates(PIPELINE_MODELS, metrics, rows, 2, score=score)
+    return score, metrics, cands, choose(cands, budget_points, 0, 2)
+
+
+def test_detection_ranks_by_map_with_the_budget_in_map_points():
+    score, _, cands, s = detection_choice(budget_points=5.0)
+    assert score.field == "map"
+    drops = {c.name: c.drop_points for c in cands}
+    assert drops == {"student": pytest.approx(2.0), "quantized": pytest.approx(6.0)}
+    assert s.final.name == "student" and s.passed == 1  # quantized is faster but 6 > 5 points
+    assert choose(cands, 6.0, 0, 2).final.name == "quantized"  # inside a 6-point budget
+
+
+def test_detection_figures_say_map_and_carry_no_made_up_interval():
+    score, metrics, _, s = detection_choice(budget_points=5.0)
+    out = final_metrics(s, PIPELINE_MODELS, metrics, score)
+    assert out[final_key("acc", score)] == out["final_map"] == pytest.approx(0.48)
+    assert out["final_map_low"] is None and out["final_map_high"] is None
+    assert out["teacher_map"] == 0.5 and "final_acc" not in out and "teacher_acc" not in out
+    assert out["kd_gain_points"] == pytest.approx(8.0)  # student - scratch, in mAP points
+    record = selection_record(s, "models/final/model.onnx", 2, 5.0, 0, 0.5, score)
+    assert record["teacher_map"] == 0.5 and "teacher_acc" not in record
+    student = next(c for c in record["candidates"] if c["model"] == "student")
+    assert student["map"] == pytest.approx(0.48) and student["map_low"] is None
+    assert "acc" not in student and student["within_budget"] is True
+    card = final_card(s.final, PIPELINE_MODELS, metrics, [bench_row("student", 2, 4.0)],
+                      DETECTION_META, "onnx", {"commit": None, "modified": None}, score)
+    assert check_card(card, "card.json") == card
+    assert card["accuracy"]["test_map"] == pytest.approx(0.48)
+    assert card["accuracy"]["teacher_map"] == 0.5 and "test_acc" not in card["accuracy"]
+
+
+def test_the_task_names_its_score_and_an_unknown_task_is_one_line():
+    assert task_score({}).field == "acc"  # a classification meta.json names no task
+    assert task_score({"task": "classification"}).binomial is True
+    assert task_score(DETECTION_META).binomial is False
+    with pytest.raises(ShrinkflowError, match="task 'segmentation'; expected one of"):
+        task_score({"task": "segmentation"})
