@@ -4,6 +4,8 @@ agreement mean something), and a tiny FCOS detector that finds boxes."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from shrinkflow.data.prepared import Prepared
@@ -47,3 +49,19 @@ def tiny_detector(shape: tuple[int, int, int] | list[int]) -> tuple[torch.nn.Mod
     with torch.no_grad():
         model.head.classification_head.cls_logits.bias.fill_(2.0)
     return model, spec
+
+
+def scene_meta(image_size: int, channels: int = 1, classes: int = 10) -> dict[str, Any]:
+    """A prepared detection set's meta.json, as far as a detector's spec reads it."""
+    return {"shape": [channels, image_size, image_size], "num_classes": classes,
+            "mean": [0.1] * channels, "std": [0.25] * channels,
+            "classes": [str(c) for c in range(classes)]}
+
+
+def tiny_fcos(widths: list[int], image_size: int, depth: int = 1, seed: int = 0,
+              **model: Any) -> torch.nn.Module:
+    """An FCOS detector around the cnn stages ``widths`` (or ``model``'s arch), seeded."""
+    spec = detector_spec(ModelSpec(widths=widths, depth=depth, **model), scene_meta(image_size),
+                         "teacher.model")
+    torch.manual_seed(seed)
+    return build_detector(spec)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_detectors import scene_meta
+from tiny_models import scene_meta
 
 from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.data.prepare_detection import read_detection, write_detection
