@@ -8,7 +8,8 @@ versions. Models whose file and settings are unchanged since the last run keep t
 others are timed together with the teacher forms (shrinkflow.measure.benchmark.reusable_rows).
 
 On detection data (prepare.task: detection) each model is timed as a detector, post-processing
-included: batch B is B test-sized images in, final boxes out, and img/s counts images. A
+included: batch B is the first B test images in, final boxes out (random pixels would leave the
+NMS nothing to do), and img/s counts images. A
 PyTorch FCOS takes the B images as one list (one call); an ONNX detector file takes one image
 per call, so its batch B is B calls in a row; those rows' ``calls_per_batch`` column says which
 (shrinkflow.measure.benchmark_worker.timed_call, the one place the tasks differ).
@@ -28,6 +29,7 @@ from typing import Any
 from shrinkflow.core.errors import run_stage
 from shrinkflow.core.metric_keys import TEACHER, ModelEntry, read_model_list
 from shrinkflow.core.outputs import commit_outputs, read_json, require_inputs
+from shrinkflow.core.tasks import DETECTION, prepared_task
 from shrinkflow.measure.benchmark import (
     add_ratios,
     p50_drift,
@@ -40,7 +42,8 @@ from shrinkflow.params.benchmark import BenchmarkParams
 from shrinkflow.params.ladder import LadderParams
 from shrinkflow.params.load import load_section
 
-META = "data/prepared/meta.json"
+DATA_DIR = "data/prepared"
+META = f"{DATA_DIR}/meta.json"
 MODEL_LIST = "models.yaml"
 CSV_OUT = "metrics/benchmark.csv"
 
@@ -135,8 +138,9 @@ def run_all(
     models: list[ModelEntry], p: BenchmarkParams, shape: list[int], threads: int
 ) -> list[dict]:
     """Every model in its own worker process, timed in interleaved rounds; prints each result."""
+    scenes = DATA_DIR if prepared_task(DATA_DIR) == DETECTION else ""
     jobs = [Job(m.name, m.file, list(shape), list(p.batch_sizes), p.repeats, p.warmup, threads,
-                p.device) for m in models]
+                p.device, scenes=scenes) for m in models]
     started = time.perf_counter()
 
     def progress(done: int, total: int) -> None:

@@ -25,7 +25,8 @@ from shrinkflow.compress.teacher_ensemble import (
 )
 from shrinkflow.core.errors import ShrinkflowError, run_stage
 from shrinkflow.core.outputs import check_outputs, commit_outputs, read_json, require_inputs
-from shrinkflow.data.prepared import load_prepared, prepared_task
+from shrinkflow.core.tasks import DETECTION, prepared_task
+from shrinkflow.data.prepared import load_prepared
 from shrinkflow.data.prepared_boxes import load_box_split
 from shrinkflow.model_files.pt import load_model, write_model_file
 from shrinkflow.nets.detectors import detector_spec
@@ -71,7 +72,7 @@ def main() -> None:
     seeds = load_section(TeacherParams, PARAMS).ensemble_seeds
     teachers = teacher_files(TEACHER, MEMBERS_DIR, seeds)
     check_feature_method(p.method, len(teachers))
-    if prepared_task(DATA_DIR) == "detection":
+    if prepared_task(DATA_DIR) == DETECTION:
         distill_detector(p, teachers)
         return
     scratch_acc = check_inputs(teachers)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from shrinkflow.core.errors import ShrinkflowError, run_stage
 from shrinkflow.core.outputs import commit_outputs, read_json
-from shrinkflow.data.prepared import load_prepared, prepared_task
+from shrinkflow.core.tasks import DETECTION, prepared_task
+from shrinkflow.data.prepared import load_prepared
 from shrinkflow.data.prepared_boxes import load_box_split
 from shrinkflow.measure.evaluate import write_evaluation
 from shrinkflow.measure.evaluate_detection import write_detection_evaluation
@@ -34,7 +35,7 @@ def main() -> None:
         )
     name, model_path = sys.argv[1], Path(sys.argv[2])
     p = load_section(EvaluateParams)
-    if prepared_task(DATA_DIR) == "detection":
+    if prepared_task(DATA_DIR) == DETECTION:
         evaluate_detector(name, model_path)
         return
     meta = read_json(f"{DATA_DIR}/meta.json")  # small: check the model fits before loading data

@@ -23,7 +23,8 @@ from pathlib import Path
 from shrinkflow.core.errors import ShrinkflowError, run_stage
 from shrinkflow.core.metric_keys import model_key
 from shrinkflow.core.outputs import commit_outputs, read_json, require_inputs
-from shrinkflow.data.prepared import load_prepared, prepared_task
+from shrinkflow.core.tasks import DETECTION, prepared_task
+from shrinkflow.data.prepared import load_prepared
 from shrinkflow.data.prepared_boxes import load_box_split
 from shrinkflow.measure.metrics import logit_parity
 from shrinkflow.model_files.export_detector import (
@@ -61,7 +62,7 @@ def main() -> None:
     opset = load_section(QuantizeParams).opset
     require_inputs(f"export_onnx@{name}",
                    {source: SOURCES[name], f"{DATA_DIR}/meta.json": "prepare"})
-    if prepared_task(DATA_DIR) == "detection":
+    if prepared_task(DATA_DIR) == DETECTION:
         export_detection(name, source, onnx_out, metrics_out, opset)
         return
     meta = read_json(f"{DATA_DIR}/meta.json")

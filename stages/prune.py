@@ -46,7 +46,8 @@ from shrinkflow.compress.prune_families import check_prunable, check_rebuilds
 from shrinkflow.compress.teacher_ensemble import load_teacher, teacher_files
 from shrinkflow.core.errors import ShrinkflowError, run_stage
 from shrinkflow.core.outputs import check_outputs, commit_outputs, require_inputs
-from shrinkflow.data.prepared import load_prepared, prepared_task
+from shrinkflow.core.tasks import DETECTION, prepared_task
+from shrinkflow.data.prepared import load_prepared
 from shrinkflow.data.prepared_boxes import load_box_split
 from shrinkflow.model_files.pt import load_model, write_model_file
 from shrinkflow.params.budget import BudgetParams
@@ -91,7 +92,7 @@ def main() -> None:
     require_inputs("prune", {f"{DATA_DIR}/meta.json": "prepare", STUDENT_IN: "distill",
                              **teachers})
     check_outputs(MODEL_OUT, HISTORY_OUT, SENSITIVITY_OUT, STEPS_OUT, LATENCY_OUT, METRICS_OUT)
-    if prepared_task(DATA_DIR) == "detection":
+    if prepared_task(DATA_DIR) == DETECTION:
         prune_detection(p, teachers)
         return
     data = load_prepared(DATA_DIR)

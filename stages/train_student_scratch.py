@@ -9,7 +9,8 @@ figures are COCO mAP."""
 from shrinkflow.compress.detection_distill import check_detection_student
 from shrinkflow.core.errors import run_stage
 from shrinkflow.core.outputs import check_outputs, commit_outputs
-from shrinkflow.data.prepared import load_prepared, prepared_task
+from shrinkflow.core.tasks import DETECTION, prepared_task
+from shrinkflow.data.prepared import load_prepared
 from shrinkflow.model_files.pt import write_model_file
 from shrinkflow.params.distill import DistillParams
 from shrinkflow.params.load import load_section
@@ -29,7 +30,7 @@ LIVE_DIR = "dvclive/student_scratch"  # per-epoch progress while it runs
 def main() -> None:
     p = load_section(DistillParams)
     check_outputs(MODEL_OUT, HISTORY_OUT, METRICS_OUT)
-    if prepared_task(DATA_DIR) == "detection":
+    if prepared_task(DATA_DIR) == DETECTION:
         train_detection_scratch(p)
         return
     data = load_prepared(DATA_DIR)

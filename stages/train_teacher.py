@@ -17,7 +17,8 @@ from functools import partial
 from shrinkflow.compress.teacher_ensemble import member_file
 from shrinkflow.core.errors import ShrinkflowError, run_stage
 from shrinkflow.core.outputs import check_outputs, commit_outputs
-from shrinkflow.data.prepared import load_prepared, prepared_task
+from shrinkflow.core.tasks import DETECTION, prepared_task
+from shrinkflow.data.prepared import load_prepared
 from shrinkflow.model_files.pt import write_model_file
 from shrinkflow.model_files.user_weights import (
     HISTORY_COLUMNS,
@@ -57,7 +58,7 @@ def main() -> None:
     metrics_out, history_out = f"metrics/{name}.json", f"metrics/history_{name}.csv"
     train = p.train if seed is None else p.train.model_copy(update={"seed": seed})
     check_outputs(model_out, history_out, metrics_out)
-    if prepared_task(DATA_DIR) == "detection":
+    if prepared_task(DATA_DIR) == DETECTION:
         train_detection_teacher(p, seed, name, model_out, history_out, metrics_out)
         return
     weights = read_weights(p.init) if p.init else None

@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.core.tasks import CLASSIFICATION, DETECTION, meta_task
 
 TEACHER = "teacher"  # every speed-up and accuracy drop is measured against this model ...
 # ... or, with extra ensemble members (teacher.ensemble_seeds), accuracy drops against the
@@ -68,14 +69,13 @@ class Score:
 
 ACCURACY = Score("acc", "accuracy", "Accuracy", binomial=True)
 MAP = Score("map", "mAP", "mAP", binomial=False)  # COCO mAP@[.5:.95] (measure.detection_metrics)
-SCORES = {"classification": ACCURACY, "detection": MAP}
+SCORES = {CLASSIFICATION: ACCURACY, DETECTION: MAP}
 
 
 def task_score(data_meta: Mapping[str, Any]) -> Score:
-    """The headline score of the task the prepared data's meta.json names (``prepare.task``;
-    a classification meta.json from before detection names none: classification, as
-    ``data.prepared.prepared_task`` reads it, which imports torch and so is not used here)."""
-    task = data_meta.get("task", "classification")
+    """The headline score of the task the prepared data's meta.json names
+    (``core.tasks.meta_task``)."""
+    task = meta_task(data_meta)
     if task not in SCORES:
         raise ShrinkflowError(f"data/prepared/meta.json: task {task!r}; expected one of "
                               f"{sorted(SCORES)}")

@@ -17,13 +17,14 @@ import numpy as np
 import torch
 
 from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.core.tasks import CLASSIFICATION, DETECTION, meta_task
 
 SPLITS = ("train", "val", "test")
 
 FORMAT = "shrinkflow-prepared/2"
 DETECTION_FORMAT = "shrinkflow-detection/1"  # data.prepared_boxes
 # each task's prepared format; a detection meta.json also names its task
-FORMAT_TASKS = {FORMAT: "classification", DETECTION_FORMAT: "detection"}
+FORMAT_TASKS = {FORMAT: CLASSIFICATION, DETECTION_FORMAT: DETECTION}
 
 
 @dataclass
@@ -48,7 +49,7 @@ def read_meta(data_dir: Path, expected_format: str) -> dict[str, Any]:
     if not meta_path.is_file():
         raise ShrinkflowError(f"{meta_path}: not found (run the prepare stage first)")
     meta = json.loads(meta_path.read_text())
-    found, wanted = meta.get("task", "classification"), FORMAT_TASKS.get(expected_format)
+    found, wanted = meta_task(meta), FORMAT_TASKS.get(expected_format)
     if meta.get("format") != expected_format and found != wanted:
         raise ShrinkflowError(f"{data_dir}: holds {found} data (prepare.task: {found}); this "
                               f"stage reads {wanted} data. Set prepare.task and prepare.source "
@@ -58,16 +59,6 @@ def read_meta(data_dir: Path, expected_format: str) -> dict[str, Any]:
                               f"(format {meta.get('format')!r}, expected {expected_format}); "
                               "run `dvc repro prepare -f`")
     return meta
-
-
-def prepared_task(data_dir: str | Path) -> str:
-    """The task the prepared data in ``data_dir`` was made for (``prepare.task``); a stage that
-    trains or measures for both tasks picks its path by it."""
-    meta_path = Path(data_dir) / "meta.json"
-    try:
-        return json.loads(meta_path.read_text()).get("task", "classification")
-    except (OSError, ValueError):
-        return "classification"  # the classification reader then says what is wrong
 
 
 def load_prepared(data_dir: str | Path) -> Prepared:

@@ -26,6 +26,8 @@ class Job:
     threads: int = 1
     device: str = "cpu"  # for fp32 PyTorch models; the others always run on the CPU
     seed: int = 0
+    # a prepared detection folder: detectors are timed on its test images (benchmark_worker)
+    scenes: str = ""
 
 
 def resolve_threads(threads: int) -> int:
