@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import mmap
 
+import numpy as np
 import pytest
 import torch
 from tiny_models import tiny_detector
@@ -137,3 +138,22 @@ def test_a_classifier_row_has_no_detection_column(tiny_pt):
                              threads=1))
     row = result_row(loaded.job, loaded.describe(), 2, [loaded.time(2, 2)])
     assert "calls_per_batch" not in row and loaded._timed[2].model_calls == 1
+
+
+def test_detectors_are_timed_on_the_prepared_test_images(detector_files, tmp_path):
+    """Random pixels would leave a trained detector's NMS nothing to do: with ``scenes`` set,
+    batch B is the first B test images (cycled: 3 of a 2-image test split)."""
+    from shrinkflow.data.prepare_detection import read_detection, write_detection
+    from shrinkflow.data.prepared_boxes import load_box_split
+    from shrinkflow.params.prepare import PrepareParams
+
+    folder = tmp_path / "prepared"
+    write_detection(folder, read_detection(PrepareParams(
+        task="detection", source="scenes", image_size=16,
+        scenes={"train": 4, "val": 2, "test": 2, "max_digits": 1})), "scenes")
+    test, _ = load_box_split(folder, "test")
+    loaded = LoadedModel(Job("det", str(detector_files[1]), DETECTOR_SHAPE, [3], repeats=2,
+                             warmup=1, threads=1, scenes=str(folder)))
+    timed = loaded._timed[3].inputs
+    for image, row in zip(timed, [0, 1, 0], strict=True):
+        assert np.array_equal(image, test.image(row))
