@@ -28,9 +28,8 @@ from shrinkflow.data.prepared import load_prepared
 from shrinkflow.data.prepared_boxes import load_box_split
 from shrinkflow.measure.metrics import logit_parity
 from shrinkflow.model_files.export_detector import (
-    MAX_BOX_DIFF,
-    MIN_AGREEMENT,
     box_parity,
+    check_box_parity,
     export_detector,
 )
 from shrinkflow.model_files.export_onnx import FP32_MAX_ABS_DIFF, export_onnx
@@ -99,12 +98,7 @@ def export_detection(name: str, source: str, onnx_out: Path, metrics_out: str,
         export_detector(model.module, model.spec, onnx_path, opset)
         exported = open_model(onnx_path)
         parity = box_parity([model.detect(x) for x in images], [exported.detect(x) for x in images])
-        if parity["agreement"] < MIN_AGREEMENT or parity["max_abs_diff"] > MAX_BOX_DIFF:
-            raise ShrinkflowError(
-                f"{onnx_out}: exported detector differs from {source}: same boxes on "
-                f"{parity['agreement']:.1%} of the test images (expected >= {MIN_AGREEMENT:.0%}),"
-                f" up to {parity['max_abs_diff']:.2e} px apart (expected <= {MAX_BOX_DIFF:g}); "
-                "nothing was replaced")
+        check_box_parity(parity, onnx_out, source)
         out.json(metrics_out, export_metrics(name, parity, onnx_path))
     print(f"[export_onnx@{name}] {source} -> {onnx_out} (opset {opset}, with NMS): same boxes "
           f"on {parity['agreement']:.2%} of {len(images)} test images, max |diff| "

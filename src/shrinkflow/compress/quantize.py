@@ -128,6 +128,8 @@ def quantize_onnx_static(
     quant_format: str = "qdq",
     activation_type: str = "u8",
     weight_type: str = "s8",
+    op_types: list[str] | None = None,
+    calibration_batch: int = 32,
 ) -> None:
     """Static int8 with activation ranges calibrated on ``calibration_x`` (uint8 images),
     written atomically to ``out_path``. Defaults: QDQ, uint8 activations, int8 weights.
@@ -138,6 +140,9 @@ def quantize_onnx_static(
     ``benchmarks/int8_variants.py``, which measured the alternatives (docs/decisions.md): on
     the narrow MNIST pruned model none reached fp32 speed, and QOperator with int8 activations
     was the slowest, so the defaults stay those that keep accuracy best on this CPU.
+    ``op_types`` limits int8 to those ONNX ops (None: every op ORT quantizes) and
+    ``calibration_batch`` is the images per calibration call (1 for a one-image detector file):
+    ``compress.quantize_detection`` uses both.
     """
     methods = dict(zip(CALIBRATION_METHODS, (CalibrationMethod.MinMax, CalibrationMethod.Entropy,
                                              CalibrationMethod.Percentile), strict=True))
@@ -153,13 +158,15 @@ def quantize_onnx_static(
         quantize_static(
             str(pre),
             str(tmp),
-            calibration_data_reader=_calibration_reader(calibration_x, input_name),
+            calibration_data_reader=_calibration_reader(calibration_x, input_name,
+                                                        calibration_batch),
             quant_format=QUANT_FORMATS[quant_format],
             per_channel=per_channel,
             reduce_range=reduce_range,
             activation_type=QUANT_TYPES[activation_type],
             weight_type=QUANT_TYPES[weight_type],
             calibrate_method=methods[method],
+            op_types_to_quantize=op_types,
         )
         copy_metadata(fp32_path, tmp, {META_QUANTIZATION: f"{label}-{method}"})
 
@@ -346,25 +353,44 @@ def save_torch_int8(
 ) -> nn.Module:
     """Quantize ``fp32_model`` with FX, store it through ``model_files.pt.save_model``, return it.
 
-    ``meta`` gets everything ``model_files.open.open_model`` needs to rebuild the module (the fp32
-    tensor shapes, so pruned layers can be rebuilt; the input shape; the per-module state_dict
-    format
-    versions quantized modules need to parse their entries) and the fp32 model's params and
-    MACs, which cannot be counted on int8 modules.
+    ``meta`` gets everything ``model_files.open.open_model`` needs to rebuild the module (see
+    ``write_torch_int8``) and the fp32 model's MACs, which cannot be counted on int8 modules.
     """
     input_shape = tuple(int(s) for s in calibration_x.shape[1:])
     quantized = quantize_torch_fx(fp32_model, calibration_x)
+    write_torch_int8(path, quantized, fp32_model, spec, input_shape, TORCH_INT8_KIND,
+                     macs=count_macs(fp32_model, input_shape), **meta)
+    return quantized
+
+
+def write_torch_int8(
+    path: str | Path,
+    quantized: nn.Module,
+    fp32_model: nn.Module,
+    spec: dict[str, Any],
+    input_shape: tuple[int, ...],
+    kind: str,
+    macs: int | None = None,
+    **meta: Any,
+) -> None:
+    """Store an int8 module made by recipe ``kind`` (``model_files.torch_int8``) through
+    ``model_files.pt.save_model``: tensors and plain data only.
+
+    ``meta`` gets the recipe, the fp32 tensor shapes (so pruned layers can be rebuilt), the
+    input shape, the per-module state_dict format versions quantized modules need to parse their
+    entries, and the fp32 model's params (and ``macs`` when known): int8 modules cannot be
+    counted.
+    """
     versions = getattr(quantized.state_dict(), "_metadata", {})
+    counts = {"params": count_params(fp32_model), **({} if macs is None else {"macs": macs})}
     save_model(
         path, quantized, spec, **meta,
-        quantized=TORCH_INT8_KIND,
-        params=count_params(fp32_model),
-        macs=count_macs(fp32_model, input_shape),
+        quantized=kind,
+        **counts,
         input_shape=list(input_shape),
         fp32_shapes={k: list(v.shape) for k, v in fp32_model.state_dict().items()},
         state_versions={k: dict(v) for k, v in versions.items()},
     )
-    return quantized
 
 
 # --- parity: is each converted model still the model it came from? -------------------------------

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.core.outputs import atomic_path
 from shrinkflow.model_files.export_onnx import write_metadata
 from shrinkflow.model_files.open import INPUT_NAME, META_DETECTOR, META_PARAMS
@@ -81,3 +82,15 @@ def box_parity(reference: list[Detections], other: list[Detections]) -> dict[str
             if len(b1):
                 worst = max(worst, float(np.abs(np.asarray(b1) - np.asarray(b2)).max()))
     return {"agreement": same / max(len(reference), 1), "max_abs_diff": worst}
+
+
+def check_box_parity(parity: dict[str, float], onnx_out: str | Path, source: str | Path) -> None:
+    """Fail in one line when an exported detector's boxes (``box_parity`` against the PyTorch
+    file ``source``) are outside the fp32 export's thresholds: the caller's outputs are then
+    not replaced (export_onnx and quantize both write the file inside ``commit_outputs``)."""
+    if parity["agreement"] < MIN_AGREEMENT or parity["max_abs_diff"] > MAX_BOX_DIFF:
+        raise ShrinkflowError(
+            f"{onnx_out}: exported detector differs from {source}: same boxes on "
+            f"{parity['agreement']:.1%} of the test images (expected >= {MIN_AGREEMENT:.0%}),"
+            f" up to {parity['max_abs_diff']:.2e} px apart (expected <= {MAX_BOX_DIFF:g}); "
+            "nothing was replaced")

@@ -1,6 +1,14 @@
 """PyTorch int8 model files (torch.ao FX, x86 backend): the recipe ``quantize`` runs and the
 rebuild ``open_model`` runs, which must be the same steps (the int8 module is rebuilt by
-re-running them on the fp32 architecture at the stored shapes)."""
+re-running them on the fp32 architecture at the stored shapes).
+
+Two recipes, named in ``meta["quantized"]``: a classifier is int8 end to end
+(``TORCH_INT8_KIND``); an FCOS detector (``TORCH_INT8_DETECTOR_KIND``) has only its backbone's
+conv-BN-ReLU stages in int8 (``prepare_detector`` / ``convert_detector``): FCOS's forward (a
+list of images, the transform, data-dependent post-processing) cannot be FX-traced whole, and the
+backbone is the traceable, fusable part that holds most of the convolutions. The head (conv,
+GroupNorm, ReLU branches), torchvision's transform, box decoding, score threshold and NMS stay
+fp32, as in the ONNX Runtime int8 file (``compress.quantize_detection``)."""
 
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ from shrinkflow.nets.zoo import Resize, resize_to_state_dict
 # refused rather than rebuilt wrongly. Producing (``quantize``) and opening (here) share
 # ``fx_prepare`` / ``fx_convert``, because the int8 module is rebuilt by re-running them.
 TORCH_INT8_KIND = "torch.ao-fx-x86/1"
+TORCH_INT8_DETECTOR_KIND = "torch.ao-fx-x86-detector-backbone/1"
 TORCH_BACKEND = "x86"
 
 
@@ -54,6 +63,21 @@ def fx_convert(prepared: nn.Module) -> nn.Module:
         return convert_fx(prepared).eval()
 
 
+def prepare_detector(detector: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
+    """Put observers into ``detector``'s backbone stages, in place (``fx_prepare``); returns the
+    detector, which then calibrates by running whole images (the stages see exactly what the
+    transform hands them)."""
+    detector.eval().backbone.features = fx_prepare(detector.backbone.features, input_shape)
+    return detector
+
+
+def convert_detector(prepared: nn.Module) -> nn.Module:
+    """A ``prepare_detector`` detector -> its backbone stages int8, in place (CPU only); the
+    stages take and give fp32, so the fp32 head and post-processing run unchanged."""
+    prepared.backbone.features = fx_convert(prepared.backbone.features)
+    return prepared.eval()
+
+
 # Non-tensor entries of a quantized state_dict: packed linear params record their dtype, which
 # checkpoints.save_model stores as its name.
 _DTYPES = {str(d): d for d in (torch.qint8, torch.quint8, torch.float16, torch.float32)}
@@ -67,20 +91,23 @@ def torch_int8_from_checkpoint(payload: dict[str, Any], path: str | Path) -> nn.
     The fp32 architecture is built on the ``meta`` device and allocated only at the shapes the
     file records, after checking that they hold no more parameters than the file has weights
     (``_check_shapes``): a small file cannot make this allocate a huge network."""
-    meta = payload["meta"]
-    if meta.get("quantized") != TORCH_INT8_KIND:
+    meta, spec = payload["meta"], payload["spec"]
+    detector = spec.get("task") == "detection"
+    kind = TORCH_INT8_DETECTOR_KIND if detector else TORCH_INT8_KIND
+    if meta.get("quantized") != kind:
         raise ShrinkflowError(
             f"{path}: int8 recipe {clip(repr(meta.get('quantized')))} is not the one this "
-            f"version rebuilds ({TORCH_INT8_KIND!r}); rerun the quantize stage"
+            f"version rebuilds for a {spec.get('task', 'classification')} model ({kind!r}); "
+            "rerun the quantize stage"
         )
     shapes, input_shape = _check_shapes(payload, path)
-    spec = payload["spec"]
     try:
         model = skeleton(spec, path)
         resize_to_state_dict(model, {k: torch.empty(s, device="meta") for k, s in shapes.items()})
         model.to_empty(device="cpu")
         _fill_fp32(model, spec)
-        quantized = fx_convert(fx_prepare(model, input_shape))
+        quantized = (convert_detector(prepare_detector(model, input_shape)) if detector
+                     else fx_convert(fx_prepare(model, input_shape)))
         state = OrderedDict(
             (k, _DTYPES.get(v, v) if isinstance(v, str) else v)
             for k, v in payload["state_dict"].items()
@@ -137,6 +164,8 @@ def _fill_fp32(model: nn.Module, spec: dict[str, Any]) -> None:
         for name, buffer in model.named_buffers():
             if name.endswith("running_var"):
                 buffer.fill_(1)
+        if spec.get("task") == "detection":  # FCOS normalises in its transform (no buffers)
+            return
         model.mean.copy_(torch.tensor(spec["mean"]).view(1, -1, 1, 1))
         model.std.copy_(torch.tensor(spec["std"]).view(1, -1, 1, 1))
     if spec.get("input_size"):

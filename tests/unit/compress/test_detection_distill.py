@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from tiny_models import scene_meta, tiny_fcos
+from tiny_detectors import scene_meta, tiny_fcos
 
 from shrinkflow.compress.detection_distill import DetectionKD, dense_kd_loss
 from shrinkflow.core.errors import ShrinkflowError

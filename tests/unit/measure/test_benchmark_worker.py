@@ -9,7 +9,7 @@ import mmap
 import numpy as np
 import pytest
 import torch
-from tiny_models import tiny_detector
+from tiny_detectors import untrained_detector
 
 from shrinkflow.compress.quantize import save_torch_int8
 from shrinkflow.core.errors import ShrinkflowError
@@ -95,7 +95,7 @@ DETECTOR_SHAPE = [1, 16, 16]
 @pytest.fixture
 def detector_files(tmp_path):
     """A tiny FCOS .pt and its ONNX file (NMS inside, one image per call)."""
-    model, spec = tiny_detector(DETECTOR_SHAPE)
+    model, spec = untrained_detector([4, 8], DETECTOR_SHAPE[1])
     save_model(tmp_path / "d.pt", model, spec, role="teacher")
     export_detector(model, spec, tmp_path / "d.onnx")
     return tmp_path / "d.pt", tmp_path / "d.onnx"

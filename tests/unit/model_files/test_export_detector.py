@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tiny_models import tiny_detector
+from tiny_detectors import untrained_detector
 
 from shrinkflow.model_files.export_detector import box_parity, export_detector
 from shrinkflow.model_files.open import open_model
@@ -32,7 +32,8 @@ def test_box_parity_counts_images_with_the_same_boxes_and_measures_the_rest():
 
 
 def test_the_onnx_file_gives_pytorchs_boxes_and_names_its_classes(tmp_path):
-    model, spec = tiny_detector([1, 32, 32])  # boxes above the threshold
+    model, spec = untrained_detector([4, 8])  # confident: boxes above the threshold
+    model, spec = untrained_detector([4, 8])  # confident: boxes above the threshold
     save_model(tmp_path / "d.pt", model, spec, role="teacher")
     export_detector(model, spec, tmp_path / "d.onnx")
     pt, onnx = open_model(tmp_path / "d.pt"), open_model(tmp_path / "d.onnx")

@@ -4,7 +4,7 @@ boxes in evaluation, and it learns the built-in digit scenes."""
 import numpy as np
 import pytest
 import torch
-from tiny_models import tiny_fcos
+from tiny_detectors import tiny_fcos
 
 from shrinkflow.data.digit_scenes import make_digit_scenes
 
@@ -72,7 +72,7 @@ def test_any_zoo_classifier_with_a_convolutional_trunk_is_a_backbone(scenes, arc
 
 def test_the_backbone_is_the_classifiers_own_trunk():
     """A user's classification weights loaded into the classifier are the detector's."""
-    from tiny_models import scene_meta
+    from tiny_detectors import scene_meta
 
     from shrinkflow.nets.detectors import build_detector, detector_spec
     from shrinkflow.nets.zoo import build_model
