@@ -53,6 +53,7 @@ from shrinkflow.model_files.export_detector import box_parity, check_box_parity,
 from shrinkflow.model_files.export_onnx import export_onnx
 from shrinkflow.model_files.open import open_model
 from shrinkflow.model_files.pt import check_role
+from shrinkflow.nets.detectors import detector_label
 from shrinkflow.params.load import load_section
 from shrinkflow.params.quantize import QuantizeParams
 from shrinkflow.params.teacher import TeacherParams
@@ -225,7 +226,8 @@ def quantize_detection(p: QuantizeParams) -> None:
     test, _ = load_box_split(DATA_DIR, "test")
     calibration = calibration_images(train, p.calibration_samples, p.seed)
     images = [test.image(i) for i in range(len(test))]
-    print(f"[quantize] {model_path}: FCOS detector, {len(calibration)} calibration images from "
+    print(f"[quantize] {model_path}: {detector_label(source.spec)}, {len(calibration)} "
+          "calibration images from "
           f"train, mode {p.mode} (int8: convolutions; fp32: decoding, threshold, NMS)")
     with commit_outputs() as out:  # the three models and the metrics land together
         fp32_onnx, int8_onnx = out.file(FP32_ONNX_OUT), out.file(INT8_ONNX_OUT)

@@ -12,6 +12,7 @@ from shrinkflow.core.outputs import check_outputs, commit_outputs
 from shrinkflow.core.tasks import DETECTION, prepared_task
 from shrinkflow.data.prepared import load_prepared
 from shrinkflow.model_files.pt import write_model_file
+from shrinkflow.nets.detectors import detector_label
 from shrinkflow.params.distill import DistillParams
 from shrinkflow.params.load import load_section
 from shrinkflow.training.detection_loop import train_detector
@@ -61,7 +62,8 @@ def train_detection_scratch(p: DistillParams) -> None:
         out.csv(HISTORY_OUT, history)
         out.json(METRICS_OUT, m)
         out.adopt(LIVE_DIR)
-    print(f"[{NAME}] FCOS {m[f'{NAME}_params']:,} params: test mAP {m[f'{NAME}_test_map']:.3f} "
+    print(f"[{NAME}] {detector_label(spec)} {m[f'{NAME}_params']:,} params: test mAP "
+          f"{m[f'{NAME}_test_map']:.3f} "
           f"in {m[f'{NAME}_train_seconds']:.1f}s ->", MODEL_OUT)
 
 

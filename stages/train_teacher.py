@@ -26,6 +26,7 @@ from shrinkflow.model_files.user_weights import (
     load_into,
     read_weights,
 )
+from shrinkflow.nets.detectors import detector_label
 from shrinkflow.params.load import load_section
 from shrinkflow.params.teacher import TeacherParams
 from shrinkflow.training.detection_loop import train_detector
@@ -106,7 +107,8 @@ def train_detection_teacher(p: TeacherParams, seed: int | None, name: str, model
         out.csv(history_out, history)
         out.json(metrics_out, m)
         out.adopt(f"dvclive/{name}")
-    print(f"[{name}] FCOS {m[f'{name}_params']:,} params: test mAP {m[f'{name}_test_map']:.3f} "
+    print(f"[{name}] {detector_label(spec)} {m[f'{name}_params']:,} params: test mAP "
+          f"{m[f'{name}_test_map']:.3f} "
           f"(mAP@.5 {m[f'{name}_test_map_50']:.3f}) in {m[f'{name}_train_seconds']:.1f}s ->",
           model_out)
 

@@ -29,12 +29,13 @@ def write_scenes(folder: Path, train: int = 256) -> str:
 
 
 def untrained_detector(widths: list[int], size: int = 32, confident: bool = True,
-                       ) -> tuple[nn.Module, dict]:
+                       detector: str = "fcos") -> tuple[nn.Module, dict]:
     """A seeded 1-channel FCOS of two classes, eval mode, and its spec; ``confident``: every
     class logit's bias raised so that boxes clear the score threshold without training."""
     meta = {"shape": [1, size, size], "num_classes": 2, "mean": [0.2], "std": [0.3],
             "classes": ["a", "b"]}
-    spec = detector_spec(ModelSpec(widths=widths, depth=1), meta, "teacher.model")
+    spec = detector_spec(ModelSpec(widths=widths, depth=1, detector=detector), meta,
+                         "teacher.model")
     torch.manual_seed(0)
     model = build_detector(spec).eval()
     if confident:

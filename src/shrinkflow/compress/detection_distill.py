@@ -28,7 +28,7 @@ from torchvision.models.detection import FCOS
 from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.data.prepared_boxes import BoxSplit
 from shrinkflow.model_files.user_weights import arch_label
-from shrinkflow.nets.detectors import detector_stride
+from shrinkflow.nets.detectors import detector_losses, detector_stride
 from shrinkflow.nets.zoo import count_params
 from shrinkflow.training.detection_loop import split_map
 
@@ -79,8 +79,7 @@ class DetectionKD(nn.Module):
         """The total loss and each part (detached), for one batch; ``student`` in train mode."""
         batch, targets, features, outputs = _head_pass(student, images, targets)
         anchors = student.anchor_generator(batch, features)
-        own = student.compute_loss(targets, outputs, anchors,
-                                   [f.size(2) * f.size(3) for f in features])
+        own = detector_losses(student, targets, outputs, anchors, features)
         with torch.no_grad():
             taught = head_outputs(self.teacher, images)
         kd = dense_kd_loss(outputs, taught, self.T)
@@ -126,6 +125,11 @@ def check_same_stride(student_spec: dict[str, Any], teacher_spec: dict[str, Any]
     if not teacher_spec.get("task") == "detection":
         raise ShrinkflowError(f"{teacher_file}: a classifier; detection distils from the FCOS "
                               "teacher that train_teacher writes on detection data")
+    if student_spec["detector"] != teacher_spec["detector"]:
+        raise ShrinkflowError(
+            f"{student_key}.detector = {student_spec['detector']!r}, the teacher's in "
+            f"{teacher_file} {teacher_spec['detector']!r}; detection KD compares the outputs of "
+            "the same head: expected the teacher's")
     student, teacher = detector_stride(student_spec, student_key), detector_stride(teacher_spec)
     if student != teacher:
         raise ShrinkflowError(

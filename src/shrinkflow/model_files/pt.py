@@ -20,7 +20,7 @@ from torch import nn
 from shrinkflow.core.errors import ShrinkflowError, clip, echo
 from shrinkflow.core.outputs import commit_outputs
 from shrinkflow.model_files.limits import MAX_CHANNELS, MAX_CLASSES, MAX_SIDE
-from shrinkflow.nets.detectors import build_detector
+from shrinkflow.nets.detectors import BUILDERS, build_detector
 from shrinkflow.nets.factory import check_factory_path
 from shrinkflow.nets.torchvision_nets import check_arch
 from shrinkflow.nets.zoo import OWN_ARCHS, Resize, build_model, resize_to_state_dict
@@ -265,8 +265,9 @@ def check_payload(payload: dict[str, Any], path: str | Path) -> dict[str, Any]:
     if spec.get("task", "classification") not in ("classification", "detection"):
         raise _bad(path, "spec.task", "classification or detection", spec.get("task"))
     if spec.get("task") == "detection" and not (
-            spec.get("detector") == "fcos" and _is_int(spec.get("image_size"), 1, MAX_SIDE)):
-        raise _bad(path, "spec.detector/image_size", f"fcos and a side 1..{MAX_SIDE}",
+            spec.get("detector") in BUILDERS and _is_int(spec.get("image_size"), 1, MAX_SIDE)):
+        raise _bad(path, "spec.detector/image_size",
+                   f"one of {', '.join(BUILDERS)} and a side 1..{MAX_SIDE}",
                    [spec.get("detector"), spec.get("image_size")])
     classes = spec.get("classes")
     if spec.get("task") == "detection" and not (

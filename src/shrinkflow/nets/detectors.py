@@ -1,13 +1,17 @@
-"""Detectors (``prepare.task: detection``): torchvision's FCOS around the convolutional trunk
-of a classifier from the zoo (``nets.zoo.build_model``: the cnn's stages, any torchvision
-classifier, a factory network); ``detector_spec`` records one in a model file and
-``build_detector`` builds it back.
+"""Detectors (``prepare.task: detection``): torchvision's FCOS or RetinaNet (``model.detector``)
+around the convolutional trunk of a classifier from the zoo (``nets.zoo.build_model``: the cnn's
+stages, any torchvision classifier, a factory network); ``detector_spec`` records one in a model
+file and ``build_detector`` builds it back.
 
-Why FCOS first: it is anchor-free, one prediction point per cell of the backbone's feature map,
-so one head fits any backbone stride without tuning anchor boxes to the data, and a student with
-the teacher's stride predicts at the teacher's points: the per-point class logits and box
-offsets are then what detection distillation compares. torchvision's model brings the losses
-(sigmoid focal loss, GIoU, centre-ness), the box decoding and the NMS.
+Both are one-stage dense detectors: a prediction per cell of the backbone's feature map (FCOS)
+or per anchor of each cell (RetinaNet: 3 scales x 3 aspect ratios), so a student with the
+teacher's stride and family predicts at the teacher's points, and the per-point class logits
+and box offsets are what detection distillation compares. FCOS is the default: anchor-free, one
+head fits any stride without anchors tuned to the data; RetinaNet's anchors start at 4x the
+stride, its paper's rule (32 px at stride 8). torchvision's models bring the losses (sigmoid
+focal loss; GIoU and centre-ness for FCOS, L1 for RetinaNet), the box decoding and the NMS.
+(Two-stage detectors, Faster R-CNN, are not built: their proposals differ between teacher and
+student, so dense distillation has no common points to compare.)
 
 Why the classifier's trunk: the backbone is the same network, built by the same code, as the
 classifier of that name, so a user's classification weights for it (``teacher.init``: an
@@ -29,13 +33,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models.detection import FCOS
+from torchvision.models.detection import FCOS, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import (
     FCOSClassificationHead,
     FCOSHead,
     FCOSRegressionHead,
 )
+from torchvision.models.detection.retinanet import RetinaNetHead
 
 from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.nets.zoo import Classifier, build_model, make_spec
@@ -122,6 +127,43 @@ def build_fcos(backbone: Trunk, num_classes: int, image_size: int, mean: list[fl
                 image_mean=mean, image_std=std, anchor_generator=anchors, head=head)
 
 
+def build_retinanet(backbone: Trunk, num_classes: int, image_size: int, mean: list[float],
+                    std: list[float], head_convs: int = HEAD_CONVS) -> RetinaNet:
+    """A RetinaNet for square ``image_size`` images (sizes as ``build_fcos``): 9 anchors per
+    cell, 3 scales an octave apart in thirds from 4x the stride, aspect ratios 1:2, 1:1, 2:1;
+    each head branch cut to ``head_convs`` convolutions (torchvision builds 4) with GroupNorm."""
+    base = backbone.stride * 4
+    anchors = AnchorGenerator(sizes=(tuple(int(base * 2 ** (i / 3)) for i in range(3)),),
+                              aspect_ratios=((0.5, 1.0, 2.0),))
+    head = RetinaNetHead(backbone.out_channels, anchors.num_anchors_per_location()[0],
+                         num_classes, norm_layer=_group_norm)
+    for branch in (head.classification_head, head.regression_head):
+        branch.conv = branch.conv[:head_convs]
+    return RetinaNet(backbone, num_classes, min_size=image_size, max_size=image_size,
+                     image_mean=mean, image_std=std, anchor_generator=anchors, head=head)
+
+
+BUILDERS = {"fcos": build_fcos, "retinanet": build_retinanet}  # model.detector -> builder
+NAMES = {"fcos": "FCOS", "retinanet": "RetinaNet"}
+
+
+def detector_label(spec: dict[str, Any]) -> str:
+    """``FCOS (cnn)``, ``RetinaNet (resnet18)``: a detector file's family and backbone, for
+    the stages' summary lines."""
+    return f"{NAMES[spec['detector']]} ({spec['arch']})"
+
+
+def detector_losses(model: nn.Module, targets: list[dict[str, torch.Tensor]],
+                    outputs: dict[str, torch.Tensor], anchors: list[torch.Tensor],
+                    features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The detector's own training losses from its head's outputs (what its forward computes
+    in training mode), for a loss that also needs those outputs (detection KD)."""
+    if isinstance(model, FCOS):
+        return model.compute_loss(targets, outputs, anchors,
+                                  [f.size(2) * f.size(3) for f in features])
+    return model.compute_loss(targets, outputs, anchors)
+
+
 def _group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(math.gcd(32, channels), channels)
 
@@ -134,22 +176,22 @@ def detector_spec(model_params: Any, meta: dict[str, Any], key: str) -> dict[str
     side = int(meta["shape"][1])
     spec = make_spec(model_params, int(meta["shape"][0]), int(meta["num_classes"]),
                      meta["mean"], meta["std"], image_hw=[side, side])
-    spec = {"task": "detection", "detector": "fcos", **spec, "image_size": side,
+    spec = {"task": "detection", "detector": model_params.detector, **spec, "image_size": side,
             "classes": [str(c) for c in meta["classes"]]}  # predict names the boxes by them
     detector_stride(spec, key)  # a trunk FCOS cannot take fails here, before any work
     return spec
 
 
 def build_detector(spec: dict[str, Any], classifier: Classifier | None = None,
-                   key: str = "spec") -> FCOS:
+                   key: str = "spec") -> FCOS | RetinaNet:
     """A detector from ``detector_spec``'s spec: freshly initialised (the seed is the caller's),
     or around the trunk of ``classifier``, built from the same spec (a user's weights already
     loaded into it). ``key`` names the params section in errors."""
     if classifier is None:
         classifier = build_model(spec)
     backbone = trunk_of(classifier.body, spec["in_channels"], spec["image_size"], key)
-    return build_fcos(backbone, spec["num_classes"], spec["image_size"], spec["mean"],
-                      spec["std"])
+    return BUILDERS[spec["detector"]](backbone, spec["num_classes"], spec["image_size"],
+                                      spec["mean"], spec["std"])
 
 
 def detector_stride(spec: dict[str, Any], key: str = "spec") -> int:

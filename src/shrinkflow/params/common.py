@@ -83,6 +83,8 @@ class ModelSpec(Section):
     )
     depth: int = Field(default=2, ge=1, le=16)
     width_mult: float = Field(default=1.0, gt=0, le=8)
+    detector: Literal["fcos", "retinanet"] = Field(
+        default="fcos", description="prepare.task detection: the detector around this network")
 
     @model_validator(mode="after")
     def _fields_fit_arch(self) -> ModelSpec:

@@ -884,9 +884,9 @@ def build_report(
               ("Accuracy is on the test split, with its 95 % Wilson interval over the test images "
                "(small test sets: wide); drop = teacher minus model, in percentage points"
                if score.binomial else
-               f"{score.name} is COCO mAP@[.5:.95] on the test split, x 100 (no interval: it is "
-               "not a fraction of test images right); drop = teacher minus model, in "
-               f"{score.name} points")
+               f"{score.name} is COCO mAP@[.5:.95] on the test split, x 100 (no interval: "
+               "unlike accuracy it is not a share of test images right); drop = teacher minus "
+               f"model, in {score.name} points")
               + (" (the teacher ensemble's accuracy minus the model's)"
                  if reference_accuracy_key(metrics) == ENSEMBLE_ACC else "") + ". "
               "Latency is the median of the benchmark's timed calls, with the 95 % interval of "

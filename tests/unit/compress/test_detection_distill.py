@@ -54,21 +54,26 @@ def test_teacher_and_student_of_different_strides_are_one_line():
         dense_kd_loss(outputs([[0.0], [0.0]], [[0] * 4] * 2), outputs([[0.0]], [[0] * 4]), 1.0)
 
 
-def test_one_distillation_step_trains_the_student_and_leaves_the_teacher():
+@pytest.mark.parametrize(("family", "own"), [
+    ("fcos", {"classification", "bbox_regression", "bbox_ctrness"}),
+    ("retinanet", {"classification", "bbox_regression"}),
+])
+def test_one_distillation_step_trains_the_student_and_leaves_the_teacher(family, own):
     images, split = make_digit_scenes(8, canvas=64, seed=0)
     x = [torch.from_numpy(im).float() / 255 for im in images]
     t = [{"boxes": torch.from_numpy(s.boxes), "labels": torch.from_numpy(s.labels)}
          for s in split.images]
-    torch.manual_seed(0)
-    teacher = tiny_fcos([16, 32, 64], 64)
-    student = tiny_fcos([4, 8, 16], 64)
+    teacher = tiny_fcos([16, 32, 64], 64, detector=family)
+    student = tiny_fcos([4, 8, 16], 64, detector=family)
     loss_fn = DetectionKD(teacher, T=2.0, alpha=0.5)
     before = [p.clone() for p in teacher.parameters()]
     total, parts = loss_fn(student, x, t)
-    assert set(parts) == {"classification", "bbox_regression", "bbox_ctrness", "kd_cls",
-                          "kd_box"}
-    expected = 0.5 * (parts["classification"] + parts["bbox_regression"]
-                      + parts["bbox_ctrness"]) + 0.5 * (parts["kd_cls"] + parts["kd_box"])
+    assert set(parts) == own | {"kd_cls", "kd_box"}
+    # the student's own losses are what its forward computes in training mode
+    forward = student(x, t)
+    assert {k: float(v) for k, v in forward.items()} == pytest.approx(
+        {k: float(parts[k]) for k in own}, rel=1e-5)
+    expected = 0.5 * sum(parts[k] for k in own) + 0.5 * (parts["kd_cls"] + parts["kd_box"])
     assert total.item() == pytest.approx(expected.item(), rel=1e-6)
     total.backward()
     assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
@@ -99,6 +104,10 @@ def test_what_detection_kd_cannot_take_is_one_line_before_any_work():
 
     teacher = spec([8, 16, 32])
     check_same_stride(spec([4, 8, 16]), teacher, "models/teacher.pt", "distill.student")
+    retina = detector_spec(ModelSpec(widths=[4, 8, 16], detector="retinanet"), scene_meta(32), "x")
+    with pytest.raises(ShrinkflowError, match=r"^distill\.student\.detector = 'retinanet', the "
+                                              r"teacher's in models/teacher\.pt 'fcos'"):
+        check_same_stride(retina, teacher, "models/teacher.pt", "distill.student")
     check_same_stride(spec([8], "resnet18"), spec([8, 16, 16, 16]), "t.pt", "distill.student")
     with pytest.raises(ShrinkflowError, match=r"^distill\.student: its feature map has stride 2, "
                                               r"the teacher's \(cnn \[8, 16, 32\] depth 2 in "

@@ -30,28 +30,46 @@ PARAMS = PruneParams(ratio=0.5, iterative_steps=2, round_to=1, sensitivity=False
 
 
 @pytest.fixture(scope="module")
-def pruned(tmp_path_factory):
-    """A [8, 16] student pruned by half in two steps, one fine-tune epoch each, distilled from
-    an untrained [8, 16] teacher on 32 scenes."""
+def scenes(tmp_path_factory):
+    """32 training scenes (8 val, 8 test): the three splits and the meta."""
     folder = tmp_path_factory.mktemp("scenes")
     p = PrepareParams(task="detection", source="scenes", image_size=32, scenes={
         "train": 32, "val": 8, "test": 8, "max_digits": 1, "digit_scale": 2})
     write_detection(folder, read_detection(p), "scenes")
     splits = [load_box_split(folder, s) for s in ("train", "val", "test")]
-    meta = splits[0][1]
-    spec = detector_spec(ModelSpec(widths=[8, 16], depth=1), meta, "distill.student")
+    return [s for s, _ in splits], splits[0][1]
+
+
+def prune_one(scenes, family: str = "fcos"):
+    """A [8, 16] student pruned by half in two steps, one fine-tune epoch each, distilled from
+    an untrained [8, 16] teacher."""
+    splits, meta = scenes
+    spec = detector_spec(ModelSpec(widths=[8, 16], depth=1, detector=family), meta,
+                         "distill.student")
     torch.manual_seed(0)
     student, teacher = build_detector(spec), build_detector(spec)
     before = detector_size(student, tuple(meta["shape"]))
     heads = {name: m.out_channels for name, m in DenseDetector(student).named_modules()
              if m in head_convs(student)}
-    outcome = prune_detector(student, tuple(meta["shape"]), PARAMS, *(s for s, _ in splits),
-                             meta["classes"], DetectionKD(teacher, T=2.0, alpha=0.5))
+    outcome = prune_detector(student, tuple(meta["shape"]), PARAMS, *splits, meta["classes"],
+                             DetectionKD(teacher, T=2.0, alpha=0.5))
     return outcome, spec, before, heads, tuple(meta["shape"])
 
 
+@pytest.fixture(scope="module")
+def pruned(scenes):
+    return prune_one(scenes)
+
+
 def test_the_backbone_loses_its_share_and_the_heads_keep_theirs(pruned):
-    outcome, _, before, heads, shape = pruned
+    check_backbone_and_heads(*pruned)
+
+
+def test_a_retinanet_prunes_the_same_way(scenes):
+    check_backbone_and_heads(*prune_one(scenes, "retinanet"))
+
+
+def check_backbone_and_heads(outcome, _spec, before, heads, shape) -> None:
     widths = [m.out_channels for m in outcome.model.backbone.modules()
               if isinstance(m, nn.Conv2d)]
     assert widths == [4, 8]  # half of [8, 16]

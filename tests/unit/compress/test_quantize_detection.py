@@ -69,8 +69,10 @@ def test_modes_detection_does_not_run_are_one_line(mode, message):
     check_detection_mode("static")
 
 
-def test_onnx_int8_quantizes_the_convolutions_only_and_runs_an_image_without_boxes(tmp_path):
-    model, spec = untrained_detector([2, 4], confident=False)  # untrained: no box passes
+@pytest.mark.parametrize("family", ["fcos", "retinanet"])
+def test_onnx_int8_quantizes_the_convolutions_only_and_runs_an_image_without_boxes(tmp_path,
+                                                                                  family):
+    model, spec = untrained_detector([2, 4], confident=False, detector=family)  # no box passes
     export_detector(model, spec, tmp_path / "fp32.onnx")
     quantize_detector_onnx(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", calibration())
     graph = onnx.load(str(tmp_path / "int8.onnx")).graph

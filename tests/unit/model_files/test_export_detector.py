@@ -31,8 +31,9 @@ def test_box_parity_counts_images_with_the_same_boxes_and_measures_the_rest():
     assert box_parity(ref, swapped)["agreement"] == pytest.approx(2 / 3)
 
 
-def test_the_onnx_file_gives_pytorchs_boxes_and_names_its_classes(tmp_path):
-    model, spec = untrained_detector([4, 8])  # confident: boxes above the threshold
+@pytest.mark.parametrize("family", ["fcos", "retinanet"])
+def test_the_onnx_file_gives_pytorchs_boxes_and_names_its_classes(tmp_path, family):
+    model, spec = untrained_detector([4, 8], detector=family)  # confident: boxes found
     model, spec = untrained_detector([4, 8])  # confident: boxes above the threshold
     save_model(tmp_path / "d.pt", model, spec, role="teacher")
     export_detector(model, spec, tmp_path / "d.onnx")

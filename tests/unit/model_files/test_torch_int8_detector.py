@@ -18,10 +18,11 @@ from shrinkflow.model_files.pt import load_checkpoint, write_checkpoint
 from shrinkflow.model_files.torch_int8 import TORCH_INT8_DETECTOR_KIND, TORCH_INT8_KIND
 
 
-@pytest.fixture(scope="module")
-def int8_file(tmp_path_factory):
-    """(path, in-memory int8 detector, fp32 detector) of a confident untrained [2, 4] FCOS."""
-    model, spec = untrained_detector([2, 4])
+@pytest.fixture(scope="module", params=["fcos", "retinanet"])
+def int8_file(tmp_path_factory, request):
+    """(path, in-memory int8 detector, fp32 detector) of a confident untrained [2, 4] FCOS or
+    RetinaNet."""
+    model, spec = untrained_detector([2, 4], detector=request.param)
     calibration = (torch.rand(8, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 255
                    ).to(torch.uint8)
     path = tmp_path_factory.mktemp("int8") / "quantized_torch.pt"

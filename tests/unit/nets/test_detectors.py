@@ -18,16 +18,23 @@ def scenes():
     return x, t
 
 
-def detector():
-    return tiny_fcos([8, 16, 32], 64)
+def detector(family: str = "fcos"):
+    return tiny_fcos([8, 16, 32], 64, detector=family)
 
 
-def test_training_gives_the_three_fcos_losses_and_evaluation_gives_boxes_in_the_image(scenes):
+LOSSES = {"fcos": {"classification", "bbox_regression", "bbox_ctrness"},
+          "retinanet": {"classification", "bbox_regression"}}
+
+
+@pytest.mark.parametrize("family", ["fcos", "retinanet"])
+def test_training_gives_the_detectors_losses_and_evaluation_gives_boxes_in_the_image(
+        scenes, family):
     x, t = scenes
-    model = detector()
+    model = detector(family)
+    assert type(model).__name__ == {"fcos": "FCOS", "retinanet": "RetinaNet"}[family]
     assert model.backbone.stride == 4 and model.backbone.out_channels == 32
     losses = model(x[:4], t[:4])
-    assert set(losses) == {"classification", "bbox_regression", "bbox_ctrness"}
+    assert set(losses) == LOSSES[family]
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
     model.eval()
     with torch.no_grad():
@@ -40,9 +47,10 @@ def test_training_gives_the_three_fcos_losses_and_evaluation_gives_boxes_in_the_
         assert ((o["labels"] >= 0) & (o["labels"] < 10)).all()
 
 
-def test_it_learns_the_digit_scenes(scenes):
+@pytest.mark.parametrize("family", ["fcos", "retinanet"])
+def test_it_learns_the_digit_scenes(scenes, family):
     x, t = scenes
-    model = detector()
+    model = detector(family)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     order = np.random.default_rng(0).permutation(len(x))
     totals = []
@@ -83,3 +91,12 @@ def test_the_backbone_is_the_classifiers_own_trunk():
     detector = build_detector(spec, classifier)
     assert detector.backbone.features.layer4 is classifier.body.layer4
     assert not hasattr(detector.backbone.features, "fc")  # the classifier head is dropped
+
+
+def test_retinanet_anchors_start_at_four_times_the_stride_and_its_heads_are_cut():
+    model = detector("retinanet")  # stride 4
+    assert model.anchor_generator.sizes == ((16, 20, 25),)
+    assert model.anchor_generator.num_anchors_per_location() == [9]
+    for branch in (model.head.classification_head, model.head.regression_head):
+        assert len(branch.conv) == 2
+        assert isinstance(branch.conv[0][1], torch.nn.GroupNorm)
