@@ -16,7 +16,10 @@ keys unique, so they are merged. "Changed params" are those differing from the b
 What is compared is what ``dvc exp show`` holds: metrics/final.json (select_final), i.e. each
 model's test accuracy and the shipped model's accuracy, drop, file size and same-runtime
 speed-up, each with its 95 % interval. Differences inside the noise are called ties
-(``shrinkflow.measure.noise.tie``, the rule select_final and the report use too).
+(``shrinkflow.measure.noise.tie``, the rule select_final and the report use too). Detection
+experiments (``prepare.task: detection``) are compared on their headline score, COCO mAP
+(``final_map``, ``teacher_map``: ``core.metric_keys.Score``), which has no interval; one table
+holds one task's experiments.
 """
 
 from __future__ import annotations
@@ -29,7 +32,16 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from shrinkflow.core.metric_keys import TEACHER, TEST_IMAGES, final_key, model_key
+from shrinkflow.core.errors import ShrinkflowError
+from shrinkflow.core.metric_keys import (
+    ACCURACY,
+    MAP,
+    TEACHER,
+    TEST_IMAGES,
+    Score,
+    final_key,
+    model_key,
+)
 from shrinkflow.core.outputs import atomic_path
 from shrinkflow.measure.noise import Estimate, accuracy_estimate, tie, within_budget
 from shrinkflow.results.report import (
@@ -39,6 +51,7 @@ from shrinkflow.results.report import (
     pareto_front,
     plot_tradeoff,
     save_figure,
+    score_header,
 )
 
 FINAL = "final"  # compare the model each experiment shipped (metrics/final.json)
@@ -115,6 +128,18 @@ def changed_params(base: dict[str, Any], exp: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in exp.items() if k not in base or base[k] != v}
 
 
+def records_score(records: list[dict[str, Any]]) -> Score:
+    """The headline score the experiments share: mAP when their metrics hold the teacher's mAP
+    (detection), else accuracy; experiments of both tasks in one table are one line."""
+    tasks = {MAP if model_key(TEACHER, MAP.field) in r["metrics"] else ACCURACY for r in records
+             if r["metrics"]}
+    if len(tasks) > 1:
+        raise ShrinkflowError("the experiments hold both classification (teacher_acc) and "
+                              "detection (teacher_map) metrics; compare one task's at a time "
+                              "(--rev, or a baseline of one task)")
+    return tasks.pop() if tasks else ACCURACY
+
+
 def experiment_table(records: list[dict[str, Any]], model: str = FINAL) -> pd.DataFrame:
     """One row per experiment: the shipped model's (``model`` "final") or one model's accuracy
     with its 95 % interval, drop vs its own teacher, and, for the shipped model, its file size
@@ -122,19 +147,21 @@ def experiment_table(records: list[dict[str, Any]], model: str = FINAL) -> pd.Da
     live in each experiment's metrics/benchmark.csv), so for a named model only accuracy is
     compared."""
     rows = []
+    score = records_score(records)
     for r in records:
         m = r["metrics"]
-        teacher = first_number(m, model_key(TEACHER, "acc"), model_key(TEACHER, "test_acc"))
+        teacher = first_number(m, model_key(TEACHER, score.field),
+                               model_key(TEACHER, f"test_{score.field}"))
         n = first_number(m, TEST_IMAGES)
         if model == FINAL:
-            acc = first_number(m, final_key("acc"))
-            low, high = (first_number(m, final_key("acc_low")),
-                         first_number(m, final_key("acc_high")))
+            acc = first_number(m, final_key("acc", score))
+            low, high = (first_number(m, final_key("acc_low", score)),
+                         first_number(m, final_key("acc_high", score)))
             shipped = m.get(final_key("model"))
         else:
-            acc = first_number(m, model_key(model, "acc"))
-            interval = (accuracy_estimate(acc, int(n)) if not (math.isnan(acc) or math.isnan(n))
-                        else Estimate(acc, math.nan, math.nan))
+            acc = first_number(m, model_key(model, score.field))
+            interval = (accuracy_estimate(acc, int(n)) if score.binomial and not (
+                math.isnan(acc) or math.isnan(n)) else Estimate(acc, math.nan, math.nan))
             low, high, shipped = interval.low, interval.high, model
         final = {f: first_number(m, final_key(f)) if model == FINAL else math.nan
                  for f in ("file_bytes", "speedup", "speedup_low", "speedup_high")}
@@ -160,7 +187,7 @@ def experiment_table(records: list[dict[str, Any]], model: str = FINAL) -> pd.Da
             "error": r.get("error") or "",
         })
     df = pd.DataFrame(rows)
-    df.attrs["model"] = model
+    df.attrs["model"], df.attrs["score"] = model, score
     return df
 
 
@@ -184,12 +211,14 @@ def answer(df: pd.DataFrame, max_drop: float) -> list[str]:
     """Plain-language answers within ``max_drop`` points: most accurate, smallest file, fastest;
     a winner whose lead is inside the noise is called a tie, naming who it ties with."""
     model = df.attrs.get("model", FINAL)
+    score: Score = df.attrs.get("score", ACCURACY)
     what = "the shipped model" if model == FINAL else f"`{model}`"
     ok = df[within_budget(df["drop_points"], max_drop)]
     lines = [f"{len(ok)} of {len(df)} runs (baselines + experiments) keep {what} within "
-             f"{max_drop:g} points of their teacher."]
+             f"{max_drop:g} {score.name} points of their teacher."]
     for col, title, best_is, interval, kind in (
-            ("accuracy", "most accurate", "max", "acc", "pct"),
+            ("accuracy", "most accurate" if score.binomial else f"highest {score.name}", "max",
+             "acc", "pct"),
             ("file_bytes", "smallest file", "min", None, "kb"),
             ("speedup", "fastest (same-runtime speed-up vs the teacher)", "max", "speedup", "x")):
         usable = ok[ok[col].notna()]
@@ -198,10 +227,11 @@ def answer(df: pd.DataFrame, max_drop: float) -> list[str]:
                 lines.append(f"{_cap(title)}: no experiment qualifies.")
             continue
         best = usable.loc[usable[col].idxmax() if best_is == "max" else usable[col].idxmin()]
-        unit = {"kb": " KB", "pct": " %", "x": ""}[kind]
+        unit = {"kb": " KB", "pct": " %" if score.binomial else " (x 100)", "x": ""}[kind]
         line = (f"{_cap(title)}: `{best['name']}` ({best['changed'] or 'baseline params'}"
                 + (f"; ships `{best['model']}`" if model == FINAL else "") + "): "
-                f"{fmt_value(best[col], kind)}{unit}, accuracy {best['accuracy'] * 100:.2f}%, "
+                f"{fmt_value(best[col], kind)}{unit}, {score.name} "
+                f"{fmt_value(best['accuracy'], 'pct')}{' %' if score.binomial else ''}, "
                 f"drop {best['drop_points']:.2f} pts.")
         tied = _ties(usable, best, col, interval) if interval else []
         if tied:
@@ -221,17 +251,19 @@ def plot_budget_curve(df: pd.DataFrame, path: str | Path) -> Path | None:
     data = df[["name", "budget_points", "speedup", "accuracy"]].dropna()
     if data["budget_points"].nunique() < 2:
         return None
+    score: Score = df.attrs.get("score", ACCURACY)
     data = data.sort_values("budget_points")
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
     ax.plot(data["budget_points"], data["speedup"], marker="o")
     for _, row in data.iterrows():
-        ax.annotate(f"{row['name']} ({row['accuracy'] * 100:.2f}%)",
+        ax.annotate(f"{row['name']} ({row['accuracy'] * 100:.2f}"
+                    f"{'%' if score.binomial else ''})",
                     (row["budget_points"], row["speedup"]), textcoords="offset points",
                     xytext=(4, 4), fontsize=8)
-    ax.set(xlabel=f"accuracy budget ({BUDGET_KEY}, points)",
+    ax.set(xlabel=f"{score.name} budget ({BUDGET_KEY}, points)",
            ylabel="shipped model's speed-up vs the teacher (same runtime)",
-           title="Speed-up vs accuracy budget")
+           title=f"Speed-up vs {score.name} budget")
     ax.grid(True, alpha=0.3)
     return save_figure(fig, path)
 
@@ -243,6 +275,7 @@ def write_compare(
     two or more budgets also ``compare_budget.png`` (linked from the page)."""
     out_dir = Path(out_dir)
     model = df.attrs.get("model", FINAL)
+    score: Score = df.attrs.get("score", ACCURACY)
     front = pareto_front(df["relative_latency"].tolist(), df["accuracy"].tolist())
     table = df.assign(pareto=["yes" if f else "" for f in front])
     table["accuracy_ci"] = [_interval_cell(r, "accuracy", "acc", "pct")
@@ -250,7 +283,7 @@ def write_compare(
     table["speedup_ci"] = [_interval_cell(r, "speedup", "speedup", "x")
                            for _, r in table.iterrows()]
     headers = {"name": "experiment", "changed": "changed params", "model": "model",
-               "accuracy_ci": "accuracy % (95 % interval)",
+               "accuracy_ci": score_header(score),
                "drop_points": "drop vs teacher (pts)", "file_bytes": "file KB",
                "speedup_ci": "speed-up vs teacher, same runtime", "pareto": "Pareto",
                "budget_points": "budget (pts)", "error": "error"}
@@ -264,20 +297,24 @@ def write_compare(
     lines = [f"# Experiment comparison ({title})", "",
              *[f"- {line}" for line in answer(df, max_drop)], "",
              markdown_table(table, formats, headers), "",
-             "Intervals are 95 %: accuracy over the test images (Wilson), speed-up over the "
-             "benchmark's rounds. Two figures whose intervals hold each other's value are a tie.",
+             ("Intervals are 95 %: accuracy over the test images (Wilson), speed-up over the "
+              if score.binomial else
+              f"{score.name} is COCO mAP@[.5:.95] x 100, without an interval; speed-ups have "
+              "their 95 % interval over the ")
+             + "benchmark's rounds. Two figures whose intervals hold each other's value are a "
+             "tie.",
              ""]
     chart = None
     if model == FINAL:
         chart = plot_tradeoff(df, "relative_latency",
                               "latency relative to the teacher, same runtime (1 / speed-up)",
-                              "Experiments: shipped model's accuracy vs latency",
-                              out_dir / "compare_pareto.png", label="name")
+                              f"Experiments: shipped model's {score.name} vs latency",
+                              out_dir / "compare_pareto.png", label="name", score=score)
     if chart is not None:
-        lines += [f"![accuracy vs latency per experiment]({chart.name})", ""]
+        lines += [f"![{score.name} vs latency per experiment]({chart.name})", ""]
     budget_chart = plot_budget_curve(df, out_dir / BUDGET_PNG)
     if budget_chart is not None:
-        lines += [f"![speed-up vs accuracy budget]({budget_chart.name})", ""]
+        lines += [f"![speed-up vs {score.name} budget]({budget_chart.name})", ""]
     page = out_dir / "compare.md"
     with atomic_path(page) as tmp:
         tmp.write_text("\n".join(lines))

@@ -10,6 +10,7 @@ import math
 import pytest
 from pipeline_repo import ROOT
 
+from shrinkflow.core.errors import ShrinkflowError
 from shrinkflow.results.compare import (
     answer,
     experiment_table,
@@ -126,3 +127,37 @@ def test_one_named_model_compares_its_accuracy_with_an_interval(payload):
     assert df.loc["r03", "accuracy"] == pytest.approx(0.92)
     assert df.loc["r03", "acc_low"] < 0.92 < df.loc["r03", "acc_high"]  # from test_images
     assert math.isnan(df.loc["r03", "speedup"])  # latencies are not DVC metrics
+
+
+def as_detection(payload: list[dict]) -> list[dict]:
+    """The fixture's experiments as detection runs: metrics/final.json in mAP, no interval."""
+    for entry in payload:
+        runs = [entry] + [e["revs"][0] for e in entry.get("experiments") or []]
+        for run in runs:
+            final = ((run.get("data") or {}).get("metrics") or {}).get("metrics/final.json")
+            if final:
+                final["data"] = {k.replace("_acc", "_map"): (None if k.startswith("final_acc_")
+                                                              else v)
+                                 for k, v in final["data"].items()}
+    return payload
+
+
+def test_detection_experiments_compare_on_map(payload, tmp_path):
+    df = experiment_table(parse_exp_show(as_detection(payload)))
+    assert df.attrs["score"].field == "map"
+    r03 = df.set_index("name").loc["r03"]
+    assert r03["accuracy"] == pytest.approx(0.92) and r03["drop_points"] == pytest.approx(3.0)
+    assert math.isnan(r03["acc_low"])  # mAP has no interval
+    lines = answer(df, 10.0)
+    assert "within 10 mAP points" in lines[0]
+    best = next(line for line in lines if line.startswith("Highest mAP"))
+    assert "`r03`" in best and "92.00 (x 100)" in best and "tie" not in best
+    page, _ = write_compare(df, tmp_path, max_drop=5.0)
+    assert "| mAP x 100 |" in page.read_text() and "without an interval" in page.read_text()
+
+
+def test_experiments_of_both_tasks_are_one_line(payload):
+    mixed = as_detection(copy.deepcopy(payload))
+    mixed[1]["experiments"] = payload[1]["experiments"]  # classification runs beside them
+    with pytest.raises(ShrinkflowError, match="both classification .* and detection"):
+        experiment_table(parse_exp_show(mixed))
