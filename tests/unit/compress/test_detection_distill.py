@@ -71,7 +71,7 @@ def test_one_distillation_step_trains_the_student_and_leaves_the_teacher(family,
     assert set(parts) == own | {"kd_cls", "kd_box"}
     # the student's own losses are what its forward computes in training mode
     forward = student(x, t)
-    assert {k: float(v) for k, v in forward.items()} == pytest.approx(
+    assert {k: v.item() for k, v in forward.items()} == pytest.approx(
         {k: float(parts[k]) for k in own}, rel=1e-5)
     expected = 0.5 * sum(parts[k] for k in own) + 0.5 * (parts["kd_cls"] + parts["kd_box"])
     assert total.item() == pytest.approx(expected.item(), rel=1e-6)
