@@ -12,6 +12,7 @@ from shrinkflow.compress.detection_distill import DetectionKD
 from shrinkflow.compress.prune_detection import (
     DenseDetector,
     check_detection_prune,
+    check_detector_rebuilds,
     detector_size,
     head_convs,
     prune_detector,
@@ -40,11 +41,11 @@ def scenes(tmp_path_factory):
     return [s for s, _ in splits], splits[0][1]
 
 
-def prune_one(scenes, family: str = "fcos"):
-    """A [8, 16] student pruned by half in two steps, one fine-tune epoch each, distilled from
-    an untrained [8, 16] teacher."""
+def prune_one(scenes, family: str = "fcos", arch: str = "cnn"):
+    """A [8, 16] student (or ``arch``'s trunk) pruned by half in two steps, one fine-tune epoch
+    each, distilled from an untrained teacher of the same build."""
     splits, meta = scenes
-    spec = detector_spec(ModelSpec(widths=[8, 16], depth=1, detector=family), meta,
+    spec = detector_spec(ModelSpec(arch=arch, widths=[8, 16], depth=1, detector=family), meta,
                          "distill.student")
     torch.manual_seed(0)
     student, teacher = build_detector(spec), build_detector(spec)
@@ -67,6 +68,20 @@ def test_the_backbone_loses_its_share_and_the_heads_keep_theirs(pruned):
 
 def test_a_retinanet_prunes_the_same_way(scenes):
     check_backbone_and_heads(*prune_one(scenes, "retinanet"))
+
+
+@pytest.mark.slow
+def test_a_zoo_backbone_prunes_with_its_neck_and_keeps_its_heads(scenes):
+    """resnet18's trunk (residual adds) and its 512 -> 256 neck lose half their channels; the
+    heads keep theirs and read the pruned neck."""
+    outcome, spec, before, heads, shape = prune_one(scenes, arch="resnet18")
+    neck = outcome.model.backbone.neck
+    assert (neck.in_channels, neck.out_channels) == (256, 128)
+    assert {name: m.out_channels for name, m in DenseDetector(outcome.model).named_modules()
+            if isinstance(m, nn.Conv2d) and name.startswith("head.")} == heads
+    assert outcome.model.head.classification_head.conv[0].in_channels == 128
+    check_detector_rebuilds(outcome.model, spec, shape)
+    assert detector_size(outcome.model, shape)["params"] < before["params"] / 2
 
 
 def check_backbone_and_heads(outcome, _spec, before, heads, shape) -> None:

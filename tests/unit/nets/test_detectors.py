@@ -100,3 +100,16 @@ def test_retinanet_anchors_start_at_four_times_the_stride_and_its_heads_are_cut(
     for branch in (model.head.classification_head, model.head.regression_head):
         assert len(branch.conv) == 2
         assert isinstance(branch.conv[0][1], torch.nn.GroupNorm)
+
+
+def test_a_trunk_wider_than_the_neck_width_gets_a_1x1_neck():
+    """resnet18's 512 channels go to the heads through a 1x1 conv to 256; the cnn's 32 directly
+    (no neck module: its files are what they were)."""
+    from shrinkflow.nets.detectors import NECK_WIDTH
+
+    wide, narrow = tiny_fcos([8], 32, arch="resnet18"), detector()
+    assert (wide.backbone.neck.in_channels, wide.backbone.neck.out_channels) == (512, NECK_WIDTH)
+    first = wide.head.classification_head.conv[0]
+    assert first.in_channels == NECK_WIDTH == wide.backbone.out_channels
+    assert narrow.backbone.neck is None
+    assert not any(".neck." in k for k in narrow.state_dict())
