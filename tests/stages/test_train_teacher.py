@@ -93,3 +93,30 @@ def test_on_detection_data_the_stage_trains_an_fcos_teacher(tmp_path, monkeypatc
                                               r"expected mode: train"):
         run_stage_main(STAGE)
     assert not (tmp_path / "models" / "teachers" / "teacher_1.pt").exists()
+
+
+def test_on_detection_data_teacher_init_loads_a_classifiers_weights_into_the_backbone(
+        tmp_path, monkeypatch, capsys):
+    """teacher.init: a classifier file of teacher.model's network (here the cnn's, any class
+    count) becomes the detector's backbone before training; its head is left out."""
+    from shrinkflow.data.prepare_detection import read_detection, write_detection
+    from shrinkflow.params.prepare import PrepareParams
+
+    params = shipped_params(DETECTION)
+    params["teacher"]["train"]["lr"] = 1e-9  # one epoch that leaves the weights as loaded
+    write_detection(tmp_path / "data" / "prepared",
+                    read_detection(PrepareParams(**params["prepare"])), "scenes")
+    torch.manual_seed(1)
+    spec = make_spec(ModelSpec(widths=[4, 8], depth=1), 1, 7, [0.5], [0.5])
+    source = build_model(spec)
+    save_model(tmp_path / "data" / "raw" / "classifier.pt", source, spec)
+    params["teacher"]["init"] = "data/raw/classifier.pt"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["train_teacher.py"])
+    run_stage_main(STAGE)
+    assert "init from data/raw/classifier.pt" in capsys.readouterr().out
+    model, payload = load_model(tmp_path / "models" / "teacher.pt", role="teacher")
+    assert payload["meta"]["init"] == "data/raw/classifier.pt"
+    ours, theirs = model.backbone.features[0].weight, source.body.features[0].weight
+    assert torch.allclose(ours, theirs, atol=1e-6)
