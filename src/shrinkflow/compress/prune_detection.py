@@ -1,7 +1,8 @@
-"""Structured pruning of an FCOS detector (``prepare.task: detection``), heads kept whole.
+"""Structured pruning of a detector (``prepare.task: detection``; FCOS or RetinaNet, the same
+way), heads kept whole.
 
-torch-pruning traces a model on one tensor; FCOS's own forward takes a list of images and ends
-in box decoding and NMS, which it cannot trace. ``DenseDetector`` is the traceable part, the
+torch-pruning traces a model on one tensor; the detector's own forward takes a list of images
+and ends in box decoding and NMS, which it cannot trace. ``DenseDetector`` is the traceable part, the
 backbone and the head, sharing their modules with the detector, so pruning it prunes the
 detector in place. The head's convolutions are ignored: their output channels stay, so the
 class logits, box offsets and centre-ness keep their shapes and the GroupNorm groups stay valid;
@@ -34,7 +35,7 @@ from shrinkflow.training.detection_loop import check_detection_recipe, fit_detec
 
 
 class DenseDetector(nn.Module):
-    """An FCOS detector's backbone and head as one tensor -> tensors module (no resizing
+    """A detector's backbone and head as one tensor -> tensors module (no resizing
     transform, no decoding, no NMS): what torch-pruning traces and MACs are counted on."""
 
     def __init__(self, detector: FCOS) -> None:

@@ -1,4 +1,4 @@
-"""Int8 of an FCOS detector (issue 27, ``prepare.task: detection``): the two flavours the
+"""Int8 of a detector (``prepare.task: detection``; FCOS or RetinaNet alike): the two flavours the
 classification pass makes (``compress.quantize``), limited to what int8 runs well.
 
 * ONNX Runtime (``quantize_detector_onnx``): the detector's file from

@@ -17,13 +17,13 @@ call is ``timed_call``'s, the one place the two tasks differ:
 
 * a classifier: the model's bare ``run`` on a batch already converted by its ``prepare``;
 * a detector (``Model.detect``; prepare.task: detection): images in, final boxes out, with the
-  post-processing (box decoding, score threshold, NMS) inside the timing. Batch B is B images:
-  a fp32 PyTorch FCOS takes them as one list (one batched call); an ONNX detector file takes
-  one (1, C, S, S) image per call (export_detector puts NMS inside, per image), and so does any
+  post-processing (box decoding, score threshold, NMS) inside the timing. Batch B is the first B
+  test images (``Job.scenes``; random pixels would leave the NMS nothing to do): a fp32 PyTorch
+  detector takes them as one list (one batched call); an ONNX detector file takes one
+  (1, C, S, S) image per call (export_detector puts NMS inside, per image), and so does any
   other detector runtime (``detect``), so its batch B is B calls in a row. Each row's
   ``calls_per_batch`` says which (1 or B; detection rows only). Images/s counts images either
-  way. The inputs are seeded random pixels as for a classifier: post-processing time depends
-  on how many boxes pass the score threshold, which random pixels do not control.
+  way.
 
 int8 and ONNX Runtime always run on the CPU.
 """
@@ -43,7 +43,7 @@ import onnxruntime
 import torch
 
 from shrinkflow.core.errors import ShrinkflowError
-from shrinkflow.data.prepared_boxes import load_box_split
+from shrinkflow.data.prepared_boxes import BoxSplit, load_box_split
 from shrinkflow.measure.benchmark_job import Job, cpu_name, resolve_threads
 from shrinkflow.measure.stopwatch import time_calls
 from shrinkflow.model_files.open import Model, Runtime, open_model
@@ -90,12 +90,11 @@ def make_input(shape: list[int], batch_size: int, seed: int) -> torch.Tensor:
     return torch.randint(0, 256, (batch_size, *shape), generator=generator, dtype=torch.uint8)
 
 
-def scene_batch(folder: str, batch_size: int) -> torch.Tensor:
-    """The first ``batch_size`` test images of a prepared detection set (cycled when it has
+def scene_batch(test: BoxSplit, batch_size: int) -> torch.Tensor:
+    """The first ``batch_size`` images of a prepared detection test split (cycled when it has
     fewer), uint8 (N, C, H, W). A detector's post-processing works on the boxes its input gives:
     on random pixels a trained detector scores few or none, and the NMS would be timed on
     nothing."""
-    test, _ = load_box_split(folder, "test")
     return torch.from_numpy(np.stack([test.images[i % len(test)] for i in range(batch_size)]))
 
 
@@ -113,13 +112,13 @@ def timed_call(model: Model, x: torch.Tensor) -> TimedCall:
     every conversion done here, once, outside the timing.
 
     A classifier: ``run`` on ``prepare(x)``, one call. A detector: final boxes of the N
-    images, post-processing included (module docstring): one list call for fp32 PyTorch FCOS,
-    N single-image ``detect`` calls for any other runtime (ONNX detector files)."""
+    images, post-processing included (module docstring): one list call for a fp32 PyTorch
+    detector, N single-image ``detect`` calls for any other runtime (ONNX detector files)."""
     batch = model.prepare(x)
     if model.detect is None:
         run = model.run
         return TimedCall(lambda: run(batch), batch, 1)
-    if model.runtime is Runtime.TORCH:  # torchvision FCOS: a list of (C, H, W) images
+    if model.runtime is Runtime.TORCH:  # torchvision's detectors: a list of (C, H, W) images
         images, run = list(batch), model.run
         return TimedCall(lambda: run(images), images, 1)
     arrays = batch if isinstance(batch, np.ndarray) else batch.cpu().numpy()
@@ -145,9 +144,11 @@ class LoadedModel:
         self._timed: dict[int, TimedCall] = {}
         self.rss_mb: dict[int, float] = {}
         memory = PeakRss()
+        scenes = load_box_split(job.scenes, "test")[0] if job.scenes and self.model.detect \
+            else None  # a detector times real test images
         for batch_size in sorted(job.batch_sizes):
-            x = scene_batch(job.scenes, batch_size) if job.scenes and self.model.detect \
-                else make_input(job.input_shape, batch_size, job.seed)
+            x = make_input(job.input_shape, batch_size, job.seed) if scenes is None \
+                else scene_batch(scenes, batch_size)
             self._timed[batch_size] = timed_call(self.model, x)
             with torch.inference_mode():
                 memory.start()  # at least one call, so the peak is never of an empty run

@@ -1,4 +1,4 @@
-"""An FCOS detector -> one ONNX file with its post-processing inside: box decoding, score
+"""A detector -> one ONNX file with its post-processing inside: box decoding, score
 threshold, per-class NMS and the top detections, as torchvision runs them, so the file's outputs
 are final boxes and a deployment needs nothing but ONNX Runtime.
 
