@@ -2,8 +2,8 @@
 way), heads kept whole.
 
 torch-pruning traces a model on one tensor; the detector's own forward takes a list of images
-and ends in box decoding and NMS, which it cannot trace. ``DenseDetector`` is the traceable part, the
-backbone and the head, sharing their modules with the detector, so pruning it prunes the
+and ends in box decoding and NMS, which it cannot trace. ``DenseDetector`` is the traceable
+part, the backbone and the head, sharing their modules with the detector, so pruning it prunes the
 detector in place. The head's convolutions are ignored: their output channels stay, so the
 class logits, box offsets and centre-ness keep their shapes and the GroupNorm groups stay valid;
 what shrinks is every backbone stage and, through torch-pruning's dependency graph, the input
