@@ -130,9 +130,13 @@ def worker_env() -> dict[str, str]:
 # 2 cores. A forked worker is still its own process: its own heap, peak RSS and thread pools
 # (the server runs no torch op, so no thread pool exists before the fork).
 # Where there is no forkserver (Windows) workers are spawned, each importing on its own.
+# ``open_model`` imports its ``.pt`` readers only when it opens a ``.pt`` (its ONNX path needs no
+# torch), and they bring torchvision: 1.7 s of imports in every worker that opens one (5 of the
+# 9 digits models) unless the server has them already.
 _FORKS = "forkserver" in multiprocessing.get_all_start_methods()
 _WORKER_CONTEXT = multiprocessing.get_context("forkserver" if _FORKS else "spawn")
-_WORKER_PRELOAD = ["__main__", "shrinkflow.measure.benchmark_worker"]
+_WORKER_PRELOAD = ["__main__", "shrinkflow.measure.benchmark_worker", "shrinkflow.model_files.pt",
+                   "shrinkflow.model_files.torch_int8", "shrinkflow.nets.zoo"]
 
 
 def _start_forkserver() -> None:
