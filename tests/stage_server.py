@@ -30,14 +30,21 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from pathlib import Path
 
 # What the stage scripts import before their first line of work (measured with -X importtime).
 # Not onnxruntime: its import starts a thread, which a fork would not copy (and it takes 20 ms).
 # torchmetrics.detection: COCO mAP, 1.5 s in each detection stage that measures mAP.
+# pandas and matplotlib.figure: report's charts and tables, 0.7 s of each report run.
 PRELOAD = ["torch", "torchvision", "numpy", "onnx", "torch_pruning", "dvclive", "yaml",
-           "PIL.Image", "torchmetrics.detection"]
+           "PIL.Image", "torchmetrics.detection", "pandas", "matplotlib.figure"]
+
+# How long a stage waits for a server still importing (PRELOAD: 5-8 s on a busy machine) before
+# it runs on the real interpreter. Running at once cost the session's first `dvc repro`, which
+# every end-to-end test waits for, the imports of its first two stages (about 5 s each).
+STARTUP_WAIT_S = 60
 
 SHIM = """#!/usr/bin/env bash
 exec {python} -S {client} "$@"
@@ -61,9 +68,10 @@ class StageServer:
 
     def variables(self) -> dict[str, str]:
         """What the suite's environment needs: the shim's folder (``pipeline_repo.env`` puts it
-        first on PATH) and the server's address (the shim's client reads it)."""
+        first on PATH) and the server's address and pid (the shim's client reads them)."""
         return {"SHRINKFLOW_TEST_SHIM_DIR": str(self.shim_dir),
-                "SHRINKFLOW_TEST_STAGE_SERVER": str(self.socket_path)}
+                "SHRINKFLOW_TEST_STAGE_SERVER": str(self.socket_path),
+                "SHRINKFLOW_TEST_STAGE_SERVER_PID": str(self._proc.pid)}
 
     def close(self) -> None:
         self._proc.terminate()
@@ -109,12 +117,8 @@ def _client() -> None:
     real = sys.executable  # the shim starts this client with the real interpreter
     address = os.environ.get("SHRINKFLOW_TEST_STAGE_SERVER")
     if address and args and args[0].endswith(".py") and os.path.isfile(args[0]):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(address)
-        except OSError:
-            sock.close()
-        else:
+        sock = _connect(address)
+        if sock is not None:
             _send(sock, {"argv": args, "cwd": os.getcwd(), "env": dict(os.environ)}, [0, 1, 2])
             replies = sock.makefile("rb")
             started = _read_reply(replies)
@@ -126,6 +130,32 @@ def _client() -> None:
                 sys.exit(finished["returncode"] if finished else 1)
             sys.exit(1)
     os.execv(real, [real, *args])
+
+
+def _connect(address: str) -> socket.socket | None:
+    """A connection to the server; while it is still starting (alive, no address yet), wait for
+    it, up to ``STARTUP_WAIT_S``. None: no server to ask."""
+    server_pid = int(os.environ.get("SHRINKFLOW_TEST_STAGE_SERVER_PID", "0"))
+    deadline = time.monotonic() + STARTUP_WAIT_S
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(address)
+            return sock
+        except OSError:
+            sock.close()
+        if not server_pid or time.monotonic() > deadline or not alive(server_pid):
+            return None
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (signal 0 checks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 # --- the server ---

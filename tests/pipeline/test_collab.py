@@ -1,13 +1,13 @@
 """A team working on one project, end to end, on tiny-params copies of it.
 
-- Teammate round trip, with a local-folder DVC remote and with an S3 API (moto's server on
-  127.0.0.1): A shares the baseline and an experiment through a git remote and the DVC remote;
-  a fresh clone B gets every model and prepared-data file byte for byte, a clean `dvc status`
-  and a `dvc repro` that runs nothing; B pulls and applies A's experiment, runs one of its own
-  and pushes it; A pulls it back and gets B's model bytes. The commands are the docs' (team
-  page): the test reads their marked blocks (`<!-- test_collab: NAME -->`) and runs them, in
-  the order a reader meets them (tests/test_docs.py checks that order), in an A that is a clone
-  (it has an `origin` remote, as a user's clone of shrinkflow has).
+- Teammate round trip, with a local-folder DVC remote (and, one way, with an S3 API: moto's
+  server on 127.0.0.1): A shares the baseline and an experiment through a git remote and the
+  DVC remote; a fresh clone B gets every model and prepared-data file byte for byte, a clean
+  `dvc status` and a `dvc repro` that runs nothing; B pulls and applies A's experiment, runs one
+  of its own and pushes it; A pulls it back and gets B's model bytes. The commands are the
+  docs' (team page): the test reads their marked blocks (`<!-- test_collab: NAME -->`) and runs
+  them, in the order a reader meets them (tests/test_docs.py checks that order), in an A that is
+  a clone (it has an `origin` remote, as a user's clone of shrinkflow has).
 - A queued grid, two at a time: paused mid-run, a running experiment's current epoch (the
   training stage's progress.json) is what `dvc exp show` reports; both runs train at once and
   each result matches its own params; a failed run is found in `dvc queue logs` and removed;
@@ -144,8 +144,10 @@ def s3():
 
 
 def round_trip(project: Path, root: Path, remote_block: str, subs: dict[str, str],
-               a_env: dict[str, str], b_env: dict[str, str]) -> None:
-    """A -> (git remote + DVC remote) -> B -> remote -> A, with the docs' commands."""
+               a_env: dict[str, str], b_env: dict[str, str], way_back: bool = True) -> None:
+    """A -> (git remote + DVC remote) -> B -> remote -> A, with the docs' commands; without
+    ``way_back``, A -> B only (B's experiment and A's pull are the same commands over the same
+    remote, another experiment run and 10 s of the suite)."""
     baseline = digests(project)
     assert baseline, "the reproduced project has no models or prepared data"
     origin = root / "origin.git"
@@ -180,6 +182,8 @@ def round_trip(project: Path, root: Path, remote_block: str, subs: dict[str, str
     assert (json.loads((b / "metrics/eval_quantized.json").read_text())
             == json.loads((a / "metrics/eval_quantized.json").read_text()))
 
+    if not way_back:
+        return
     # B: one more param on top of it, as an experiment of its own, pushed
     run_block(b, "reply", subs, b_env)
     b_exp = digests(b)
@@ -199,11 +203,12 @@ def test_round_trip_through_a_local_folder_remote(project, tmp_path):
     assert any(p.is_file() for p in storage.rglob("*"))
 
 
-def test_round_trip_through_s3(project, tmp_path, s3):
-    # A keeps its keys in .dvc/config.local (the docs' block); B exports them, as CI would.
+def test_share_through_s3(project, tmp_path, s3):
+    """A pushes with the keys in .dvc/config.local (the docs' block), B pulls with them exported,
+    as CI would; the way back is the local-folder round trip's."""
     prefix = tmp_path.name
     subs = {S3_URL: f"s3://{BUCKET}/{prefix}", S3_ENDPOINT: s3["endpoint"]}
-    round_trip(project, tmp_path, "remote-s3", subs, a_env={}, b_env=AWS)
+    round_trip(project, tmp_path, "remote-s3", subs, a_env={}, b_env=AWS, way_back=False)
     committed = (tmp_path / "a/.dvc/config").read_text()
     assert s3["endpoint"] in committed and "my-secret" not in committed, committed
     assert "my-secret" in (tmp_path / "a/.dvc/config.local").read_text()

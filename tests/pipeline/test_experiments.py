@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 from pipeline_repo import copy_repo, dvc, env, finished_experiments, ran_stages, run
+from stage_server import alive
 
 pytestmark = pytest.mark.slow  # end to end: real stage processes
 
@@ -74,14 +75,6 @@ def stop_queue(repo: Path, grace: float = 30) -> None:
             time.sleep(0.5)
         if alive(pid):
             os.kill(pid, signal.SIGTERM)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ by the workers alone). A new import that pulls torch back into one of them fails
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,30 +18,57 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-LOAD_AND_LIST = """
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("stage", sys.argv[1])
-spec.loader.exec_module(importlib.util.module_from_spec(spec))  # imports only: main() not run
-print(" ".join(m for m in ("torch", "onnxruntime") if m in sys.modules))
+# One fresh interpreter per group imports its entries in turn and, after each, lists the watched
+# modules present (an entry loaded after one that imported them cannot be told apart: None).
+# One process per entry cost 13 s of the suite (each imported pandas, matplotlib, DVCLive anew).
+IMPORT_AND_LIST = """
+import importlib, importlib.util, json, sys
+watched, found = sys.argv[1].split(","), {}
+for entry in sys.argv[2:]:
+    if any(m in sys.modules for m in watched):
+        found[entry] = None
+        continue
+    if entry.endswith(".py"):  # a script: imports only, main() not run
+        spec = importlib.util.spec_from_file_location("stage", entry)
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    else:
+        importlib.import_module(entry)
+    found[entry] = [m for m in watched if m in sys.modules]
+print(json.dumps(found))
 """
+STAGES = ["stages/benchmark.py", "stages/select_final.py", "stages/report.py",
+          "src/shrinkflow/cli/compare.py"]
+OPENERS = ["shrinkflow.cli.predict", "shrinkflow.model_files.open"]
 
 
-@pytest.mark.parametrize("script", ["stages/benchmark.py", "stages/select_final.py",
-                                    "stages/report.py", "src/shrinkflow/cli/compare.py"])
-def test_stage_imports_no_torch(script):
-    path = ROOT / script
-    loaded = subprocess.run([sys.executable, "-c", LOAD_AND_LIST, str(path)],
+def imports_of(watched: list[str], entries: list[str]) -> dict[str, list[str] | None]:
+    loaded = subprocess.run([sys.executable, "-c", IMPORT_AND_LIST, ",".join(watched), *entries],
                             capture_output=True, text=True, cwd=ROOT)
     assert loaded.returncode == 0, loaded.stderr
-    assert loaded.stdout.split() == [], f"{script} imports {loaded.stdout.strip()}"
+    return json.loads(loaded.stdout)
 
 
-@pytest.mark.parametrize("module", ["shrinkflow.cli.predict", "shrinkflow.model_files.open"])
-def test_the_one_opener_and_predict_import_no_torch(module):
+@pytest.fixture(scope="module")
+def stage_imports() -> dict[str, list[str] | None]:
+    return imports_of(["torch", "onnxruntime"], [str(ROOT / s) for s in STAGES])
+
+
+@pytest.fixture(scope="module")
+def opener_imports() -> dict[str, list[str] | None]:
+    return imports_of(["torch", "onnx"], OPENERS)
+
+
+@pytest.mark.parametrize("script", STAGES)
+def test_stage_imports_no_torch(script, stage_imports):
+    found = stage_imports[str(ROOT / script)]
+    assert found is not None, f"{script} not checked: an earlier script imported torch or ORT"
+    assert found == [], f"{script} imports {' '.join(found)}"
+
+
+@pytest.mark.parametrize("module", OPENERS)
+def test_the_one_opener_and_predict_import_no_torch(module, opener_imports):
     """open_model is the one opener of model files, predict's too: its ONNX path must not need
     torch (tests/test_predict.py also runs predict with torch failing to import)."""
-    loaded = subprocess.run([sys.executable, "-c", f"import sys, {module}; "
-                             "print(' '.join(m for m in ('torch', 'onnx') if m in sys.modules))"],
-                            capture_output=True, text=True, cwd=ROOT)
-    assert loaded.returncode == 0, loaded.stderr
-    assert loaded.stdout.split() == [], f"{module} imports {loaded.stdout.strip()}"
+    found = opener_imports[module]
+    assert found is not None, f"{module} not checked: an earlier module imported torch or onnx"
+    assert found == [], f"{module} imports {' '.join(found)}"
