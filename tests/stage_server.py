@@ -12,6 +12,18 @@ The child names itself after the script (``/proc/PID/comm``, what `ps` shows) si
 line stays the server's. Anything else called ``python`` (``python -m ...``, no script, or no
 server) becomes the real interpreter through ``exec``, so a command behaves as without the server.
 
+multiprocessing's helpers (``python -c "from multiprocessing.forkserver import main; ..."``) are
+forked too: a stage child starts them with the shim (``multiprocessing.spawn.set_executable``),
+and the client passes on the descriptors the helper is handed by number (its listener and
+pipes), which the child gets under the same numbers. The benchmark stage's forkserver imports
+torch, ONNX Runtime and torchvision before it forks a worker per model: about 4 s of CPU in each
+of the suite's benchmark runs as a fresh interpreter. Measured (one run each): the tiny 9-model
+benchmark, forkserver and workers 9.8 -> 3.8 CPU-s; in the whole suite, 70 -> 15 CPU-s. One
+difference from a fresh interpreter: glibc reads ``GLIBC_TUNABLES`` when a program starts, so
+the benchmark workers' malloc settings (``measure.benchmark.MALLOC_TUNABLES``) do not apply to
+them here; they steady the timings of real models, and no test asserts a timing or a memory
+figure of a stage run.
+
     server = StageServer(env)         # starts it; env: the one the stages run with
     os.environ.update(server.variables())  # pipeline_repo.env() then puts the shim on PATH
     ...
@@ -20,6 +32,7 @@ server) becomes the real interpreter through ``exec``, so a command behaves as w
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import select
@@ -45,6 +58,10 @@ PRELOAD = ["torch", "torchvision", "numpy", "onnx", "torch_pruning", "dvclive", 
 # it runs on the real interpreter. Running at once cost the session's first `dvc repro`, which
 # every end-to-end test waits for, the imports of its first two stages (about 5 s each).
 STARTUP_WAIT_S = 60
+
+# The `python -c` commands the server runs: multiprocessing's forkserver and resource tracker.
+MULTIPROCESSING_HELPER = "from multiprocessing."
+MAX_FDS = 16  # 0, 1, 2 and a helper's listener and pipes
 
 SHIM = """#!/usr/bin/env bash
 exec {python} -S {client} "$@"
@@ -92,7 +109,7 @@ def _send(sock: socket.socket, message: dict, fds: list[int] | None = None) -> N
 
 def _receive_request(sock: socket.socket) -> tuple[dict | None, list[int]]:
     """The one request and the fds that came with its first bytes."""
-    chunk, fds, _, _ = socket.recv_fds(sock, 1 << 16, 3)
+    chunk, fds, _, _ = socket.recv_fds(sock, 1 << 16, MAX_FDS)
     while chunk and (len(chunk) < 4 or len(chunk) < 4 + struct.unpack("!I", chunk[:4])[0]):
         more = sock.recv(1 << 16)
         if not more:
@@ -112,14 +129,43 @@ def _read_reply(stream) -> dict | None:
 
 # --- the client: what the shim runs, as `python ARGS` ---
 
+def _forked(args: list[str]) -> list[str] | None:
+    """What the server runs, as the server takes it: ``[script, *argv]``, or ``["-c", code,
+    *argv]`` for one of multiprocessing's helpers, which it starts with the interpreter's own
+    flags (``-B``...): a fork keeps the flags it has. None: not for the server."""
+    if args and args[0].endswith(".py") and os.path.isfile(args[0]):
+        return args
+    rest = args
+    while rest and rest[0] != "-c" and rest[0].startswith("-"):
+        rest = rest[2:] if rest[0] in ("-X", "-W") else rest[1:]
+    if len(rest) > 1 and rest[0] == "-c" and rest[1].startswith(MULTIPROCESSING_HELPER):
+        return rest
+    return None
+
+
+def _open_fds() -> list[int]:
+    """The descriptors this process was started with: 0, 1, 2 and any a helper was passed."""
+    fds = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            os.fstat(int(name))  # the listing's own descriptor is closed by now
+        except OSError:
+            continue
+        fds.append(int(name))
+    return sorted(fds)
+
+
 def _client() -> None:
     args = sys.argv[1:]
     real = sys.executable  # the shim starts this client with the real interpreter
     address = os.environ.get("SHRINKFLOW_TEST_STAGE_SERVER")
-    if address and args and args[0].endswith(".py") and os.path.isfile(args[0]):
+    forked = _forked(args) if address else None
+    if forked:
+        fds = _open_fds() if forked[0] == "-c" else [0, 1, 2]
         sock = _connect(address)
         if sock is not None:
-            _send(sock, {"argv": args, "cwd": os.getcwd(), "env": dict(os.environ)}, [0, 1, 2])
+            _send(sock, {"argv": forked, "cwd": os.getcwd(), "env": dict(os.environ),
+                         "fds": fds}, fds)
             replies = sock.makefile("rb")
             started = _read_reply(replies)
             if started is not None:
@@ -160,6 +206,24 @@ def alive(pid: int) -> bool:
 
 # --- the server ---
 
+def _install_fds(fds: list[int], targets: list[int]) -> None:
+    """Give each received descriptor the number the caller had it under: first all above the
+    targets, so that installing one never closes another still to be installed."""
+    floor = max(targets) + 1
+    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, floor) for fd in fds]
+    for fd in fds:
+        os.close(fd)
+    for fd, target in zip(moved, targets, strict=True):
+        os.dup2(fd, target)
+        os.close(fd)
+
+
+def _name_process(name: str) -> None:
+    """What `ps` (and a test) shows for the child, whose command line stays the server's."""
+    if os.path.exists("/proc/self/comm"):
+        Path("/proc/self/comm").write_text(name[:15])
+
+
 def _run_script(request: dict, fds: list[int]) -> None:
     """In the forked grandchild: become ``python ARGV`` in ``cwd`` with ``env``, then exit."""
     code = 1
@@ -167,20 +231,28 @@ def _run_script(request: dict, fds: list[int]) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
             signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT
                           else signal.SIG_DFL)
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target)
-            os.close(fd)
+        _install_fds(fds, request["fds"])
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
-        script = os.path.abspath(request["argv"][0])
-        if os.path.exists("/proc/self/comm"):  # `ps` (and a test) name it after the script
-            Path("/proc/self/comm").write_text(Path(script).stem[:15])
-        sys.argv = [script, *request["argv"][1:]]
-        sys.path[0] = os.path.dirname(script)  # as `python script.py` sets it
-        import runpy
+        import multiprocessing.spawn  # its helpers start through the shim, and fork here too
+
+        multiprocessing.spawn.set_executable(request["shim"])
+        argv = request["argv"]
         try:
-            runpy.run_path(script, run_name="__main__")
+            if argv[0] == "-c":
+                _name_process("mp-helper")
+                sys.argv = ["-c", *argv[2:]]
+                sys.path[0] = ""  # as `python -c` sets it
+                exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__"})
+            else:
+                script = os.path.abspath(argv[0])
+                _name_process(Path(script).stem)
+                sys.argv = [script, *argv[1:]]
+                sys.path[0] = os.path.dirname(script)  # as `python script.py` sets it
+                import runpy
+
+                runpy.run_path(script, run_name="__main__")
             code = 0
         except SystemExit as exc:  # as the interpreter treats it: None 0, int itself, else 1
             if exc.code is None or isinstance(exc.code, int):
@@ -192,17 +264,21 @@ def _run_script(request: dict, fds: list[int]) -> None:
         traceback.print_exc()
         code = 1
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # closed by the script: nothing left to write
+                pass
         os._exit(code)
 
 
-def _handle(conn: socket.socket) -> None:
+def _handle(conn: socket.socket, shim: str) -> None:
     """In a forked child per connection: fork the script, report its pid, then its exit code."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # waitpid needs its own children
     request, fds = _receive_request(conn)
-    if request is None or len(fds) != 3:
+    if request is None or len(fds) != len(request.get("fds", ())):
         os._exit(1)
+    request["shim"] = shim
     pid = os.fork()
     if pid == 0:
         conn.close()
@@ -229,6 +305,7 @@ def _handle(conn: socket.socket) -> None:
 
 
 def _serve(address: str) -> None:
+    shim = str(Path(address).parent / "bin" / "python")  # StageServer's folder
     for name in PRELOAD:
         __import__(name)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # handlers are reaped by the kernel
@@ -244,7 +321,7 @@ def _serve(address: str) -> None:
             conn, _ = listener.accept()
             if os.fork() == 0:
                 listener.close()
-                _handle(conn)
+                _handle(conn, shim)
             conn.close()
     finally:
         listener.close()
