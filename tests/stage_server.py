@@ -33,8 +33,10 @@ figure of a stage run.
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -45,6 +47,8 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # What the stage scripts import before their first line of work (measured with -X importtime).
@@ -129,17 +133,19 @@ def _read_reply(stream) -> dict | None:
 
 # --- the client: what the shim runs, as `python ARGS` ---
 
-def _forked(args: list[str]) -> list[str] | None:
-    """What the server runs, as the server takes it: ``[script, *argv]``, or ``["-c", code,
-    *argv]`` for one of multiprocessing's helpers, which it starts with the interpreter's own
-    flags (``-B``...): a fork keeps the flags it has. None: not for the server."""
-    if args and args[0].endswith(".py") and os.path.isfile(args[0]):
-        return args
-    rest = args
-    while rest and rest[0] != "-c" and rest[0].startswith("-"):
-        rest = rest[2:] if rest[0] in ("-X", "-W") else rest[1:]
+def _forked(args: list[str]) -> tuple[list[str], bool] | None:
+    """What the server runs, as ``(argv, unbuffered)``: a script, ``python [-u] script.py ...``
+    (``-u``: as torchrun starts its workers), or one of multiprocessing's helpers, ``python
+    [flags] -c "from multiprocessing..." ...``, which it starts with the interpreter's own flags
+    (``-B``...), the flags a fork keeps. None: the real interpreter runs it."""
+    flags, rest = [], args
+    while rest and re.fullmatch(r"-[A-Za-z]+", rest[0]) and rest[0] not in ("-c", "-m"):
+        step = 2 if rest[0] in ("-X", "-W") else 1
+        flags, rest = flags + rest[:step], rest[step:]
+    if rest and rest[0].endswith(".py") and os.path.isfile(rest[0]) and set(flags) <= {"-u"}:
+        return rest, "-u" in flags
     if len(rest) > 1 and rest[0] == "-c" and rest[1].startswith(MULTIPROCESSING_HELPER):
-        return rest
+        return rest, False
     return None
 
 
@@ -161,11 +167,12 @@ def _client() -> None:
     address = os.environ.get("SHRINKFLOW_TEST_STAGE_SERVER")
     forked = _forked(args) if address else None
     if forked:
-        fds = _open_fds() if forked[0] == "-c" else [0, 1, 2]
+        argv, unbuffered = forked
+        fds = _open_fds() if argv[0] == "-c" else [0, 1, 2]
         sock = _connect(address)
         if sock is not None:
-            _send(sock, {"argv": forked, "cwd": os.getcwd(), "env": dict(os.environ),
-                         "fds": fds}, fds)
+            _send(sock, {"argv": argv, "unbuffered": unbuffered, "cwd": os.getcwd(),
+                         "env": dict(os.environ), "fds": fds}, fds)
             replies = sock.makefile("rb")
             started = _read_reply(replies)
             if started is not None:
@@ -193,6 +200,27 @@ def _connect(address: str) -> socket.socket | None:
         if not server_pid or time.monotonic() > deadline or not alive(server_pid):
             return None
         time.sleep(0.05)
+
+
+def server_python() -> str:
+    """The `python` for a test's own processes: the shim while the suite's stage server runs (a
+    script or a multiprocessing child it starts is forked from the server), else this one."""
+    shim_dir = os.environ.get("SHRINKFLOW_TEST_SHIM_DIR")
+    return str(Path(shim_dir, "python")) if shim_dir else sys.executable
+
+
+@contextmanager
+def spawned_from_server() -> Iterator[None]:
+    """multiprocessing's spawned children (``torch.multiprocessing.spawn``) start through
+    ``server_python``: forked, with torch imported, instead of a fresh interpreter each."""
+    import multiprocessing.spawn
+
+    saved = multiprocessing.spawn.get_executable()
+    multiprocessing.spawn.set_executable(server_python())
+    try:
+        yield
+    finally:
+        multiprocessing.spawn.set_executable(saved)
 
 
 def alive(pid: int) -> bool:
@@ -232,6 +260,10 @@ def _run_script(request: dict, fds: list[int]) -> None:
             signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT
                           else signal.SIG_DFL)
         _install_fds(fds, request["fds"])
+        if request["unbuffered"]:  # `python -u`: every write reaches the file at once
+            sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
+            sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True,
+                                          errors="backslashreplace")
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])

@@ -3,14 +3,14 @@ batch split, the relaunch, and the real teacher stage relaunching itself under t
 ``nproc: 2`` (slow).
 
 Each multi-process test pays for starting Python + torch in every process (~3-6 s here), so
-the checks that need processes share one spawn (``two_ranks``)."""
+the checks that need processes share one spawn (``two_ranks``), and every process starts through
+the suite's stage server (stage_server.py: forked with torch imported) when it runs."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
 from pipeline_repo import ROOT
+from stage_server import server_python, spawned_from_server
 from torch import nn
 
 import shrinkflow.training.distributed
@@ -119,7 +120,8 @@ def _worker(rank: int, world: int, store: str, out: str) -> None:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> list[dict]:
     tmp = tmp_path_factory.mktemp("ranks")
-    mp.spawn(_worker, args=(2, str(tmp / "store"), str(tmp)), nprocs=2, join=True)
+    with spawned_from_server():
+        mp.spawn(_worker, args=(2, str(tmp / "store"), str(tmp)), nprocs=2, join=True)
     return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
@@ -218,7 +220,7 @@ def test_a_failing_rank_fails_the_launch_with_its_exit_code(tmp_path):
         "    finish()\n"
         "run_stage(main)\n"
     )
-    run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=subprocess_env(),
+    run = subprocess.run([server_python(), str(script)], cwd=tmp_path, env=subprocess_env(),
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert run.stderr.count("error: rank one is unhappy") == 1
@@ -227,7 +229,9 @@ def test_a_failing_rank_fails_the_launch_with_its_exit_code(tmp_path):
 
 
 def subprocess_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+    """The package on the path, and torchrun's workers started by ``server_python`` as the
+    first process is (torchrun reads ``PYTHON_EXEC``)."""
+    return {**os.environ, "PYTHON_EXEC": server_python(), "PYTHONPATH": os.pathsep.join(
         [str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
@@ -245,7 +249,7 @@ def test_teacher_stage_on_two_processes(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     before = {p for p in tmp_path.rglob("*") if p.is_file()}
 
-    run = subprocess.run([sys.executable, str(REPO / "stages" / "train_teacher.py")],
+    run = subprocess.run([server_python(), str(REPO / "stages" / "train_teacher.py")],
                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr
