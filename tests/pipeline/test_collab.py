@@ -1,8 +1,8 @@
 """A team working on one project, end to end, on tiny-params copies of it.
 
-- Teammate round trip, with a local-folder DVC remote (and, one way, with an S3 API: moto's
-  server on 127.0.0.1): A shares the baseline and an experiment through a git remote and the
-  DVC remote; a fresh clone B gets every model and prepared-data file byte for byte, a clean
+- Teammate round trip, with a local-folder DVC remote (and, for the baseline, with an S3 API:
+  moto's server on 127.0.0.1): A shares the baseline and an experiment through a git remote and
+  the DVC remote; a fresh clone B gets every model and prepared-data file byte for byte, a clean
   `dvc status` and a `dvc repro` that runs nothing; B pulls and applies A's experiment, runs one
   of its own and pushes it; A pulls it back and gets B's model bytes. The commands are the
   docs' (team page): the test reads their marked blocks (`<!-- test_collab: NAME -->`) and runs
@@ -144,10 +144,11 @@ def s3():
 
 
 def round_trip(project: Path, root: Path, remote_block: str, subs: dict[str, str],
-               a_env: dict[str, str], b_env: dict[str, str], way_back: bool = True) -> None:
+               a_env: dict[str, str], b_env: dict[str, str], experiments: bool = True) -> None:
     """A -> (git remote + DVC remote) -> B -> remote -> A, with the docs' commands; without
-    ``way_back``, A -> B only (B's experiment and A's pull are the same commands over the same
-    remote, another experiment run and 10 s of the suite)."""
+    ``experiments``, the baseline only: A's remotes and push, B's clone (the experiments travel
+    by the same commands over the same DVC code whatever the remote: the folder's walk has them,
+    and each costs the suite an experiment run)."""
     baseline = digests(project)
     assert baseline, "the reproduced project has no models or prepared data"
     origin = root / "origin.git"
@@ -156,16 +157,20 @@ def round_trip(project: Path, root: Path, remote_block: str, subs: dict[str, str
     a = copy_repo(project, root / "a")
     run(a, "git", "remote", "add", "origin", str(project))  # A is a clone: `origin` is taken
 
-    # A: the remotes, once; then share the baseline and an experiment
+    # A: the remotes, once; then share the baseline
     run_block(a, remote_block, subs, a_env)
     assert not run(a, "git", "status", "--porcelain").stdout.strip(), "A left changes behind"
     assert run(a, "git", "check-ignore", ".dvc/config.local").returncode == 0
     _, out = run_block(a, "share", subs, a_env)
     assert out.split("$ git push")[0].strip() == "$ git status --short", out  # nothing to commit
-    a_exp = digests(a)
-    assert params_of(a)["quantize"]["calibration_samples"] == 16
-    changed = {k for k in a_exp if a_exp[k] != baseline.get(k)}
-    assert "models/quantized.onnx" in changed, "A's experiment did not change the int8 model"
+
+    # A: an experiment, shared
+    if experiments:
+        run_block(a, "share-exp", subs, a_env)
+        a_exp = digests(a)
+        assert params_of(a)["quantize"]["calibration_samples"] == 16
+        changed = {k for k in a_exp if a_exp[k] != baseline.get(k)}
+        assert "models/quantized.onnx" in changed, "A's experiment did not change the int8 model"
 
     # B: a fresh clone gets the baseline back, byte for byte, with nothing to rerun
     b, out = run_block(root, "clone", subs, b_env)
@@ -174,6 +179,8 @@ def round_trip(project: Path, root: Path, remote_block: str, subs: dict[str, str
     repro = out.split("$ dvc repro")[1]
     assert "Running stage" not in repro and "up to date" in repro, repro
     assert not run(b, "git", "status", "--porcelain").stdout.strip()
+    if not experiments:
+        return
 
     # B: A's experiment, its params and its artifacts
     run_block(b, "exp-pull", subs, b_env)
@@ -182,8 +189,6 @@ def round_trip(project: Path, root: Path, remote_block: str, subs: dict[str, str
     assert (json.loads((b / "metrics/eval_quantized.json").read_text())
             == json.loads((a / "metrics/eval_quantized.json").read_text()))
 
-    if not way_back:
-        return
     # B: one more param on top of it, as an experiment of its own, pushed
     run_block(b, "reply", subs, b_env)
     b_exp = digests(b)
@@ -205,10 +210,10 @@ def test_round_trip_through_a_local_folder_remote(project, tmp_path):
 
 def test_share_through_s3(project, tmp_path, s3):
     """A pushes with the keys in .dvc/config.local (the docs' block), B pulls with them exported,
-    as CI would; the way back is the local-folder round trip's."""
+    as CI would; the experiments' commands are the local-folder walk's."""
     prefix = tmp_path.name
     subs = {S3_URL: f"s3://{BUCKET}/{prefix}", S3_ENDPOINT: s3["endpoint"]}
-    round_trip(project, tmp_path, "remote-s3", subs, a_env={}, b_env=AWS, way_back=False)
+    round_trip(project, tmp_path, "remote-s3", subs, a_env={}, b_env=AWS, experiments=False)
     committed = (tmp_path / "a/.dvc/config").read_text()
     assert s3["endpoint"] in committed and "my-secret" not in committed, committed
     assert "my-secret" in (tmp_path / "a/.dvc/config.local").read_text()

@@ -41,12 +41,14 @@ def test_readme_links_to_pages_that_exist():
 
 
 def test_tested_blocks_appear_in_the_order_the_tests_run_them():
-    """test_collab runs each round trip as remote -> share -> clone -> exp-pull -> reply ->
-    pull-back (remote-s3 is the other first block), and the queue as grid -> failed-logs ->
-    failed-remove -> show-compare: a reader going top to bottom meets them in that order."""
+    """test_collab runs each round trip as remote -> share -> share-exp -> clone -> exp-pull ->
+    reply -> pull-back (remote-s3 -> share -> clone is the other), and the queue as grid ->
+    failed-logs -> failed-remove -> show-compare: a reader going top to bottom meets them in
+    that order."""
     order = list(marked_blocks())
-    for sequence in (["remote-folder", "share", "clone", "exp-pull", "reply", "pull-back"],
-                     ["remote-s3", "share"],
+    for sequence in (["remote-folder", "share", "share-exp", "clone", "exp-pull", "reply",
+                      "pull-back"],
+                     ["remote-s3", "share", "clone"],
                      ["grid-teacher", "failed-logs", "failed-remove", "show-compare"]):
         assert all(name in order for name in sequence), (sequence, order)
         positions = [order.index(name) for name in sequence]
