@@ -13,14 +13,11 @@ import torch
 from prepared_files import make_prepared
 from tiny_models import FULL, train_cnn
 
-from shrinkflow.compress.distill import KDLoss
 from shrinkflow.compress.quantize import (
     parity_metrics,
     pt2e_export,
-    qat_finetune,
     quantize_onnx_dynamic,
     quantize_onnx_static,
-    quantize_qat_onnx,
     quantize_torch_fx,
     save_torch_int8,
     select_calibration,
@@ -31,8 +28,8 @@ from shrinkflow.measure.metrics import accuracy, logit_parity
 from shrinkflow.model_files.export_onnx import export_onnx, read_metadata
 from shrinkflow.model_files.open import Runtime, open_model
 from shrinkflow.nets.zoo import build_model, count_macs, count_params, make_spec
-from shrinkflow.params.common import ModelSpec, TrainConfig
-from shrinkflow.training.loop import predict, seed_everything
+from shrinkflow.params.common import ModelSpec
+from shrinkflow.training.loop import predict
 
 CPU = torch.device("cpu")
 
@@ -179,32 +176,9 @@ def test_parity_metrics_on_hand_made_logits():
 # --- quantization-aware training ---------------------------------------------------------------
 
 
-@pytest.mark.slow  # a teacher trained and a QAT epoch through PT2E: 41 s here
-def test_qat_gives_an_int8_onnx_that_follows_the_fake_quantized_model(
-        tmp_path, tiny_data, model_and_spec):
-    model, _ = model_and_spec
-    teacher = train_cnn(tiny_data, [16, 32])[0]
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    seed_everything(0)
-    cfg = TrainConfig(epochs=1, batch_size=64, lr=0.005, device="cpu")
-    qat = qat_finetune(model, (1, 8, 8), tiny_data.train, tiny_data.val, cfg,
-                       loss_fn=KDLoss(teacher, 4.0, 0.9), log=lambda _: None)
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # a copy
-    assert len(qat.history) == 1 and "train_kd" in qat.history[0]  # KD ran in fit's loop
-    tuned = qat.fp32.state_dict()
-    assert any(not torch.equal(before[k], tuned[k]) for k in before)  # the weights moved
-    out = tmp_path / "qat.onnx"
-    quantize_qat_onnx(qat, out, select_calibration(tiny_data.train[0], 64, 0))
-    proto = onnx.load(str(out))
-    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in proto.graph.node}
-    assert any(i.data_type == onnx.TensorProto.INT8 for i in proto.graph.initializer)
-    opened = open_model(out, (1, 8, 8), 4)  # ONNX Runtime runs it
-    assert (opened.precision, opened.meta["shrinkflow.quantization"]) == ("int8", "qat-minmax")
-    x, y = tiny_data.test
-    fake_quant, int8 = predict(qat.fake_quant, x, device=CPU), opened.predict(x)
-    assert logit_parity(fake_quant, int8)["agreement"] >= 0.9
-    assert abs(accuracy(fake_quant, y) - accuracy(int8, y)) <= 0.1
-    assert logit_parity(predict(qat.fp32, x), fake_quant)["agreement"] >= 0.9
+# One QAT fine-tune end to end (qat_finetune, quantize_qat_onnx, their parity) runs in
+# tests/stages/test_quantize.py, through the stage: torchao's prepare exports 42 patterns each
+# time (7 CPU-s), so the suite runs it once.
 
 
 class _ReusedReLU(torch.nn.Module):
