@@ -62,10 +62,32 @@ def uses_reproduced_repo(item: pytest.Item) -> bool:
     return "reproduced_template" in getattr(item, "fixturenames", ())
 
 
+# The order files start in (each runs on one worker: `--dist loadfile`; pyproject.toml keeps
+# xdist from reordering them by their number of tests, which started the one-test files last: a
+# suite ended with test_detection_pipeline.py alone on one worker for 31 s, queued behind
+# test_collab.py, while the other worker had nothing left). First the long files that need no
+# shared repo, so they run while it reproduces; then the other files; then those that use it,
+# the two longest (test_collab, test_experiments: 70-90 s each on one worker) at once, one on
+# each worker, and the shorter ones after them to even out the ends (a worker takes its next
+# file while its last two tests run, so a long file queued last ends the suite alone).
+FIRST = ["test_detection_pipeline.py", "test_families.py", "test_distributed.py",
+         "test_photo_pipeline.py"]
+SHARED_REPO_ORDER = ["test_collab.py", "test_experiments.py", "test_ladder.py",
+                     "test_select_pipeline.py", "test_bad_input.py", "test_pipeline.py"]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """End-to-end tests last (stable order otherwise), so the shared repo reproduces in the
-    background while the unit tests run; no test depends on the order."""
-    items.sort(key=uses_reproduced_repo)
+    """Files in the order above (stable otherwise); no test depends on the order."""
+    shared = {item.path for item in items if uses_reproduced_repo(item)}
+
+    def order(item: pytest.Item) -> tuple[int, int]:
+        name = item.path.name
+        if item.path in shared:
+            rank = SHARED_REPO_ORDER
+            return 2, rank.index(name) if name in rank else len(rank)
+        return (0, FIRST.index(name)) if name in FIRST else (1, 0)
+
+    items.sort(key=order)
 
 
 def shared_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
