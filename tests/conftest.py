@@ -83,8 +83,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def order(item: pytest.Item) -> tuple[int, int]:
         name = item.path.name
         if item.path in shared:
-            rank = SHARED_REPO_ORDER
-            return 2, rank.index(name) if name in rank else len(rank)
+            known = name in SHARED_REPO_ORDER
+            return 2, SHARED_REPO_ORDER.index(name) if known else len(SHARED_REPO_ORDER)
         return (0, FIRST.index(name)) if name in FIRST else (1, 0)
 
     items.sort(key=order)

@@ -90,7 +90,8 @@ class StageServer:
         shim = self.shim_dir / "python"
         shim.write_text(SHIM.format(python=sys.executable, client=__file__))
         shim.chmod(0o755)
-        self._proc = subprocess.Popen([sys.executable, __file__, "serve", str(self.socket_path)],
+        self._proc = subprocess.Popen([sys.executable, __file__, "serve", str(self.socket_path),
+                                       str(shim)],
                                       env=env, stdin=subprocess.DEVNULL)
 
     def variables(self) -> dict[str, str]:
@@ -258,7 +259,7 @@ def _name_process(name: str) -> None:
         Path("/proc/self/comm").write_text(name[:15])
 
 
-def _run_script(request: dict, fds: list[int]) -> None:
+def _run_script(request: dict, fds: list[int], shim: str) -> None:
     """In the forked grandchild: become ``python ARGV`` in ``cwd`` with ``env``, then exit."""
     code = 1
     try:
@@ -275,7 +276,7 @@ def _run_script(request: dict, fds: list[int]) -> None:
         os.environ.update(request["env"])
         import multiprocessing.spawn  # its helpers start through the shim, and fork here too
 
-        multiprocessing.spawn.set_executable(request["shim"])
+        multiprocessing.spawn.set_executable(shim)
         argv = request["argv"]
         try:
             if argv[0] == "-c":
@@ -316,11 +317,10 @@ def _handle(conn: socket.socket, shim: str) -> None:
     request, fds = _receive_request(conn)
     if request is None or len(fds) != len(request.get("fds", ())):
         os._exit(1)
-    request["shim"] = shim
     pid = os.fork()
     if pid == 0:
         conn.close()
-        _run_script(request, fds)
+        _run_script(request, fds, shim)
     for fd in fds:
         os.close(fd)
     try:
@@ -365,8 +365,7 @@ def _preload_package() -> None:
             importlib.import_module(info.name)
 
 
-def _serve(address: str) -> None:
-    shim = str(Path(address).parent / "bin" / "python")  # StageServer's folder
+def _serve(address: str, shim: str) -> None:
     for name in PRELOAD:
         __import__(name)
     _preload_package()
@@ -393,6 +392,6 @@ def _serve(address: str) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["serve"]:
-        _serve(sys.argv[2])
+        _serve(sys.argv[2], sys.argv[3])
     else:
         _client()
